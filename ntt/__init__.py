@@ -1,0 +1,38 @@
+"""No Time to Train (NTT): training-free, reference-based instance segmentation.
+
+Public API (imported lazily so ``import ntt`` stays cheap)::
+
+    from ntt import MemoryBank, Segmenter, build_bank, get_config, load_image
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "get_config": "ntt.config",
+    "NTTConfig": "ntt.config",
+    "ModelConfig": "ntt.config",
+    "SegmentConfig": "ntt.config",
+    "BankConfig": "ntt.config",
+    "Instances": "ntt.types",
+    "Reference": "ntt.types",
+    "MemoryBank": "ntt.bank",
+    "BankError": "ntt.bank",
+    "build_bank": "ntt.references",
+    "InvalidReferenceError": "ntt.references",
+    "Segmenter": "ntt.segmenter",
+    "load_image": "ntt.images",
+    "ImageLoadError": "ntt.images",
+    "evaluate_results": "ntt.evaluation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ntt' has no attribute {name!r}")

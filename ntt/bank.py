@@ -1,0 +1,228 @@
+"""The memory bank: one prototype per reference shot, grouped into classes; saved as safetensors + JSON.
+
+A bank file is a single ``.safetensors`` file: tensors ``shot_features`` (S, D) float32 and
+``shot_class_ids`` (S,) int64, and a JSON header (format version, classes, encoder id and
+preprocessing, per-shot provenance, checksum of the tensors). Nothing in it is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_META_KEY = "ntt_bank"
+
+
+class BankError(ValueError):
+    """A bank is invalid, corrupted or incompatible; the message says why."""
+
+
+@dataclass
+class MemoryBank:
+    """Reference prototypes of a set of classes.
+
+    Attributes:
+        classes: ``[{"id": int, "name": str}, ...]`` in the bank's class order.
+        shot_features: float32 (S, D): per shot, the mask-weighted mean of its DINOv2 patch tokens
+            (raw, not normalised).
+        shot_class_ids: int64 (S,): the category id of each shot.
+        shots: per-shot provenance dicts (``image_id``, ``image_path``, ``annotation_id``, ``class_id``).
+        encoder: the DINOv2 encoder and preprocessing the features come from (``name``,
+            ``image_size``, ``weights``, ``dim``, ``context_ratio``). Target features must come from
+            the same encoder.
+    """
+
+    classes: list[dict[str, Any]]
+    shot_features: np.ndarray
+    shot_class_ids: np.ndarray
+    shots: list[dict[str, Any]]
+    encoder: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.shot_features = np.asarray(self.shot_features, dtype=np.float32).reshape(
+            -1, int(self.encoder["dim"])
+        )
+        self.shot_class_ids = np.asarray(self.shot_class_ids, dtype=np.int64).reshape(-1)
+        if not (len(self.shot_features) == len(self.shot_class_ids) == len(self.shots)):
+            raise BankError("bank has inconsistent numbers of shots")
+        known = {c["id"] for c in self.classes}
+        if len(known) != len(self.classes):
+            raise BankError("bank has duplicate class ids")
+        if set(self.shot_class_ids.tolist()) - known:
+            raise BankError("bank has shots of unknown classes")
+
+    @property
+    def class_ids(self) -> list[int]:
+        return [int(c["id"]) for c in self.classes]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c["name"]) for c in self.classes]
+
+    def shots_per_class(self) -> dict[str, int]:
+        counts = {c["name"]: int((self.shot_class_ids == c["id"]).sum()) for c in self.classes}
+        return counts
+
+    def class_prototypes(self) -> np.ndarray:
+        """float32 (C, D): per class, the L2-normalised mean of its shot prototypes (equal shot weights)."""
+        protos = []
+        for c in self.classes:
+            feats = self.shot_features[self.shot_class_ids == c["id"]]
+            if len(feats) == 0:
+                raise BankError(f"class {c['name']!r} (id {c['id']}) has no reference shots")
+            mean = feats.astype(np.float64).mean(axis=0)
+            protos.append(mean / max(np.linalg.norm(mean), 1e-12))
+        return np.stack(protos).astype(np.float32)
+
+    def add(self, other: MemoryBank) -> MemoryBank:
+        """A new bank with ``other``'s shots (and classes) added; the encoders must match."""
+        if _encoder_key(other.encoder) != _encoder_key(self.encoder):
+            raise BankError(f"cannot merge banks of different encoders: {self.encoder} vs {other.encoder}")
+        classes = list(self.classes)
+        names = {c["id"]: c["name"] for c in classes}
+        for c in other.classes:
+            if c["id"] in names and names[c["id"]] != c["name"]:
+                raise BankError(f"class id {c['id']} is {names[c['id']]!r} here but {c['name']!r} there")
+            if c["id"] not in names:
+                classes.append(dict(c))
+                names[c["id"]] = c["name"]
+        return MemoryBank(
+            classes=classes,
+            shot_features=np.concatenate([self.shot_features, other.shot_features]),
+            shot_class_ids=np.concatenate([self.shot_class_ids, other.shot_class_ids]),
+            shots=self.shots + other.shots,
+            encoder=dict(self.encoder),
+            info=dict(self.info),
+        )
+
+    def remove(self, annotation_ids=(), class_names=()) -> MemoryBank:
+        """A new bank without the shots of these annotation ids and without these classes.
+
+        Classes left without any shot are dropped from the bank.
+        """
+        ann = {str(a) for a in annotation_ids}
+        drop_ids = {c["id"] for c in self.classes if c["name"] in set(class_names)}
+        keep = [
+            i
+            for i, shot in enumerate(self.shots)
+            if str(shot.get("annotation_id")) not in ann and self.shot_class_ids[i] not in drop_ids
+        ]
+        kept_ids = set(self.shot_class_ids[keep].tolist())
+        return MemoryBank(
+            classes=[c for c in self.classes if c["id"] in kept_ids],
+            shot_features=self.shot_features[keep],
+            shot_class_ids=self.shot_class_ids[keep],
+            shots=[self.shots[i] for i in keep],
+            encoder=dict(self.encoder),
+            info=dict(self.info),
+        )
+
+    def check_encoder(self, name: str, image_size: int, weights: str) -> None:
+        """Raise BankError unless target features will come from the bank's encoder and preprocessing."""
+        want = {"name": name, "image_size": int(image_size), "weights": weights}
+        have = _encoder_key(self.encoder)
+        if have != tuple(want.values()):
+            raise BankError(
+                f"bank was built with DINOv2 {have[0]} at {have[1]}px with {have[2]} weights, but the "
+                f"segmenter uses {name} at {image_size}px with {weights} weights; use the same encoder "
+                "(a random-weights bank needs --random-weights with the same seed)"
+            )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "classes": len(self.classes),
+            "shots": len(self.shots),
+            "shots_per_class": self.shots_per_class(),
+            "encoder": self.encoder,
+        }
+
+    # ---- persistence -------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank atomically (temp file + rename) and return its path."""
+        from safetensors.numpy import save
+
+        tensors = {"shot_features": self.shot_features, "shot_class_ids": self.shot_class_ids}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "classes": self.classes,
+            "shots": self.shots,
+            "encoder": self.encoder,
+            "info": self.info,
+            "checksum": _checksum(self.shot_features, self.shot_class_ids),
+        }
+        data = save(tensors, metadata={_META_KEY: json.dumps(meta, default=str)})
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> MemoryBank:
+        """Read and verify a bank file (format version, checksum, consistency)."""
+        path = Path(path)
+        if not path.is_file():
+            raise BankError(f"{path}: bank file not found")
+        tensors, meta = _read(path)
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BankError(f"{path}: bank format version {version}, this ntt reads {FORMAT_VERSION}")
+        if meta.get("checksum") != _checksum(tensors["shot_features"], tensors["shot_class_ids"]):
+            raise BankError(f"{path}: checksum mismatch, the bank file was modified or corrupted")
+        try:
+            return cls(
+                classes=meta["classes"],
+                shot_features=tensors["shot_features"],
+                shot_class_ids=tensors["shot_class_ids"],
+                shots=meta["shots"],
+                encoder=meta["encoder"],
+                info=meta.get("info", {}),
+            )
+        except (KeyError, TypeError) as err:
+            raise BankError(f"{path}: bank metadata is incomplete ({err})") from err
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    raw = path.read_bytes()
+    try:
+        tensors = load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+        meta = json.loads(header["__metadata__"][_META_KEY])
+    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError) as err:
+        raise BankError(f"{path}: not a valid ntt bank file ({type(err).__name__}: {err})") from err
+    if set(tensors) != {"shot_features", "shot_class_ids"}:
+        raise BankError(f"{path}: not a valid ntt bank file (unexpected tensors {sorted(tensors)})")
+    return tensors, meta
+
+
+def _checksum(features: np.ndarray, class_ids: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(class_ids, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _encoder_key(encoder: dict[str, Any]) -> tuple:
+    return (encoder.get("name"), int(encoder.get("image_size", 0)), encoder.get("weights"))

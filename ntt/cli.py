@@ -1,0 +1,131 @@
+"""The ``ntt`` command line: bank build/info, segment, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .config import PRESETS, ConfigError, NTTConfig, get_config
+
+log = logging.getLogger("ntt")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models and runtime")
+    g.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="settings preset (default: paper)")
+    g.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="network precision")
+    g.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
+    g.add_argument("--sam2", default=None, help="SAM2 variant, e.g. sam2_hiera_l, sam2.1_hiera_t")
+    g.add_argument("--dinov2", default=None, help="DINOv2 variant, e.g. dinov2_vitl14")
+    g.add_argument("--sam2-checkpoint", default=None, help="path of a SAM2 .pt checkpoint")
+    g.add_argument("--dinov2-checkpoint", default=None, help="path of a DINOv2 .pth/.safetensors checkpoint")
+    g.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random-init models (seeded): smoke runs/tests only, predictions are meaningless",
+    )
+    g.add_argument("--weights-seed", type=int, default=None, help="seed of --random-weights (default 0)")
+
+
+def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
+    model = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "sam2": args.sam2,
+        "dinov2": args.dinov2,
+        "sam2_checkpoint": args.sam2_checkpoint,
+        "dinov2_checkpoint": args.dinov2_checkpoint,
+        "random_weights": True if args.random_weights else None,
+        "seed": args.weights_seed,
+    }
+    seg = {"batch_size": args.batch_size, **(segment or {})}
+    return get_config(args.preset, {"model": model, "segment": seg})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntt", description="Training-free reference-based instance segmentation")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bank = sub.add_parser("bank", help="build and inspect memory banks").add_subparsers(dest="bank_cmd", required=True)
+    b = bank.add_parser("build", help="build a bank from a COCO instance JSON of references")
+    b.add_argument("refs", help="COCO instance JSON with the reference annotations")
+    b.add_argument("--images", default=None, help="folder of the reference images (default: found from the JSON)")
+    b.add_argument("-o", "--output", required=True, help="bank file to write (.safetensors)")
+    b.add_argument("--shots", type=int, default=None, help="sample N shots per class (paper protocol)")
+    b.add_argument("--seed", type=int, default=33, help="sampling seed for --shots (default 33, as the paper)")
+    b.add_argument("--classes", nargs="+", default=None, help="class names or ids to include (default: all)")
+    b.add_argument("--box-refs", action="store_true", help="ignore masks: get them from SAM2 box prompts")
+    _model_args(b)
+    info = bank.add_parser("info", help="print a bank's classes, shots, encoder and size")
+    info.add_argument("bank")
+
+    s = sub.add_parser("segment", help="segment target images with a bank; writes COCO results JSON")
+    s.add_argument("--bank", required=True, help="bank file")
+    s.add_argument("--images", required=True, help="folder of images, or a COCO JSON listing the targets")
+    s.add_argument("--image-root", default=None, help="folder of the JSON's images (default: found from the JSON)")
+    s.add_argument("-o", "--output", required=True, help="COCO results JSON to write")
+    s.add_argument("--max-images", type=int, default=None, help="only the first N targets")
+    s.add_argument("--score-thresh", type=float, default=None, help="drop detections below this score")
+    s.add_argument("--max-instances", type=int, default=None, help="detections per image (default 100)")
+    s.add_argument("--points-per-side", type=int, default=None, help="prompt grid side (default 32)")
+    s.add_argument("--box-inclusive", action="store_true", help="research code's 1-px-short COCO boxes")
+    _model_args(s)
+
+    e = sub.add_parser("evaluate", help="COCO bbox and segm AP of a results JSON")
+    e.add_argument("gt", help="ground-truth COCO instance JSON")
+    e.add_argument("preds", help="results JSON written by `ntt segment`")
+    e.add_argument("--bank", default=None, help="restrict to this bank's classes (default: from the results' sidecar)")
+    e.add_argument("--classes", nargs="+", default=None, help="restrict to these class names or ids")
+    e.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from .bank import BankError
+    from .references import InvalidReferenceError
+    from .weights import WeightsNotFoundError
+
+    known = (ConfigError, BankError, InvalidReferenceError, WeightsNotFoundError, FileNotFoundError, ValueError)
+    try:
+        return _dispatch(args)
+    except known as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import commands
+
+    if args.command == "bank":
+        return commands.bank_build(args, _config(args)) if args.bank_cmd == "build" else commands.bank_info(args)
+    if args.command == "segment":
+        seg = {
+            "score_thresh": args.score_thresh,
+            "max_instances": args.max_instances,
+            "points_per_side": args.points_per_side,
+        }
+        return commands.segment(args, _config(args, seg))
+    return commands.evaluate(args)
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def elapsed(start: float) -> str:
+    return f"{time.perf_counter() - start:.1f} s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""What each CLI subcommand does (argument handling and printing around ``ntt.pipeline``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import coco, pipeline
+from .bank import MemoryBank
+from .cli import elapsed, print_json
+from .config import NTTConfig
+from .evaluation import format_metrics
+from .models import ensure_weights
+
+
+def bank_build(args: argparse.Namespace, cfg: NTTConfig) -> int:
+    start = time.perf_counter()
+    ensure_weights(cfg.model, ("dinov2", "sam2") if args.box_refs else ("dinov2",))
+    bar = tqdm(total=1.0, desc="references", unit="", bar_format="{desc}: {percentage:3.0f}% {elapsed}")
+
+    def progress(fraction: float, _label: str) -> None:
+        bar.n = fraction
+        bar.refresh()
+
+    bank = pipeline.bank_from_coco(
+        args.refs,
+        cfg,
+        image_root=args.images,
+        shots=args.shots,
+        seed=args.seed,
+        classes=args.classes,
+        box_refs=args.box_refs,
+        progress=progress,
+    )
+    bar.close()
+    path = bank.save(args.output)
+    size = path.stat().st_size
+    print(f"wrote {path}: {len(bank.classes)} classes, {len(bank.shots)} shots, {size / 1e6:.2f} MB ({elapsed(start)})")
+    return 0
+
+
+def bank_info(args: argparse.Namespace) -> int:
+    bank = MemoryBank.load(args.bank)
+    info = bank.summary()
+    info["file"] = str(args.bank)
+    info["size_bytes"] = Path(args.bank).stat().st_size
+    info["class_ids"] = {c["name"]: c["id"] for c in bank.classes}
+    print_json(info)
+    return 0
+
+
+def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
+    start = time.perf_counter()
+    bank = MemoryBank.load(args.bank)
+    bank.info["path"] = str(args.bank)
+    cfg = pipeline.adopt_bank_encoder(cfg, bank, explicit_dinov2=args.dinov2 is not None)
+    ensure_weights(cfg.model)
+    targets = _targets(args.images, args.image_root)
+    if args.max_images is not None:
+        targets = targets[: args.max_images]
+    if not targets:
+        raise ValueError(f"no target images found in {args.images}")
+    bar = tqdm(total=len(targets), desc="segmenting", unit="img")
+    meta = pipeline.segment_targets(
+        bank, targets, cfg, args.output, args.box_inclusive, on_image=lambda _res: bar.update(1)
+    )
+    bar.close()
+    n_done, n_skip = len(meta["image_ids"]), len(meta["skipped"])
+    print(f"wrote {args.output}: {meta['detections']} detections on {n_done} images ({elapsed(start)})")
+    for item in meta["skipped"]:
+        print(f"skipped {item['path']}: {item['reason']}")
+    if n_skip:
+        print(f"{n_skip} image(s) skipped")
+    return 0
+
+
+def _targets(images: str, image_root: str | None) -> list[tuple[int, Path]]:
+    path = Path(images)
+    if path.is_dir():
+        return coco.targets_from_dir(path)
+    if path.suffix.lower() == ".json":
+        data = coco.load_json(path)
+        return coco.targets_from_json(data, coco.resolve_image_root(path, image_root, data))
+    raise FileNotFoundError(f"{images}: neither a folder of images nor a COCO JSON")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    cat_ids = None
+    if args.bank:
+        cat_ids = MemoryBank.load(args.bank).class_ids
+    if args.classes:
+        cat_ids = coco.select_categories(coco.load_json(args.gt), args.classes)
+    metrics = pipeline.evaluate_files(args.gt, args.preds, cat_ids)
+    print(format_metrics(metrics))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(metrics, indent=2))
+    return 0

@@ -1,0 +1,244 @@
+"""Configuration dataclasses and presets.
+
+Every knob of the pipeline is a field here. The defaults are the faithful defaults of the NTT paper's code
+(see the project's ALGORITHM spec); presets change a few of them. Configs round-trip through plain dicts
+(``to_dict`` / ``from_dict``) so they can travel in JSON (bank metadata, operator params).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# SAM2 variants: name -> (sam2 package config, Meta's checkpoint file name, Hugging Face hub id)
+SAM2_MODELS: dict[str, tuple[str, str, str]] = {
+    "sam2_hiera_t": ("configs/sam2/sam2_hiera_t.yaml", "sam2_hiera_tiny.pt", "facebook/sam2-hiera-tiny"),
+    "sam2_hiera_s": ("configs/sam2/sam2_hiera_s.yaml", "sam2_hiera_small.pt", "facebook/sam2-hiera-small"),
+    "sam2_hiera_b+": (
+        "configs/sam2/sam2_hiera_b+.yaml",
+        "sam2_hiera_base_plus.pt",
+        "facebook/sam2-hiera-base-plus",
+    ),
+    "sam2_hiera_l": ("configs/sam2/sam2_hiera_l.yaml", "sam2_hiera_large.pt", "facebook/sam2-hiera-large"),
+    "sam2.1_hiera_t": (
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        "sam2.1_hiera_tiny.pt",
+        "facebook/sam2.1-hiera-tiny",
+    ),
+    "sam2.1_hiera_s": (
+        "configs/sam2.1/sam2.1_hiera_s.yaml",
+        "sam2.1_hiera_small.pt",
+        "facebook/sam2.1-hiera-small",
+    ),
+    "sam2.1_hiera_b+": (
+        "configs/sam2.1/sam2.1_hiera_b+.yaml",
+        "sam2.1_hiera_base_plus.pt",
+        "facebook/sam2.1-hiera-base-plus",
+    ),
+    "sam2.1_hiera_l": (
+        "configs/sam2.1/sam2.1_hiera_l.yaml",
+        "sam2.1_hiera_large.pt",
+        "facebook/sam2.1-hiera-large",
+    ),
+}
+
+# DINOv2 variants: name -> (timm architecture, Meta's checkpoint file name, timm hub id)
+DINOV2_MODELS: dict[str, tuple[str, str, str]] = {
+    "dinov2_vits14": (
+        "vit_small_patch14_dinov2",
+        "dinov2_vits14_pretrain.pth",
+        "timm/vit_small_patch14_dinov2.lvd142m",
+    ),
+    "dinov2_vitb14": (
+        "vit_base_patch14_dinov2",
+        "dinov2_vitb14_pretrain.pth",
+        "timm/vit_base_patch14_dinov2.lvd142m",
+    ),
+    "dinov2_vitl14": (
+        "vit_large_patch14_dinov2",
+        "dinov2_vitl14_pretrain.pth",
+        "timm/vit_large_patch14_dinov2.lvd142m",
+    ),
+    "dinov2_vitg14": (
+        "vit_giant_patch14_dinov2",
+        "dinov2_vitg14_pretrain.pth",
+        "timm/vit_giant_patch14_dinov2.lvd142m",
+    ),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and why."""
+
+
+@dataclass
+class ModelConfig:
+    """Which frozen models to run and where their weights come from.
+
+    Attributes:
+        sam2: a key of ``SAM2_MODELS`` (the paper used ``sam2_hiera_l``, SAM2.0).
+        dinov2: a key of ``DINOV2_MODELS`` (the paper used ``dinov2_vitl14``).
+        sam2_checkpoint / dinov2_checkpoint: explicit checkpoint files (Meta's original formats);
+            ``None`` resolves them by name (env vars, checkpoint dir, cache, hub; see ``ntt.weights``).
+        sam2_image_size: SAM2 input side in pixels (targets are stretched to a square of this size).
+        dinov2_image_size: DINOv2 input side in pixels, a multiple of 14 (518 gives a 37x37 patch grid).
+        random_weights: build randomly initialised models (seeded by ``seed``) instead of loading
+            weights: for smoke runs, tests and benchmarks only; their predictions are meaningless.
+        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+        dtype: "fp32" or "bf16" (autocast for the networks; post-processing stays fp32).
+    """
+
+    sam2: str = "sam2_hiera_l"
+    dinov2: str = "dinov2_vitl14"
+    sam2_checkpoint: str | None = None
+    dinov2_checkpoint: str | None = None
+    sam2_image_size: int = 1024
+    dinov2_image_size: int = 518
+    random_weights: bool = False
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "fp32"
+
+    def validate(self) -> None:
+        if self.sam2 not in SAM2_MODELS:
+            raise ConfigError(f"unknown sam2 model {self.sam2!r}; choose one of {sorted(SAM2_MODELS)}")
+        if self.dinov2 not in DINOV2_MODELS:
+            raise ConfigError(
+                f"unknown dinov2 model {self.dinov2!r}; choose one of {sorted(DINOV2_MODELS)}"
+            )
+        if self.dinov2_image_size % 14:
+            raise ConfigError(f"dinov2_image_size must be a multiple of 14, got {self.dinov2_image_size}")
+        if self.sam2_image_size % 64:
+            raise ConfigError(f"sam2_image_size must be a multiple of 64, got {self.sam2_image_size}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+
+
+@dataclass
+class BankConfig:
+    """How reference instances become shot prototypes.
+
+    Attributes:
+        context_ratio: the square crop around a reference box has side max(w, h) * (1 + context_ratio).
+    """
+
+    context_ratio: float = 0.2
+
+
+@dataclass
+class SegmentConfig:
+    """Inference knobs (faithful NTT defaults).
+
+    Attributes:
+        points_per_side: the SAM2 prompt grid is points_per_side x points_per_side single points,
+            edge-inclusive (linspace(0, S - 1, n) + 0.5 in S-pixel coordinates).
+        points_batch_size: prompts per decoder call; every prompt is decoded (no remainder dropped).
+        pred_iou_thresh: keep masks whose SAM-predicted IoU is > this.
+        nms_thresh: IoU threshold of the class-aware box NMS (ranked by SAM-predicted IoU).
+        nms_max_keep: keep at most this many candidates after NMS (paper: 8 x max_instances).
+        soft_merge: apply semantic-aware soft merging.
+        soft_merge_exponent: score *= (1 - IoS x cos) ** exponent.
+        merge_resolution: "full" computes IoS on full-resolution masks (faithful); "low" on the
+            SAM2 low-resolution masks (cheaper, memory bounded).
+        max_instances: detections kept per image after soft merging.
+        score_thresh: drop detections whose final score is below this (paper: none, i.e. 0).
+        class_thresholds: per-class-name score thresholds, overriding ``score_thresh``.
+        add_no_mem_embed: add SAM2's ``no_mem_embed`` to the image embedding (stock SAM2 image
+            predictor behaviour); NTT does not, so the faithful default is False.
+        batch_size: images per forward pass of the encoders.
+    """
+
+    points_per_side: int = 32
+    points_batch_size: int = 256
+    pred_iou_thresh: float = 0.4
+    nms_thresh: float = 0.5
+    nms_max_keep: int = 800
+    soft_merge: bool = True
+    soft_merge_exponent: float = 0.5
+    merge_resolution: str = "full"
+    max_instances: int = 100
+    score_thresh: float = 0.0
+    class_thresholds: dict[str, float] = field(default_factory=dict)
+    add_no_mem_embed: bool = False
+    batch_size: int = 1
+
+    def validate(self) -> None:
+        if self.points_per_side < 1:
+            raise ConfigError("points_per_side must be >= 1")
+        if self.points_batch_size < 1 or self.batch_size < 1:
+            raise ConfigError("points_batch_size and batch_size must be >= 1")
+        if self.merge_resolution not in ("full", "low"):
+            raise ConfigError(f"merge_resolution must be 'full' or 'low', got {self.merge_resolution!r}")
+        if self.max_instances < 1 or self.nms_max_keep < 1:
+            raise ConfigError("max_instances and nms_max_keep must be >= 1")
+
+
+@dataclass
+class NTTConfig:
+    """The whole pipeline's configuration: models, bank building and inference."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+    def validate(self) -> NTTConfig:
+        self.model.validate()
+        self.segment.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NTTConfig:
+        return cls(
+            model=_build(ModelConfig, data.get("model", {})),
+            bank=_build(BankConfig, data.get("bank", {})),
+            segment=_build(SegmentConfig, data.get("segment", {})),
+        )
+
+
+def _build(kind: type, values: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+    return kind(**values)
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The paper's models and settings.
+    "paper": {},
+    # Small models and a coarser prompt grid, for CPUs and laptops.
+    "lite": {
+        "model": {"sam2": "sam2.1_hiera_t", "dinov2": "dinov2_vits14"},
+        "segment": {"points_per_side": 16, "merge_resolution": "low"},
+    },
+    # Tiny inputs and 16 prompts: only for smoke tests with random weights (fast on any CPU).
+    "smoke": {
+        "model": {
+            "sam2": "sam2_hiera_t",
+            "dinov2": "dinov2_vits14",
+            "sam2_image_size": 256,
+            "dinov2_image_size": 224,
+        },
+        "segment": {"points_per_side": 4, "nms_max_keep": 64, "max_instances": 20},
+    },
+}
+
+
+def get_config(preset: str = "paper", overrides: dict[str, dict[str, Any]] | None = None) -> NTTConfig:
+    """Return the config of a preset with optional per-section overrides.
+
+    Args:
+        preset: one of ``PRESETS`` ("paper", "lite", "smoke").
+        overrides: e.g. ``{"model": {"device": "cpu"}, "segment": {"batch_size": 4}}``; ``None``
+            values are ignored so CLI flags that were not given leave the preset alone.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    data: dict[str, dict[str, Any]] = {k: dict(v) for k, v in PRESETS[preset].items()}
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return NTTConfig.from_dict(data).validate()

@@ -1,0 +1,105 @@
+"""Geometry helpers: point grids, mask boxes, context crops and box format conversions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def point_grid(points_per_side: int, image_size: int) -> torch.Tensor:
+    """The NTT prompt grid: edge-inclusive, in pixel coordinates of a square ``image_size`` input.
+
+    Each axis is ``linspace(0, image_size - 1, n) + 0.5`` (SAM's automatic mask generator insets its
+    grid instead; NTT reaches the borders). Points are ordered row by row (x varies fastest).
+
+    Returns:
+        float32 tensor (n * n, 2) of (x, y).
+    """
+    axis = torch.linspace(0, image_size - 1, points_per_side) + 0.5
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1).float()
+
+
+def mask_boxes_inclusive(masks: torch.Tensor) -> torch.Tensor:
+    """Boxes of binary masks as (x1, y1, x_max, y_max), max being the last occupied index.
+
+    This is the convention of the reference code (used for its NMS). An empty mask gives [0, 0, 0, 0].
+
+    Args:
+        masks: bool tensor (N, H, W).
+    Returns:
+        float32 tensor (N, 4).
+    """
+    if masks.shape[0] == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
+    rows = masks.any(dim=2)  # (N, H)
+    cols = masks.any(dim=1)  # (N, W)
+    box = torch.stack(
+        [_first_true(cols), _first_true(rows), _last_true(cols), _last_true(rows)], dim=1
+    ).float()
+    empty = ~rows.any(dim=1)
+    box[empty] = 0
+    return box
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight pixel xyxy boxes with exclusive x2/y2 (x2 = last column + 1); empty masks give zeros.
+
+    Args:
+        masks: bool tensor (N, H, W).
+    Returns:
+        float32 tensor (N, 4).
+    """
+    box = mask_boxes_inclusive(masks)
+    nonempty = masks.flatten(1).any(dim=1)
+    box[nonempty, 2:] += 1
+    return box
+
+
+def _first_true(flags: torch.Tensor) -> torch.Tensor:
+    return flags.int().argmax(dim=1)
+
+
+def _last_true(flags: torch.Tensor) -> torch.Tensor:
+    return flags.shape[1] - 1 - flags.flip(1).int().argmax(dim=1)
+
+
+def context_crop_box(
+    box_xywh: list[float], image_size: tuple[int, int], context_ratio: float
+) -> tuple[int, int, int, int]:
+    """The square crop with context around a reference box, as the reference code computes it.
+
+    The COCO box is truncated to integers, the crop is centred on it with side
+    max(w, h) * (1 + context_ratio), its limits are ``int(centre -/+ side / 2)`` clipped to the image,
+    so near a border the crop is not square (it gets stretched when resized).
+
+    Args:
+        box_xywh: pixel [x, y, w, h].
+        image_size: (H, W).
+    Returns:
+        (x1, y1, x2, y2) integer crop limits with exclusive x2/y2, to slice ``image[y1:y2, x1:x2]``.
+    """
+    h, w = image_size
+    x1, y1 = int(box_xywh[0]), int(box_xywh[1])
+    x2, y2 = int(box_xywh[0] + box_xywh[2]), int(box_xywh[1] + box_xywh[3])
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    side = max(x2 - x1, y2 - y1) * (1 + context_ratio)
+    cx1, cx2 = max(0, int(cx - side / 2)), min(w, int(cx + side / 2))
+    cy1, cy2 = max(0, int(cy - side / 2)), min(h, int(cy + side / 2))
+    # A degenerate box still needs one pixel to crop.
+    return cx1, cy1, max(cx2, cx1 + 1), max(cy2, cy1 + 1)
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """Pixel xyxy (exclusive x2/y2) -> COCO pixel xywh. Shape (N, 4) -> (N, 4)."""
+    out = np.asarray(boxes, dtype=np.float64).copy()
+    out[:, 2:] -= out[:, :2]
+    return out
+
+
+def mask_tight_box_xywh(mask: np.ndarray) -> list[float]:
+    """COCO xywh of a bool mask (H, W); raises ValueError when the mask is empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise ValueError("empty mask")
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]

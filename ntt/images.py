@@ -1,0 +1,59 @@
+"""Image decoding: every image the library reads goes through ``load_image``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+class ImageLoadError(Exception):
+    """An image could not be read; ``str(err)`` names the file and the reason."""
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3), upright as viewers show it (EXIF orientation applied).
+
+    Grayscale, palette, alpha (dropped), CMYK and 16-bit images are converted to 8-bit RGB.
+
+    Raises:
+        ImageLoadError: missing, empty, truncated or non-image files, with the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_array(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageLoadError(f"{path}: not a readable image ({err})") from err
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def list_images(directory: str | Path) -> list[Path]:
+    """Image files (by extension) directly inside ``directory``, sorted by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: not a directory")
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -1,0 +1,105 @@
+"""Model loading with a per-process cache keyed by (model, checkpoint, device, dtype, size, seed)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..config import DINOV2_MODELS, SAM2_MODELS, ModelConfig
+from ..weights import resolve_checkpoint
+from .dinov2 import DinoV2Encoder, build_dinov2
+from .sam2 import SAM2Proposer, build_sam2_model
+
+__all__ = ["DinoV2Encoder", "SAM2Proposer", "get_dinov2", "get_sam2", "resolve_device", "weights_id"]
+
+log = logging.getLogger(__name__)
+_CACHE: dict[tuple, torch.nn.Module] = {}
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: models are randomly initialised (--random-weights); predictions are meaningless. "
+    "Use this only for smoke runs, tests and benchmarks."
+)
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available else CPU; otherwise ``torch.device(device)`` (checked to exist)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def weights_id(cfg: ModelConfig, kind: str) -> str:
+    """How a model's weights are identified in bank metadata: "random:seed=S" or the checkpoint's name."""
+    if cfg.random_weights:
+        return f"random:seed={cfg.seed}"
+    return f"checkpoint:{_checkpoint(cfg, kind).name}"
+
+
+def ensure_weights(cfg: ModelConfig, kinds=("sam2", "dinov2")) -> None:
+    """Resolve the checkpoints a job will need before it starts, so a missing file fails at once."""
+    if not cfg.random_weights:
+        for kind in kinds:
+            _checkpoint(cfg, kind)
+
+
+def encoder_weights(encoder, cfg: ModelConfig) -> str:
+    """The weights id of an encoder: its own ``weights_id`` attribute if set (custom encoders), else the config's."""
+    return getattr(encoder, "weights_id", None) or weights_id(cfg, "dinov2")
+
+
+def _checkpoint(cfg: ModelConfig, kind: str):
+    if kind == "sam2":
+        _, file_name, hub = SAM2_MODELS[cfg.sam2]
+        return resolve_checkpoint("sam2", file_name, hub, cfg.sam2_checkpoint)
+    _, file_name, hub = DINOV2_MODELS[cfg.dinov2]
+    return resolve_checkpoint("dinov2", file_name, hub, cfg.dinov2_checkpoint)
+
+
+def get_sam2(cfg: ModelConfig, add_no_mem_embed: bool = False) -> SAM2Proposer:
+    """The (cached) SAM2 proposer for a model config, on its device."""
+    ckpt = None if cfg.random_weights else _checkpoint(cfg, "sam2")
+    key = ("sam2", cfg.sam2, str(ckpt), cfg.device, cfg.sam2_image_size, cfg.seed, add_no_mem_embed)
+    if key not in _CACHE:
+        _warn_if_random(cfg)
+        try:
+            model = build_sam2_model(cfg.sam2, cfg.sam2_image_size, ckpt, cfg.seed, add_no_mem_embed)
+        except RuntimeError as err:
+            raise RuntimeError(f"could not load SAM2 {cfg.sam2} from {ckpt}: {err or 'key mismatch'}") from err
+        _CACHE[key] = model.to(resolve_device(cfg.device))
+    return _CACHE[key]
+
+
+def get_dinov2(cfg: ModelConfig) -> DinoV2Encoder:
+    """The (cached) DINOv2 encoder for a model config, on its device."""
+    ckpt = None if cfg.random_weights else _checkpoint(cfg, "dinov2")
+    key = ("dinov2", cfg.dinov2, str(ckpt), cfg.device, cfg.dinov2_image_size, cfg.seed)
+    if key not in _CACHE:
+        _warn_if_random(cfg)
+        model = build_dinov2(cfg.dinov2, cfg.dinov2_image_size, ckpt, cfg.seed)
+        _CACHE[key] = model.to(resolve_device(cfg.device))
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Drop every cached model (frees their memory)."""
+    _CACHE.clear()
+
+
+def autocast(cfg: ModelConfig):
+    """The autocast context for the networks: bf16 when asked for, else a no-op."""
+    device = resolve_device(cfg.device)
+    enabled = cfg.dtype == "bf16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+_warned: set[int] = set()
+
+
+def _warn_if_random(cfg: ModelConfig) -> None:
+    if cfg.random_weights and cfg.seed not in _warned:
+        _warned.add(cfg.seed)
+        log.warning(RANDOM_WEIGHTS_WARNING)

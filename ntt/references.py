@@ -1,0 +1,191 @@
+"""Building a memory bank from reference instances (NTT's "fill memory" + "postprocess memory")."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .bank import MemoryBank
+from .config import NTTConfig
+from .geometry import context_crop_box, mask_tight_box_xywh
+from .images import ImageLoadError, load_image
+from .models import autocast, encoder_weights, get_dinov2, get_sam2, resolve_device
+from .types import Reference
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float, str], None]
+
+
+class InvalidReferenceError(ValueError):
+    """A reference cannot be used; the message names the annotation (or class) and the reason."""
+
+
+def build_bank(
+    references: Sequence[Reference],
+    cfg: NTTConfig,
+    progress: Progress | None = None,
+    chunk: int = 8,
+    encoder=None,
+    proposer=None,
+) -> MemoryBank:
+    """Encode references into a memory bank.
+
+    Per shot: the square crop with ``cfg.bank.context_ratio`` context around its box, resized to the
+    DINOv2 input size (image bicubic, mask bilinear, so the mask is soft), DINOv2 patch tokens, and the
+    mean of the tokens weighted by the soft mask resized (nearest) to the patch grid. Box-only references
+    (``mask=None``) get their mask from SAM2 prompted with the box.
+
+    ``encoder`` / ``proposer`` replace the configured DINOv2 / SAM2 (same interfaces).
+
+    Raises:
+        InvalidReferenceError: an unreadable image, an empty mask, or a mask whose size differs from
+            its image; the message names the annotation.
+    """
+    if not references:
+        raise InvalidReferenceError("no references given")
+    cfg.validate()
+    encoder = encoder if encoder is not None else get_dinov2(cfg.model)
+    feats: list[np.ndarray] = []
+    by_image = _group_by_image(references)
+    done = 0
+    for refs in by_image:
+        image = _load(refs[0])
+        masks = _reference_masks(refs, image, cfg, proposer)
+        for start in range(0, len(refs), chunk):
+            part = list(zip(refs[start : start + chunk], masks[start : start + chunk]))
+            feats.extend(_encode_shots(part, image, encoder, cfg))
+        done += len(refs)
+        if progress:
+            progress(done / len(references), "Encoding references")
+    ordered = [r for refs in by_image for r in refs]
+    return _assemble(ordered, np.stack(feats), cfg, encoder)
+
+
+def _group_by_image(references: Sequence[Reference]) -> list[list[Reference]]:
+    groups: dict[object, list[Reference]] = defaultdict(list)
+    for ref in references:
+        key = id(ref.image) if isinstance(ref.image, np.ndarray) else str(ref.image)
+        groups[key].append(ref)
+    return list(groups.values())
+
+
+def _load(ref: Reference) -> np.ndarray:
+    if isinstance(ref.image, np.ndarray):
+        return ref.image
+    try:
+        return load_image(ref.image)
+    except ImageLoadError as err:
+        raise InvalidReferenceError(f"{ref.describe()}: {err}") from err
+
+
+def _reference_masks(refs: list[Reference], image: np.ndarray, cfg: NTTConfig, proposer) -> list[np.ndarray]:
+    h, w = image.shape[:2]
+    masks: list[np.ndarray | None] = [None if r.mask is None else np.asarray(r.mask) > 0 for r in refs]
+    box_only = [i for i, m in enumerate(masks) if m is None]
+    if box_only:
+        boxes = [refs[i].box for i in box_only]
+        if any(b is None for b in boxes):
+            raise InvalidReferenceError(f"{refs[box_only[0]].describe()}: has neither mask nor box")
+        for i, mask in zip(box_only, masks_from_boxes(image, boxes, cfg, proposer)):
+            masks[i] = mask
+    for ref, mask in zip(refs, masks):
+        if mask.shape != (h, w):
+            raise InvalidReferenceError(
+                f"{ref.describe()}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}"
+            )
+        if not mask.any():
+            raise InvalidReferenceError(f"{ref.describe()}: mask is empty")
+    return masks
+
+
+def masks_from_boxes(
+    image: np.ndarray, boxes_xywh: list[list[float]], cfg: NTTConfig, proposer=None
+) -> list[np.ndarray]:
+    """Full-resolution bool masks (H, W) for pixel xywh boxes, from SAM2 prompted with each box."""
+    sam = proposer if proposer is not None else get_sam2(cfg.model, cfg.segment.add_no_mem_embed)
+    device = resolve_device(cfg.model.device)
+    h, w = image.shape[:2]
+    s = sam.image_size
+    xyxy = torch.tensor([[x, y, x + bw, y + bh] for x, y, bw, bh in boxes_xywh], dtype=torch.float32)
+    xyxy = (xyxy * torch.tensor([s / w, s / h, s / w, s / h])).to(device)
+    with autocast(cfg.model):
+        feats = sam.encode(sam.prepare(image)[None].to(device))
+        logits = sam.decode_boxes(feats, 0, xyxy)
+    full = F.interpolate(logits[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+    return list((full[:, 0] > 0).cpu().numpy())
+
+
+def _encode_shots(part, image: np.ndarray, encoder, cfg: NTTConfig) -> list[np.ndarray]:
+    device = resolve_device(cfg.model.device)
+    size = encoder.image_size
+    crops, weights = [], []
+    for ref, mask in part:
+        box = ref.box if ref.box is not None else mask_tight_box_xywh(mask)
+        x1, y1, x2, y2 = context_crop_box(box, mask.shape, cfg.bank.context_ratio)
+        crop = torch.tensor(image[y1:y2, x1:x2]).permute(2, 0, 1)[None].float() / 255.0
+        crops.append(F.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False))
+        soft = torch.tensor(mask[y1:y2, x1:x2]).float()[None, None]
+        soft = F.interpolate(soft, size=(size, size), mode="bilinear", align_corners=False)
+        weights.append(patch_weights(soft, encoder.grid, ref))
+    with autocast(cfg.model):
+        tokens = encoder(torch.cat(crops).to(device)).float().cpu()  # (B, g, g, D)
+    out = []
+    for t, wgt in zip(tokens, weights):
+        flat_w = wgt.reshape(-1, 1)
+        out.append(((t.reshape(-1, t.shape[-1]) * flat_w).sum(0) / flat_w.sum()).numpy())
+    return out
+
+
+def patch_weights(soft_mask: torch.Tensor, grid: int, ref: Reference | None = None) -> torch.Tensor:
+    """Patch-grid weights of a soft crop mask (1, 1, S, S): nearest resize to (grid, grid), as NTT.
+
+    A mask so thin that nearest sampling misses it falls back to area averaging, so no shot ever gets
+    zero total weight.
+    """
+    wgt = F.interpolate(soft_mask, size=(grid, grid), mode="nearest")[0, 0]
+    if wgt.sum() <= 0:
+        wgt = F.adaptive_avg_pool2d(soft_mask, (grid, grid))[0, 0]
+        log.warning("%s: mask misses the patch grid's sample points; using area weights", _name(ref))
+    if wgt.sum() <= 0:
+        raise InvalidReferenceError(f"{_name(ref)}: mask is empty after cropping")
+    return wgt
+
+
+def _name(ref: Reference | None) -> str:
+    return ref.describe() if ref is not None else "reference"
+
+
+def _assemble(refs: list[Reference], feats: np.ndarray, cfg: NTTConfig, encoder) -> MemoryBank:
+    classes: dict[int, str] = {}
+    for ref in refs:
+        classes.setdefault(int(ref.class_id), ref.class_name)
+    shots = [
+        {
+            "image_id": ref.image_id,
+            "image_path": None if isinstance(ref.image, np.ndarray) else str(Path(ref.image)),
+            "annotation_id": ref.annotation_id,
+            "class_id": int(ref.class_id),
+            "box_only": ref.mask is None,
+            **ref.extra,
+        }
+        for ref in refs
+    ]
+    return MemoryBank(
+        classes=[{"id": cid, "name": classes[cid]} for cid in sorted(classes)],
+        shot_features=feats,
+        shot_class_ids=np.array([int(r.class_id) for r in refs], dtype=np.int64),
+        shots=shots,
+        encoder={
+            "name": encoder.name,
+            "image_size": encoder.image_size,
+            "weights": encoder_weights(encoder, cfg.model),
+            "dim": encoder.dim,
+            "context_ratio": cfg.bank.context_ratio,
+        },
+    )

@@ -1,0 +1,196 @@
+"""Inference: SAM2 proposes masks from a point grid, DINOv2 features match them to the bank's classes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import postprocess as pp
+from .bank import MemoryBank
+from .config import NTTConfig
+from .geometry import mask_boxes, mask_boxes_inclusive, point_grid
+from .images import ImageLoadError, load_image
+from .models import autocast, encoder_weights, get_dinov2, get_sam2, resolve_device
+from .types import Instances
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidates:
+    """Per-image candidate masks after decoding, on the device (internal).
+
+    logits: float (N, m, m) low-res mask logits; iou: float (N,) SAM-predicted IoU;
+    embeddings: float (N, D) unit-norm; scores: float (N,); labels: int64 (N,) bank class indices.
+    """
+
+    logits: torch.Tensor
+    iou: torch.Tensor
+    embeddings: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def take(self, index: torch.Tensor) -> Candidates:
+        return Candidates(
+            self.logits[index],
+            self.iou[index],
+            self.embeddings[index],
+            self.scores[index],
+            self.labels[index],
+            self.counts,
+        )
+
+
+@dataclass
+class ImageResult:
+    """The outcome for one target: its instances, or the reason it was skipped."""
+
+    source: object
+    instances: Instances | None
+    error: str | None = None
+
+
+class Segmenter:
+    """Segments every instance of the bank's classes in target images.
+
+    Example:
+        >>> bank = MemoryBank.load("bank.safetensors")
+        >>> seg = Segmenter(bank, get_config("paper"))
+        >>> instances = seg.predict([load_image("a.jpg")])[0]
+    """
+
+    def __init__(self, bank: MemoryBank, cfg: NTTConfig, proposer=None, encoder=None):
+        """Load (or take) the models and check that the bank was built with the same encoder.
+
+        Args:
+            proposer / encoder: models to use instead of the configured SAM2 / DINOv2 (same interfaces as
+                ``SAM2Proposer`` / ``DinoV2Encoder``; used by tests and for other backbones).
+        """
+        self.cfg = cfg.validate()
+        self.bank = bank
+        self.device = resolve_device(cfg.model.device)
+        self.dinov2 = encoder if encoder is not None else get_dinov2(cfg.model)
+        bank.check_encoder(self.dinov2.name, self.dinov2.image_size, encoder_weights(self.dinov2, cfg.model))
+        self.sam = proposer if proposer is not None else get_sam2(cfg.model, cfg.segment.add_no_mem_embed)
+        self.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
+        self.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)
+        self.grid = point_grid(cfg.segment.points_per_side, self.sam.image_size).to(self.device)
+        self.class_thresh = self._class_thresholds()
+        self.last_counts: list[dict[str, int]] = []
+
+    def _class_thresholds(self) -> torch.Tensor | None:
+        given = self.cfg.segment.class_thresholds
+        if not given:
+            return None
+        unknown = set(given) - set(self.bank.class_names)
+        if unknown:
+            raise ValueError(f"class_thresholds name classes not in the bank: {sorted(unknown)}")
+        values = [given.get(name, self.cfg.segment.score_thresh) for name in self.bank.class_names]
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray]) -> list[Instances]:
+        """Instances for RGB uint8 images (H, W, 3), run as one batch through the encoders."""
+        if not images:
+            return []
+        sam_in = torch.stack([self.sam.prepare(img) for img in images]).to(self.device)
+        with autocast(self.cfg.model):
+            feats = self.sam.encode(sam_in)
+            tokens = self.dinov2(self.dinov2.resize(sam_in))
+        self.last_counts = []
+        out = []
+        for i, img in enumerate(images):
+            cand = self._candidates(feats, i, tokens[i].float())
+            out.append(self._finish(cand, img.shape[:2]))
+            self.last_counts.append(cand.counts)
+        return out
+
+    def _candidates(self, feats: dict, index: int, tokens: torch.Tensor) -> Candidates:
+        seg = self.cfg.segment
+        with autocast(self.cfg.model):
+            logits, iou = self.sam.decode_points(feats, index, self.grid, seg.points_batch_size)
+        counts = {"prompts": len(iou)}
+        keep = iou > seg.pred_iou_thresh
+        logits, iou = logits[keep], iou[keep]
+        counts["iou_filter"] = len(iou)
+        masks = logits > 0
+        nonempty = masks.flatten(1).any(1)
+        logits, iou, masks = logits[nonempty], iou[nonempty], masks[nonempty]
+        counts["nonempty"] = len(iou)
+        emb = pp.pool_mask_features(masks, tokens)
+        scores, labels = pp.match_classes(emb, self.prototypes)
+        cand = Candidates(logits, iou, emb, scores, labels, counts)
+        keep = pp.class_aware_nms(mask_boxes_inclusive(masks), iou, labels, seg.nms_thresh, seg.nms_max_keep)
+        cand = cand.take(keep)
+        counts["nms"] = len(keep)
+        cand = cand.take(cand.scores > 0)
+        counts["positive_score"] = len(cand.scores)
+        return cand
+
+    def _finish(self, cand: Candidates, size: tuple[int, int]) -> Instances:
+        seg = self.cfg.segment
+        full = None
+        if seg.merge_resolution == "full":
+            # Faithful: IoS on full-resolution masks, so every candidate is brought to full size.
+            full = pp.upsample_logits(cand.logits, size)
+            nonempty = full.flatten(1).any(1)
+            cand, full = cand.take(nonempty), full[nonempty]
+        scores = cand.scores
+        if seg.soft_merge and len(scores):
+            masks = full if full is not None else cand.logits > 0
+            scores = pp.apply_decay(scores, self._decay(cand, masks), seg.soft_merge_exponent)
+        keep = pp.select_top(scores, cand.labels, seg.max_instances, seg.score_thresh, self.class_thresh)
+        masks = full[keep] if full is not None else pp.upsample_logits(cand.logits[keep], size)
+        nonempty = masks.flatten(1).any(1)
+        keep, masks = keep[nonempty], masks[nonempty]
+        cand.counts["final"] = len(keep)
+        return Instances(
+            boxes=mask_boxes(masks).cpu().numpy(),
+            masks=masks.cpu().numpy(),
+            scores=scores[keep].float().cpu().numpy().clip(0.0, 1.0),
+            class_ids=self.class_ids[cand.labels[keep].cpu()].numpy(),
+            image_size=(int(size[0]), int(size[1])),
+        )
+
+    def _decay(self, cand: Candidates, masks: torch.Tensor) -> torch.Tensor:
+        """Soft-merge decay per candidate, computed class by class (only same-class pairs interact)."""
+        decay = torch.zeros_like(cand.scores)
+        for label in cand.labels.unique():
+            idx = torch.nonzero(cand.labels == label).flatten()  # keeps NMS (rank) order
+            inter, areas = pp.mask_intersections(masks[idx])
+            decay[idx] = pp.soft_merge_decay(inter, areas, cand.labels[idx], cand.embeddings[idx])
+        return decay
+
+    def predict_files(
+        self,
+        sources: Iterable[str | Path],
+        progress: Callable[[int, ImageResult], None] | None = None,
+    ) -> Iterator[ImageResult]:
+        """Segment image files batch by batch; unreadable files are skipped with a reason, not raised.
+
+        Yields one ``ImageResult`` per source, in order.
+        """
+        batch: list[tuple[object, np.ndarray]] = []
+        for src in sources:
+            try:
+                batch.append((src, load_image(src)))
+            except ImageLoadError as err:
+                log.warning("skipping %s", err)
+                yield ImageResult(src, None, str(err))
+                continue
+            if len(batch) == self.cfg.segment.batch_size:
+                yield from self._run_batch(batch)
+                batch = []
+        if batch:
+            yield from self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[object, np.ndarray]]) -> Iterator[ImageResult]:
+        results = self.predict([img for _, img in batch])
+        for (src, _), inst in zip(batch, results):
+            yield ImageResult(src, inst)

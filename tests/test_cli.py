@@ -1,0 +1,122 @@
+"""The CLI chain on the real COCO128 images with tiny random-weight models, and its bad-input handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from ntt.cli import main
+
+SMOKE = ["--preset", "smoke", "--random-weights", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def bank_path(coco128, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bank") / "bank.safetensors"
+    refs = coco128 / "annotations" / "instances_train2017.json"
+    args = ["bank", "build", str(refs), "-o", str(out), "--shots", "2", "--classes", "person", "Dog ", "car"]
+    assert main(args + SMOKE) == 0
+    return out
+
+
+def test_bank_info(bank_path, capsys):
+    assert main(["bank", "info", str(bank_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shots_per_class"] == {"person": 2, "car": 2, "dog": 2}
+    assert info["class_ids"] == {"person": 1, "car": 3, "dog": 18}
+    assert info["encoder"]["weights"] == "random:seed=0"
+
+
+def test_segment_json_targets_then_evaluate(coco128, bank_path, tmp_path, capsys):
+    gt = coco128 / "annotations" / "instances_val2017.json"
+    preds = tmp_path / "preds.json"
+    args = ["segment", "--bank", str(bank_path), "--images", str(gt), "-o", str(preds), "--max-images", "3"]
+    assert main(args + SMOKE) == 0
+    results = json.loads(preds.read_text())
+    meta = json.loads((tmp_path / "preds.meta.json").read_text())
+    gt_data = json.loads(gt.read_text())
+    first3 = [img["id"] for img in gt_data["images"][:3]]
+    assert meta["image_ids"] == first3 and meta["category_ids"] == [1, 3, 18]
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt_data["images"]}
+    for r in results:
+        assert r["image_id"] in first3 and r["category_id"] in (1, 3, 18)
+        mask = mask_utils.decode(r["segmentation"])
+        assert mask.shape == sizes[r["image_id"]]
+        ys, xs = np.nonzero(mask)
+        assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    capsys.readouterr()
+    assert main(["evaluate", str(gt), str(preds)]) == 0
+    table = capsys.readouterr().out
+    assert "bbox" in table and "segm" in table and "AP50" in table
+
+
+def test_bad_files_among_targets_are_skipped_and_named(coco128, bank_path, tmp_path, capsys):
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    for src in sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:2]:
+        shutil.copy(src, folder / src.name)
+    (folder / "notes.jpg").write_text("this is text, not a JPEG")
+    (folder / "empty.png").write_bytes(b"")
+    preds = tmp_path / "preds.json"
+    assert main(["segment", "--bank", str(bank_path), "--images", str(folder), "-o", str(preds)] + SMOKE) == 0
+    out = capsys.readouterr().out
+    assert "notes.jpg" in out and "empty.png" in out and "2 image(s) skipped" in out
+    meta = json.loads((tmp_path / "preds.meta.json").read_text())
+    assert len(meta["image_ids"]) == 2 and len(meta["skipped"]) == 2
+    assert {r["image_id"] for r in json.loads(preds.read_text())} <= set(meta["image_ids"])
+
+
+def test_reference_with_empty_mask_fails_with_its_annotation(tmp_path, coco128, capsys):
+    refs = json.loads((coco128 / "annotations" / "instances_train2017.json").read_text())
+    image = refs["images"][0]
+    empty = mask_utils.encode(np.zeros((image["height"], image["width"]), np.uint8, order="F"))
+    ann = {
+        "id": 999001,
+        "image_id": image["id"],
+        "category_id": 1,
+        "bbox": [50, 50, 60, 60],
+        "segmentation": {"size": empty["size"], "counts": empty["counts"].decode()},
+        "iscrowd": 0,
+    }
+    small = {"images": [image], "annotations": [ann], "categories": refs["categories"]}
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps(small))
+    images = coco128 / "images" / "train2017"
+    rc = main(["bank", "build", str(path), "--images", str(images), "-o", str(tmp_path / "b.st")] + SMOKE)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "annotation 999001" in err and "empty" in err
+
+
+def test_class_without_valid_references_fails_naming_it(coco128, tmp_path, capsys):
+    refs = coco128 / "annotations" / "instances_train2017.json"
+    data = json.loads(refs.read_text())
+    # A class whose every instance is small or at the border cannot give a shot by the paper's protocol.
+    path = tmp_path / "refs.json"
+    for ann in data["annotations"]:
+        if ann["category_id"] == 1:
+            ann["iscrowd"] = 1
+    path.write_text(json.dumps(data))
+    args = ["bank", "build", str(path), "--images", str(coco128 / "images" / "train2017")]
+    rc = main(args + ["-o", str(tmp_path / "b.st"), "--shots", "1", "--classes", "person"] + SMOKE)
+    assert rc == 2
+    assert "class 'person' has no valid reference" in capsys.readouterr().err
+
+
+def test_segment_without_weights_fails_fast_with_instructions(bank_path, coco128, tmp_path, capsys):
+    args = ["segment", "--bank", str(bank_path), "--images", str(coco128 / "images" / "val2017")]
+    rc = main(args + ["-o", str(tmp_path / "p.json"), "--preset", "smoke", "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "dinov2_vits14_pretrain.pth" in err and "--random-weights" in err
+
+
+def test_random_bank_needs_random_weights_with_same_seed(bank_path, coco128, tmp_path, capsys):
+    args = ["segment", "--bank", str(bank_path), "--images", str(coco128 / "images" / "val2017")]
+    rc = main(args + ["-o", str(tmp_path / "p.json"), "--weights-seed", "3"] + SMOKE)
+    assert rc == 2
+    assert "random:seed=0" in capsys.readouterr().err
