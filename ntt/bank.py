@@ -48,9 +48,13 @@ class MemoryBank:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.shot_features = np.asarray(self.shot_features, dtype=np.float32).reshape(
-            -1, int(self.encoder["dim"])
-        )
+        features = np.asarray(self.shot_features, dtype=np.float32)
+        try:
+            self.shot_features = features.reshape(-1, int(self.encoder["dim"]))
+        except ValueError as err:
+            raise BankError(
+                f"bank features of shape {features.shape} do not match the encoder dim {self.encoder['dim']}"
+            ) from err
         self.shot_class_ids = np.asarray(self.shot_class_ids, dtype=np.int64).reshape(-1)
         if not (len(self.shot_features) == len(self.shot_class_ids) == len(self.shots)):
             raise BankError("bank has inconsistent numbers of shots")
@@ -84,7 +88,10 @@ class MemoryBank:
         return np.stack(protos).astype(np.float32)
 
     def add(self, other: MemoryBank) -> MemoryBank:
-        """A new bank with ``other``'s shots (and classes) added; the encoders must match."""
+        """A new bank with ``other``'s shots (and classes) added; the encoders must match.
+
+        Shots already in this bank (same image id and annotation id) are not added twice.
+        """
         if _encoder_key(other.encoder) != _encoder_key(self.encoder):
             raise BankError(f"cannot merge banks of different encoders: {self.encoder} vs {other.encoder}")
         classes = list(self.classes)
@@ -95,11 +102,14 @@ class MemoryBank:
             if c["id"] not in names:
                 classes.append(dict(c))
                 names[c["id"]] = c["name"]
+        have = {_shot_key(s) for s in self.shots if s.get("annotation_id") is not None}
+        new = [i for i, s in enumerate(other.shots) if _shot_key(s) not in have]
+        used = set(self.shot_class_ids.tolist()) | set(other.shot_class_ids[new].tolist())
         return MemoryBank(
-            classes=classes,
-            shot_features=np.concatenate([self.shot_features, other.shot_features]),
-            shot_class_ids=np.concatenate([self.shot_class_ids, other.shot_class_ids]),
-            shots=self.shots + other.shots,
+            classes=[c for c in classes if c["id"] in used],
+            shot_features=np.concatenate([self.shot_features, other.shot_features[new]]),
+            shot_class_ids=np.concatenate([self.shot_class_ids, other.shot_class_ids[new]]),
+            shots=self.shots + [other.shots[i] for i in new],
             encoder=dict(self.encoder),
             info=dict(self.info),
         )
@@ -212,6 +222,8 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         meta = json.loads(header["__metadata__"][_META_KEY])
     except (SafetensorError, ValueError, KeyError, TypeError, OverflowError) as err:
         raise BankError(f"{path}: not a valid ntt bank file ({type(err).__name__}: {err})") from err
+    if not isinstance(meta, dict):
+        raise BankError(f"{path}: not a valid ntt bank file (its metadata is not a JSON object)")
     if set(tensors) != {"shot_features", "shot_class_ids"}:
         raise BankError(f"{path}: not a valid ntt bank file (unexpected tensors {sorted(tensors)})")
     return tensors, meta
@@ -222,6 +234,10 @@ def _checksum(features: np.ndarray, class_ids: np.ndarray) -> str:
     digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
     digest.update(np.ascontiguousarray(class_ids, dtype=np.int64).tobytes())
     return digest.hexdigest()
+
+
+def _shot_key(shot: dict[str, Any]) -> tuple[str, str]:
+    return (str(shot.get("image_id")), str(shot.get("annotation_id")))
 
 
 def _encoder_key(encoder: dict[str, Any]) -> tuple:

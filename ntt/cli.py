@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 from .config import PRESETS, ConfigError, NTTConfig, get_config
 
@@ -47,6 +46,16 @@ def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
     return get_config(args.preset, {"model": model, "segment": seg})
 
 
+def _reference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("refs", help="COCO instance JSON with the reference annotations")
+    p.add_argument("--images", default=None, help="folder of the reference images (default: found from the JSON)")
+    p.add_argument("--shots", type=int, default=None, help="sample N shots per class (paper protocol)")
+    p.add_argument("--seed", type=int, default=33, help="sampling seed for --shots (default 33, as the paper)")
+    p.add_argument("--classes", nargs="+", default=None, help="class names or ids to include (default: all)")
+    p.add_argument("--box-refs", action="store_true", help="ignore masks: get them from SAM2 box prompts")
+    _model_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ntt", description="Training-free reference-based instance segmentation")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -54,16 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     bank = sub.add_parser("bank", help="build and inspect memory banks").add_subparsers(dest="bank_cmd", required=True)
     b = bank.add_parser("build", help="build a bank from a COCO instance JSON of references")
-    b.add_argument("refs", help="COCO instance JSON with the reference annotations")
-    b.add_argument("--images", default=None, help="folder of the reference images (default: found from the JSON)")
+    _reference_args(b)
     b.add_argument("-o", "--output", required=True, help="bank file to write (.safetensors)")
-    b.add_argument("--shots", type=int, default=None, help="sample N shots per class (paper protocol)")
-    b.add_argument("--seed", type=int, default=33, help="sampling seed for --shots (default 33, as the paper)")
-    b.add_argument("--classes", nargs="+", default=None, help="class names or ids to include (default: all)")
-    b.add_argument("--box-refs", action="store_true", help="ignore masks: get them from SAM2 box prompts")
-    _model_args(b)
     info = bank.add_parser("info", help="print a bank's classes, shots, encoder and size")
     info.add_argument("bank")
+    a = bank.add_parser("add", help="add references from a COCO JSON to a bank (other shots are kept as is)")
+    a.add_argument("bank", help="bank file to extend")
+    _reference_args(a)
+    a.add_argument("-o", "--output", default=None, help="write here instead of updating the bank in place")
+    r = bank.add_parser("remove", help="remove shots (by annotation id) or whole classes from a bank")
+    r.add_argument("bank", help="bank file")
+    r.add_argument("--annotations", nargs="+", default=(), help="annotation ids of the shots to remove")
+    r.add_argument("--classes", nargs="+", default=(), help="class names to remove")
+    r.add_argument("-o", "--output", default=None, help="write here instead of updating the bank in place")
 
     s = sub.add_parser("segment", help="segment target images with a bank; writes COCO results JSON")
     s.add_argument("--bank", required=True, help="bank file")
@@ -108,7 +120,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     from . import commands
 
     if args.command == "bank":
-        return commands.bank_build(args, _config(args)) if args.bank_cmd == "build" else commands.bank_info(args)
+        if args.bank_cmd in ("build", "add"):
+            run = commands.bank_build if args.bank_cmd == "build" else commands.bank_add
+            return run(args, _config(args))
+        return commands.bank_info(args) if args.bank_cmd == "info" else commands.bank_remove(args)
     if args.command == "segment":
         seg = {
             "score_thresh": args.score_thresh,

@@ -19,6 +19,40 @@ from .models import ensure_weights
 
 def bank_build(args: argparse.Namespace, cfg: NTTConfig) -> int:
     start = time.perf_counter()
+    bank = _bank_from_args(args, cfg)
+    path = bank.save(args.output)
+    size = path.stat().st_size
+    print(f"wrote {path}: {len(bank.classes)} classes, {len(bank.shots)} shots, {size / 1e6:.2f} MB ({elapsed(start)})")
+    return 0
+
+
+def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
+    start = time.perf_counter()
+    bank = MemoryBank.load(args.bank)
+    cfg = pipeline.adopt_bank_encoder(cfg, bank, explicit_dinov2=args.dinov2 is not None)
+    merged = bank.add(_bank_from_args(args, cfg))
+    path = merged.save(args.output or args.bank)
+    added = len(merged.shots) - len(bank.shots)
+    total = f"{len(merged.classes)} classes, {len(merged.shots)} shots"
+    print(f"wrote {path}: {added} shots added, {total} ({elapsed(start)})")
+    return 0
+
+
+def bank_remove(args: argparse.Namespace) -> int:
+    bank = MemoryBank.load(args.bank)
+    unknown = set(args.classes) - set(bank.class_names)
+    if unknown:
+        raise ValueError(f"classes not in the bank: {sorted(unknown)}")
+    smaller = bank.remove(annotation_ids=args.annotations, class_names=args.classes)
+    if len(smaller.shots) == len(bank.shots):
+        raise ValueError("nothing to remove: no shot has these annotation ids or classes")
+    path = smaller.save(args.output or args.bank)
+    removed = len(bank.shots) - len(smaller.shots)
+    print(f"wrote {path}: {removed} shots removed, {len(smaller.classes)} classes, {len(smaller.shots)} shots")
+    return 0
+
+
+def _bank_from_args(args: argparse.Namespace, cfg: NTTConfig) -> MemoryBank:
     ensure_weights(cfg.model, ("dinov2", "sam2") if args.box_refs else ("dinov2",))
     bar = tqdm(total=1.0, desc="references", unit="", bar_format="{desc}: {percentage:3.0f}% {elapsed}")
 
@@ -37,10 +71,7 @@ def bank_build(args: argparse.Namespace, cfg: NTTConfig) -> int:
         progress=progress,
     )
     bar.close()
-    path = bank.save(args.output)
-    size = path.stat().st_size
-    print(f"wrote {path}: {len(bank.classes)} classes, {len(bank.shots)} shots, {size / 1e6:.2f} MB ({elapsed(start)})")
-    return 0
+    return bank
 
 
 def bank_info(args: argparse.Namespace) -> int:

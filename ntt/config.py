@@ -104,9 +104,7 @@ class ModelConfig:
         if self.sam2 not in SAM2_MODELS:
             raise ConfigError(f"unknown sam2 model {self.sam2!r}; choose one of {sorted(SAM2_MODELS)}")
         if self.dinov2 not in DINOV2_MODELS:
-            raise ConfigError(
-                f"unknown dinov2 model {self.dinov2!r}; choose one of {sorted(DINOV2_MODELS)}"
-            )
+            raise ConfigError(f"unknown dinov2 model {self.dinov2!r}; choose one of {sorted(DINOV2_MODELS)}")
         if self.dinov2_image_size % 14:
             raise ConfigError(f"dinov2_image_size must be a multiple of 14, got {self.dinov2_image_size}")
         if self.sam2_image_size % 64:

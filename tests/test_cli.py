@@ -112,7 +112,7 @@ def test_segment_without_weights_fails_fast_with_instructions(bank_path, coco128
     rc = main(args + ["-o", str(tmp_path / "p.json"), "--preset", "smoke", "--device", "cpu"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "dinov2_vits14_pretrain.pth" in err and "--random-weights" in err
+    assert "dinov2_vits14_pretrain.pth" in err and "sam2_hiera_tiny.pt" in err and "--random-weights" in err
 
 
 def test_random_bank_needs_random_weights_with_same_seed(bank_path, coco128, tmp_path, capsys):
@@ -120,3 +120,23 @@ def test_random_bank_needs_random_weights_with_same_seed(bank_path, coco128, tmp
     rc = main(args + ["-o", str(tmp_path / "p.json"), "--weights-seed", "3"] + SMOKE)
     assert rc == 2
     assert "random:seed=0" in capsys.readouterr().err
+
+
+def test_bank_add_then_remove(coco128, bank_path, tmp_path, capsys):
+    refs = coco128 / "annotations" / "instances_train2017.json"
+    grown = tmp_path / "grown.safetensors"
+    args = ["bank", "add", str(bank_path), str(refs), "-o", str(grown), "--shots", "1", "--classes", "cup"]
+    assert main(args + SMOKE) == 0
+    assert main(["bank", "info", str(grown)]) == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert info["shots_per_class"] == {"person": 2, "car": 2, "dog": 2, "cup": 1}
+    # Re-adding the same shots changes nothing; the original shots keep their exact features.
+    assert main(args[:2] + [str(grown), str(refs), "--shots", "1", "--classes", "cup"] + SMOKE) == 0
+    from ntt.bank import MemoryBank
+
+    before, after = MemoryBank.load(bank_path), MemoryBank.load(grown)
+    assert len(after.shots) == 7
+    np.testing.assert_array_equal(after.shot_features[:6], before.shot_features)
+    assert main(["bank", "remove", str(grown), "--classes", "person"]) == 0
+    assert MemoryBank.load(grown).shots_per_class() == {"car": 2, "dog": 2, "cup": 1}
+    assert main(["bank", "remove", str(grown), "--classes", "unicorn"]) == 2

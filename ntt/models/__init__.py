@@ -7,7 +7,7 @@ import logging
 import torch
 
 from ..config import DINOV2_MODELS, SAM2_MODELS, ModelConfig
-from ..weights import resolve_checkpoint
+from ..weights import WeightsNotFoundError, resolve_checkpoint
 from .dinov2 import DinoV2Encoder, build_dinov2
 from .sam2 import SAM2Proposer, build_sam2_model
 
@@ -23,7 +23,7 @@ RANDOM_WEIGHTS_WARNING = (
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available else CPU; otherwise ``torch.device(device)`` (checked to exist)."""
+    """ "auto" -> CUDA when available else CPU; otherwise ``torch.device(device)`` (checked to exist)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -41,9 +41,16 @@ def weights_id(cfg: ModelConfig, kind: str) -> str:
 
 def ensure_weights(cfg: ModelConfig, kinds=("sam2", "dinov2")) -> None:
     """Resolve the checkpoints a job will need before it starts, so a missing file fails at once."""
-    if not cfg.random_weights:
-        for kind in kinds:
+    if cfg.random_weights:
+        return
+    missing = []
+    for kind in kinds:
+        try:
             _checkpoint(cfg, kind)
+        except WeightsNotFoundError as err:
+            missing.append(str(err))
+    if missing:
+        raise WeightsNotFoundError("\n".join(missing))
 
 
 def encoder_weights(encoder, cfg: ModelConfig) -> str:

@@ -105,3 +105,13 @@ def test_bank_from_other_encoder_is_rejected(bank):
     cfg = get_config("smoke", {"model": {"random_weights": True, "device": "cpu", "seed": 7}})
     with pytest.raises(BankError, match="random"):
         Segmenter(bank, cfg)
+
+
+def test_bf16_autocast_runs_and_agrees_on_shapes(bank, images):
+    cfg = _config()
+    cfg.model.dtype = "bf16"
+    inst = Segmenter(bank, cfg).predict(images[:1])[0]
+    ref = Segmenter(bank, _config()).predict(images[:1])[0]
+    assert inst.masks.dtype == bool and inst.scores.dtype == np.float32
+    assert np.all((inst.scores >= 0) & (inst.scores <= 1)) and len(inst) > 0
+    assert abs(len(inst) - len(ref)) <= max(2, len(ref) // 5)

@@ -1,0 +1,390 @@
+"""The memory bank: construction, prototypes, merging, persistence and its failure modes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as st_save
+
+from ntt.bank import FORMAT_VERSION, BankError, MemoryBank
+
+ENCODER = {"name": "vit_large_patch14_dinov2", "image_size": 518, "weights": "official", "dim": 3, "context_ratio": 0.2}
+
+CAT, DOG, BIRD = {"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}, {"id": 16, "name": "bird"}
+
+
+def _shot(class_id, ann_id, image_id=1):
+    return {
+        "image_id": image_id,
+        "image_path": f"/data/{image_id:012d}.jpg",
+        "annotation_id": ann_id,
+        "class_id": class_id,
+    }
+
+
+def _bank(**overrides):
+    """Two classes (cat first although its id is larger), shots interleaved: cat, dog, cat."""
+    args = dict(
+        classes=[dict(CAT), dict(DOG)],
+        shot_features=np.array([[3.0, 0.0, 0.0], [0.0, 0.0, -2.0], [3.0, 8.0, 0.0]], np.float32),
+        shot_class_ids=np.array([17, 18, 17]),
+        shots=[_shot(17, 101, 1), _shot(18, 102, 2), _shot(17, 103, 3)],
+        encoder=dict(ENCODER),
+        info={"seed": 33, "source": "unit test"},
+    )
+    args.update(overrides)
+    return MemoryBank(**args)
+
+
+def _split(raw: bytes):
+    header_len = int.from_bytes(raw[:8], "little")
+    return header_len, json.loads(raw[8 : 8 + header_len])
+
+
+# ---- construction and prototypes -------------------------------------------------------------------
+
+
+def test_class_prototypes_mean_then_normalise_in_class_order():
+    bank = _bank()
+    protos = bank.class_prototypes()
+    assert protos.dtype == np.float32 and protos.shape == (2, 3)
+    # cat: mean([3,0,0], [3,8,0]) = [3,4,0] -> [0.6, 0.8, 0] (normalising each shot first would give
+    # a different direction: equal shot weights on the raw prototypes); dog: [0,0,-2] -> [0,0,-1].
+    np.testing.assert_allclose(protos, [[0.6, 0.8, 0.0], [0.0, 0.0, -1.0]], atol=1e-7)
+
+
+def test_properties_and_summary():
+    bank = _bank()
+    assert bank.class_ids == [17, 18]
+    assert bank.class_names == ["cat", "dog"]
+    assert bank.shots_per_class() == {"cat": 2, "dog": 1}
+    assert bank.summary()["shots"] == 3 and bank.summary()["classes"] == 2
+    assert bank.shot_features.dtype == np.float32 and bank.shot_class_ids.dtype == np.int64
+
+
+def test_class_without_shots_has_no_prototype():
+    bank = _bank(classes=[dict(CAT), dict(DOG), dict(BIRD)])
+    with pytest.raises(BankError, match="bird"):
+        bank.class_prototypes()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"shot_class_ids": np.array([17, 99, 17])}, "unknown"),
+        ({"shot_class_ids": np.array([17, 18])}, "inconsistent"),
+        ({"shots": [_shot(17, 101)]}, "inconsistent"),
+        ({"classes": [dict(CAT), dict(DOG), {"id": 17, "name": "kitten"}]}, "duplicate"),
+    ],
+)
+def test_inconsistent_construction(overrides, message):
+    with pytest.raises(BankError, match=message):
+        _bank(**overrides)
+
+
+# ---- add / remove ----------------------------------------------------------------------------------
+
+
+def test_add_merges_shots_and_classes():
+    a = _bank()
+    b = _bank(
+        classes=[dict(BIRD), dict(CAT)],
+        shot_features=np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]], np.float32),
+        shot_class_ids=np.array([16, 17]),
+        shots=[_shot(16, 201, 9), _shot(17, 202, 9)],
+        info={},
+    )
+    merged = a.add(b)
+    assert merged.class_ids == [17, 18, 16]  # the existing order, then new classes
+    assert merged.shot_class_ids.tolist() == [17, 18, 17, 16, 17]
+    np.testing.assert_array_equal(merged.shot_features[3:], b.shot_features)
+    assert [s["annotation_id"] for s in merged.shots] == [101, 102, 103, 201, 202]
+    assert merged.shots_per_class() == {"cat": 3, "dog": 1, "bird": 1}
+    # the operands are untouched
+    assert len(a.shots) == 3 and a.class_ids == [17, 18]
+    assert len(b.shots) == 2
+
+
+def test_add_skips_shots_already_in_the_bank():
+    a = _bank()
+    b = _bank(
+        classes=[dict(CAT)],
+        shot_features=np.array([[9.0, 9.0, 9.0], [5.0, 5.0, 5.0]], np.float32),
+        shot_class_ids=np.array([17, 17]),
+        shots=[_shot(17, 101, 1), _shot(17, 301, 4)],  # 101 on image 1 is already there
+        info={},
+    )
+    merged = a.add(b)
+    assert [s["annotation_id"] for s in merged.shots] == [101, 102, 103, 301]
+    np.testing.assert_array_equal(merged.shot_features[3], [5.0, 5.0, 5.0])
+    assert merged.shots_per_class() == {"cat": 3, "dog": 1}
+
+
+@pytest.mark.parametrize(
+    "encoder_change",
+    [{"name": "vit_small_patch14_dinov2"}, {"image_size": 224}, {"weights": "random:0"}],
+)
+def test_add_rejects_other_encoder(encoder_change):
+    other = _bank(encoder={**ENCODER, **encoder_change})
+    with pytest.raises(BankError, match="encoder"):
+        _bank().add(other)
+
+
+def test_add_rejects_conflicting_class_names():
+    other = _bank(classes=[{"id": 17, "name": "kitten"}, dict(DOG)])
+    with pytest.raises(BankError, match="kitten"):
+        _bank().add(other)
+
+
+@pytest.mark.parametrize(
+    "ann_ids, class_names, kept_anns, kept_classes",
+    [
+        ([101], [], [102, 103], [17, 18]),
+        (["101"], [], [102, 103], [17, 18]),  # ids compared as strings (JSON round trips)
+        ([102], [], [101, 103], [17]),  # dog has no shot left: dropped
+        ([101, 103], [], [102], [18]),
+        ([], ["cat"], [102], [18]),
+        ([], ["dog"], [101, 103], [17]),
+        ([103], ["dog"], [101], [17]),
+        ([999], ["horse"], [101, 102, 103], [17, 18]),  # unknown ids/names: nothing removed
+    ],
+)
+def test_remove(ann_ids, class_names, kept_anns, kept_classes):
+    bank = _bank()
+    out = bank.remove(annotation_ids=ann_ids, class_names=class_names)
+    assert [s["annotation_id"] for s in out.shots] == kept_anns
+    assert out.class_ids == kept_classes
+    assert len(out.shot_features) == len(out.shot_class_ids) == len(kept_anns)
+    assert set(out.shot_class_ids.tolist()) == set(kept_classes)
+    assert len(bank.shots) == 3  # the original is untouched
+
+
+def test_remove_keeps_features_aligned():
+    out = _bank().remove(annotation_ids=[102])
+    np.testing.assert_array_equal(out.shot_features, [[3, 0, 0], [3, 8, 0]])
+    np.testing.assert_allclose(out.class_prototypes(), [[0.6, 0.8, 0.0]], atol=1e-7)
+
+
+# ---- check_encoder ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, size, weights, ok",
+    [
+        ("vit_large_patch14_dinov2", 518, "official", True),
+        ("vit_large_patch14_dinov2", "518", "official", True),
+        ("vit_small_patch14_dinov2", 518, "official", False),
+        ("vit_large_patch14_dinov2", 224, "official", False),
+        ("vit_large_patch14_dinov2", 518, "random:0", False),
+    ],
+)
+def test_check_encoder(name, size, weights, ok):
+    bank = _bank()
+    if ok:
+        bank.check_encoder(name, size, weights)
+    else:
+        with pytest.raises(BankError):
+            bank.check_encoder(name, size, weights)
+
+
+# ---- persistence -----------------------------------------------------------------------------------
+
+
+def test_round_trip(tmp_path):
+    bank = _bank()
+    path = bank.save(tmp_path / "bank.safetensors")
+    assert path == tmp_path / "bank.safetensors"
+    loaded = MemoryBank.load(path)
+    np.testing.assert_array_equal(loaded.shot_features, bank.shot_features)
+    assert loaded.shot_features.dtype == np.float32
+    np.testing.assert_array_equal(loaded.shot_class_ids, bank.shot_class_ids)
+    assert loaded.shot_class_ids.dtype == np.int64
+    assert loaded.classes == bank.classes
+    assert loaded.shots == bank.shots
+    assert loaded.encoder == bank.encoder
+    assert loaded.info == bank.info
+    np.testing.assert_array_equal(loaded.class_prototypes(), bank.class_prototypes())
+
+
+def test_save_creates_folder_overwrites_and_leaves_no_temp_files(tmp_path):
+    folder = tmp_path / "a" / "b"
+    path = _bank().save(folder / "bank.safetensors")
+    assert sorted(p.name for p in folder.iterdir()) == ["bank.safetensors"]
+    smaller = _bank().remove(class_names=["dog"])
+    smaller.save(path)
+    assert sorted(p.name for p in folder.iterdir()) == ["bank.safetensors"]
+    assert MemoryBank.load(path).class_names == ["cat"]
+
+
+def test_failed_save_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
+    import ntt.bank as bank_mod
+
+    path = _bank().save(tmp_path / "bank.safetensors")
+    before = path.read_bytes()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bank_mod.os, "replace", boom)
+    with pytest.raises(OSError):
+        _bank().remove(class_names=["dog"]).save(path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.safetensors"]
+    assert path.read_bytes() == before
+
+
+def test_bank_size_on_disk(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = [{"id": i + 1, "name": f"class {i + 1}"} for i in range(20)]
+    ids = np.repeat(np.arange(1, 21), 30)
+    shots = [
+        {
+            "image_id": 100000 + k,
+            "image_path": f"/data/coco/train2017/{100000 + k:012d}.jpg",
+            "annotation_id": 2000000 + k,
+            "class_id": int(c),
+        }
+        for k, c in enumerate(ids)
+    ]
+    bank = MemoryBank(
+        classes=classes,
+        shot_features=rng.standard_normal((600, 1024)).astype(np.float32),
+        shot_class_ids=ids,
+        shots=shots,
+        encoder={**ENCODER, "dim": 1024},
+    )
+    path = bank.save(tmp_path / "big.safetensors")
+    assert path.stat().st_size <= 3_000_000
+    assert MemoryBank.load(path).shots_per_class() == {f"class {i + 1}": 30 for i in range(20)}
+
+
+def test_tampered_tensor_data_fails_checksum(tmp_path):
+    path = _bank().save(tmp_path / "bank.safetensors")
+    raw = bytearray(path.read_bytes())
+    header_len, _ = _split(bytes(raw))
+    raw[8 + header_len + 5] ^= 0x01  # inside shot_features or shot_class_ids
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BankError, match="checksum"):
+        MemoryBank.load(path)
+
+
+@pytest.mark.parametrize("keep", [0, 4, 7, 60, -1, -20])
+def test_truncated_file(tmp_path, keep):
+    path = _bank().save(tmp_path / "bank.safetensors")
+    raw = path.read_bytes()
+    path.write_bytes(raw[:keep] if keep >= 0 else raw[:keep])
+    with pytest.raises(BankError):
+        MemoryBank.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BankError, match="not found"):
+        MemoryBank.load(tmp_path / "nope.safetensors")
+
+
+def _saved_meta(tmp_path) -> dict:
+    """The metadata of a genuine bank file (valid checksum for ``_bank()``'s tensors)."""
+    _, header = _split(_bank().save(tmp_path / "genuine.safetensors").read_bytes())
+    return header["__metadata__"]
+
+
+@pytest.mark.parametrize(
+    "tensors, metadata",
+    [
+        pytest.param({"x": np.zeros(3, np.float32)}, None, id="no-metadata"),
+        pytest.param({"x": np.zeros(3, np.float32)}, {"format": "pt"}, id="foreign-metadata"),
+        pytest.param(
+            {"shot_features": np.zeros((1, 3), np.float32), "shot_class_ids": np.zeros(1, np.int64)},
+            {"ntt_bank": "{not json"},
+            id="bad-json",
+        ),
+        pytest.param({"shot_features": np.zeros((1, 3), np.float32)}, "BANK", id="missing-tensor"),
+        pytest.param(
+            {
+                "shot_features": np.zeros((3, 3), np.float32),
+                "shot_class_ids": np.zeros(3, np.int64),
+                "extra": np.zeros(1, np.float32),
+            },
+            "BANK",
+            id="extra-tensor",
+        ),
+        pytest.param(
+            {"shot_features": np.zeros((1, 3), np.float32), "shot_class_ids": np.zeros(1, np.int64)},
+            {"ntt_bank": "[1, 2]"},
+            id="metadata-not-an-object",
+        ),
+    ],
+)
+def test_not_an_ntt_bank(tmp_path, tensors, metadata):
+    if metadata == "BANK":
+        metadata = _saved_meta(tmp_path)
+    path = tmp_path / "other.safetensors"
+    path.write_bytes(st_save(tensors, metadata=metadata))
+    with pytest.raises(BankError, match="not a valid ntt bank"):
+        MemoryBank.load(path)
+
+
+def _rewrite_meta(path, edit):
+    raw = path.read_bytes()
+    _, header = _split(raw)
+    meta = json.loads(header["__metadata__"]["ntt_bank"])
+    edit(meta)
+    bank = _bank()
+    path.write_bytes(
+        st_save(
+            {"shot_features": bank.shot_features, "shot_class_ids": bank.shot_class_ids},
+            metadata={"ntt_bank": json.dumps(meta)},
+        )
+    )
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, None, str(FORMAT_VERSION)])
+def test_wrong_format_version(tmp_path, version):
+    path = _bank().save(tmp_path / "bank.safetensors")
+    _rewrite_meta(path, lambda meta: meta.update(format_version=version))
+    with pytest.raises(BankError, match="version"):
+        MemoryBank.load(path)
+
+
+def test_rewritten_file_with_valid_metadata_loads(tmp_path):
+    # Guards the helpers above: an unmodified rewrite must load, so the failures are due to the edits.
+    path = _bank().save(tmp_path / "bank.safetensors")
+    _rewrite_meta(path, lambda meta: None)
+    assert MemoryBank.load(path).class_names == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda meta: meta.pop("classes"), id="no-classes"),
+        pytest.param(lambda meta: meta.pop("shots"), id="no-shots"),
+        pytest.param(lambda meta: meta.pop("encoder"), id="no-encoder"),
+        pytest.param(lambda meta: meta["encoder"].update(dim=4), id="dim-mismatch"),
+        pytest.param(lambda meta: meta.update(shots=meta["shots"][:2]), id="too-few-shots"),
+        pytest.param(lambda meta: meta.update(classes=[{"id": 17, "name": "cat"}]), id="class-missing"),
+        pytest.param(lambda meta: meta.update(classes=[{"name": "cat"}]), id="class-without-id"),
+        pytest.param(lambda meta: meta.update(classes="cat,dog"), id="classes-not-a-list"),
+    ],
+)
+def test_incomplete_or_inconsistent_metadata(tmp_path, edit):
+    path = _bank().save(tmp_path / "bank.safetensors")
+    _rewrite_meta(path, edit)
+    with pytest.raises(BankError):
+        MemoryBank.load(path)
+
+
+def test_checksum_of_other_tensors(tmp_path):
+    # Valid structure but features replaced (same shapes) without updating the checksum.
+    path = _bank().save(tmp_path / "bank.safetensors")
+    _, header = _split(path.read_bytes())
+    bank = _bank()
+    path.write_bytes(
+        st_save(
+            {"shot_features": bank.shot_features + 1, "shot_class_ids": bank.shot_class_ids},
+            metadata=header["__metadata__"],
+        )
+    )
+    with pytest.raises(BankError, match="checksum"):
+        MemoryBank.load(path)
