@@ -240,3 +240,17 @@ def get_config(preset: str = "paper", overrides: dict[str, dict[str, Any]] | Non
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     return NTTConfig.from_dict(data).validate()
+
+
+def make_config(
+    preset: str = "paper", config: NTTConfig | dict[str, Any] | None = None, device: str | None = None
+) -> NTTConfig:
+    """A config from a preset, or an ``NTTConfig`` as is, or a preset plus a dict of per-section overrides
+    (the JSON form operators pass); ``device``, when given, replaces the model device."""
+    if isinstance(config, NTTConfig):
+        cfg = NTTConfig.from_dict(config.to_dict())
+    else:
+        cfg = get_config(preset, config)
+    if device:
+        cfg.model.device = device
+    return cfg.validate()

@@ -57,3 +57,22 @@ def list_images(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: not a directory")
     return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file as ``load_image`` would return it (EXIF rotation applied), reading its header.
+
+    Raises:
+        ImageLoadError: missing or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageLoadError(f"{path}: not a readable image ({err})") from err
+    # EXIF orientations 5-8 rotate by 90 degrees: width and height swap.
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)

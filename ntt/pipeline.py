@@ -12,7 +12,7 @@ from typing import Any
 
 from . import coco
 from .bank import MemoryBank
-from .config import NTTConfig
+from .config import DINOV2_MODELS, NTTConfig
 from .evaluation import evaluate_results
 from .references import build_bank
 from .segmenter import ImageResult, Segmenter
@@ -50,8 +50,11 @@ def bank_from_coco(
 
 
 def adopt_bank_encoder(cfg: NTTConfig, bank: MemoryBank, explicit_dinov2: bool = False) -> NTTConfig:
-    """Use the bank's DINOv2 encoder and input size for targets (unless the user named one)."""
-    if not explicit_dinov2:
+    """Use the bank's DINOv2 encoder and input size for targets (unless the user named one).
+
+    A bank from a custom encoder (not a known DINOv2 name) leaves the config alone: the caller supplies
+    that encoder."""
+    if not explicit_dinov2 and bank.encoder["name"] in DINOV2_MODELS:
         cfg.model.dinov2 = bank.encoder["name"]
         cfg.model.dinov2_image_size = int(bank.encoder["image_size"])
     return cfg.validate()

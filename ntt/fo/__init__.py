@@ -1,0 +1,55 @@
+"""The FiftyOne SDK of ntt: the only part of the package that imports fiftyone.
+
+Typical flow on any dataset or view::
+
+    import ntt.fo as nfo
+
+    nfo.mark_references(dataset.take(10, seed=0))                     # or label-level: label_field=...
+    nfo.build_bank(dataset, "pets", label_field="ground_truth")
+    nfo.segment(dataset, "pets", label_field="ntt", batch_size=8)
+    results = nfo.evaluate(dataset, "ntt", gt_field="ground_truth", eval_key="ntt_eval")
+    results.print_report()
+"""
+
+from .banks import (
+    add_references,
+    bank_dir,
+    build_bank,
+    delete_bank,
+    get_bank_info,
+    list_banks,
+    load_bank,
+    rename_bank,
+)
+from .evaluate import evaluate
+from .references import (
+    DEFAULT_TAG,
+    NTTFiftyOneError,
+    collect_references,
+    mark_references,
+    reference_ids,
+    unmark_references,
+    without_references,
+)
+from .segment import segment, to_detections
+
+__all__ = [
+    "DEFAULT_TAG",
+    "NTTFiftyOneError",
+    "add_references",
+    "bank_dir",
+    "build_bank",
+    "collect_references",
+    "delete_bank",
+    "evaluate",
+    "get_bank_info",
+    "list_banks",
+    "load_bank",
+    "mark_references",
+    "reference_ids",
+    "rename_bank",
+    "segment",
+    "to_detections",
+    "unmark_references",
+    "without_references",
+]
