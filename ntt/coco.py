@@ -205,12 +205,13 @@ def instances_to_results(image_id: int, inst: Instances, box_inclusive: bool = F
     """
     if len(inst) == 0:
         return []
-    rles = mask_utils.encode(np.asfortranarray(inst.masks.transpose(1, 2, 0).astype(np.uint8)))
     boxes = xyxy_to_xywh(inst.boxes)
     if box_inclusive:
         boxes[:, 2:] -= 1
     results = []
-    for rle, box, score, cat in zip(rles, boxes, inst.scores, inst.class_ids):
+    for i, (box, score, cat) in enumerate(zip(boxes, inst.scores, inst.class_ids)):
+        # One full-size mask at a time: memory stays at one image, whatever the number of instances.
+        rle = mask_utils.encode(np.asfortranarray(inst.mask(i).astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         results.append(
             {

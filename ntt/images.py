@@ -22,18 +22,28 @@ def load_image(path: str | Path) -> np.ndarray:
     Raises:
         ImageLoadError: missing, empty, truncated or non-image files, with the reason.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: empty file")
+    path = _local_path(path)
     try:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb_array(img)
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"{path}: too many pixels to decode safely ({err})") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageLoadError(f"{path}: not a readable image ({err})") from err
+
+
+def _local_path(path: str | Path) -> Path:
+    text = str(path)
+    if "://" in text:
+        raise ImageLoadError(f"{text}: remote URLs are not supported; download the media to a local path")
+    local = Path(text)
+    if not local.is_file():
+        raise ImageLoadError(f"{local}: file not found")
+    if local.stat().st_size == 0:
+        raise ImageLoadError(f"{local}: empty file")
+    return local
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -65,9 +75,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     Raises:
         ImageLoadError: missing or unreadable file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: file not found")
+    path = _local_path(path)
     try:
         with Image.open(path) as img:
             width, height = img.size

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
@@ -97,6 +100,14 @@ def apply_decay(scores: torch.Tensor, decay: torch.Tensor, exponent: float) -> t
     return scores * (1.0 - decay).clamp_min(0.0) ** exponent
 
 
+def merge_size(n: int, size: tuple[int, int], budget: int = 256 * 2**20) -> tuple[int, int]:
+    """Resolution for IoS of n masks: the image's own (faithful) unless n x H x W bool masks exceed
+    ``budget`` bytes, then scaled down keeping the aspect ratio (only very large images)."""
+    h, w = size
+    scale = min(1.0, math.sqrt(budget / max(1, n * h * w)))
+    return max(1, int(h * scale)), max(1, int(w * scale))
+
+
 def mask_intersections(masks: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairwise intersections and areas of binary masks, accumulated over pixel chunks (bounded memory).
 
@@ -114,11 +125,13 @@ def mask_intersections(masks: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch
     return inter.float(), flat.sum(1).float()
 
 
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int], chunk: int = 32) -> torch.Tensor:
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int], max_pixels: int = 1 << 24) -> torch.Tensor:
     """Low-resolution mask logits (N, m, m) -> bool masks (N, H, W) at logit > 0 (bilinear, antialias).
 
-    Upsampled ``chunk`` masks at a time so only bool masks are held at full resolution.
+    Upsampled a few masks at a time (at most ``max_pixels`` float values) so only bool masks are held at
+    full resolution.
     """
+    chunk = max(1, max_pixels // max(1, size[0] * size[1]))
     out = torch.zeros((logits.shape[0], *size), dtype=torch.bool, device=logits.device)
     for start in range(0, logits.shape[0], chunk):
         part = logits[start : start + chunk, None].float()
@@ -143,3 +156,80 @@ def select_top(
     order = torch.argsort(scores, descending=True, stable=True)
     order = order[scores[order] >= thresh[order]]
     return order[:max_instances]
+
+
+def logits_to_crops(logits: torch.Tensor, size: tuple[int, int]) -> list:
+    """Full-resolution masks of low-res logits (N, m, m), each computed only inside its own box.
+
+    Equal to ``upsample_logits`` followed by cropping each mask to its tight box, without ever holding a
+    full-resolution tensor per mask: bilinear upsampling can only be positive where one of the two
+    neighbouring low-res cells is, so each mask is evaluated (``grid_sample``, which matches
+    ``interpolate(bilinear, align_corners=False)`` when upsampling) on the window of its positive cells
+    dilated by one cell. Images smaller than the mask grid take the full-frame path (antialiased).
+
+    Returns:
+        per mask, ``([x1, y1, x2, y2], crop)`` with exclusive x2/y2 and a tight bool crop, or None when
+        the mask is empty at full resolution.
+    """
+    h, w = size
+    m = logits.shape[-1]
+    if h < m or w < m:
+        return [_tight(full) for full in upsample_logits(logits, size).cpu().numpy()]
+    out = []
+    for logit in logits:
+        pos = logit > 0
+        rows, cols = torch.nonzero(pos.any(1)).flatten(), torch.nonzero(pos.any(0)).flatten()
+        if len(rows) == 0:
+            out.append(None)
+            continue
+        x0, x1 = _pixel_window(int(cols[0]), int(cols[-1]), m, w)
+        y0, y1 = _pixel_window(int(rows[0]), int(rows[-1]), m, h)
+        out.append(_offset(_tight(_window_mask(logit.float(), (x0, x1, y0, y1), (h, w))), x0, y0))
+    return out
+
+
+def _offset(found, x0: int, y0: int):
+    if found is None:
+        return None
+    (x1, y1, x2, y2), crop = found
+    return [x1 + x0, y1 + y0, x2 + x0, y2 + y0], crop
+
+
+def _pixel_window(first: int, last: int, cells: int, pixels: int) -> tuple[int, int]:
+    """Pixels whose bilinear source coordinate u = (p + 0.5) * cells / pixels - 0.5 lies in
+    [first - 1, last + 1): the only pixels that can see a positive cell."""
+    scale = cells / pixels
+    lo = math.floor((first - 1 + 0.5) / scale - 0.5) - 1
+    hi = math.ceil((last + 1 + 0.5) / scale - 0.5) + 1
+    return max(0, lo), min(pixels, hi)
+
+
+def _window_mask(logit: torch.Tensor, window, size, max_pixels: int = 1 << 22) -> np.ndarray:
+    """Bool mask of the window, sampled in bands of rows so no float tensor exceeds ``max_pixels``."""
+    x0, x1, y0, y1 = window
+    band = max(1, max_pixels // max(1, x1 - x0))
+    parts = [
+        (_sample_window(logit, (x0, x1, top, min(y1, top + band)), size) > 0).cpu().numpy()
+        for top in range(y0, y1, band)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, x1 - x0), bool)
+
+
+def _sample_window(logit: torch.Tensor, window, size) -> torch.Tensor:
+    x0, x1, y0, y1 = window
+    h, w = size
+    m = logit.shape[-1]
+    # Source coordinates of the window's pixels, normalised for grid_sample (align_corners=False).
+    us = ((torch.arange(x0, x1, device=logit.device) + 0.5) * (m / w) - 0.5 + 0.5) / m * 2 - 1
+    vs = ((torch.arange(y0, y1, device=logit.device) + 0.5) * (m / h) - 0.5 + 0.5) / m * 2 - 1
+    grid = torch.stack(torch.meshgrid(vs, us, indexing="ij")[::-1], dim=-1)[None]
+    out = F.grid_sample(logit[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, 0]
+
+
+def _tight(mask: np.ndarray):
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if len(rows) == 0:
+        return None
+    y1, y2, x1, x2 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return [int(x1), int(y1), int(x2), int(y2)], mask[y1:y2, x1:x2].copy()

@@ -13,7 +13,7 @@ import torch
 from . import postprocess as pp
 from .bank import MemoryBank
 from .config import NTTConfig
-from .geometry import mask_boxes, mask_boxes_inclusive, point_grid
+from .geometry import mask_boxes_inclusive, point_grid
 from .images import ImageLoadError, load_image
 from .models import autocast, encoder_weights, get_dinov2, get_sam2, resolve_device
 from .types import Instances
@@ -135,24 +135,24 @@ class Segmenter:
 
     def _finish(self, cand: Candidates, size: tuple[int, int]) -> Instances:
         seg = self.cfg.segment
-        full = None
-        if seg.merge_resolution == "full":
-            # Faithful: IoS on full-resolution masks, so every candidate is brought to full size.
-            full = pp.upsample_logits(cand.logits, size)
-            nonempty = full.flatten(1).any(1)
-            cand, full = cand.take(nonempty), full[nonempty]
+        if seg.merge_resolution == "full" and len(cand.scores):
+            # Faithful: IoS on full-resolution masks (scaled down only past a memory budget).
+            merge_masks = pp.upsample_logits(cand.logits, pp.merge_size(len(cand.scores), size))
+            nonempty = merge_masks.flatten(1).any(1)
+            cand, merge_masks = cand.take(nonempty), merge_masks[nonempty]
+        else:
+            merge_masks = cand.logits > 0
         scores = cand.scores
         if seg.soft_merge and len(scores):
-            masks = full if full is not None else cand.logits > 0
-            scores = pp.apply_decay(scores, self._decay(cand, masks), seg.soft_merge_exponent)
+            scores = pp.apply_decay(scores, self._decay(cand, merge_masks), seg.soft_merge_exponent)
         keep = pp.select_top(scores, cand.labels, seg.max_instances, seg.score_thresh, self.class_thresh)
-        masks = full[keep] if full is not None else pp.upsample_logits(cand.logits[keep], size)
-        nonempty = masks.flatten(1).any(1)
-        keep, masks = keep[nonempty], masks[nonempty]
+        found = pp.logits_to_crops(cand.logits[keep], size)
+        kept = [i for i, f in enumerate(found) if f is not None]
+        keep = keep[kept]
         cand.counts["final"] = len(keep)
         return Instances(
-            boxes=mask_boxes(masks).cpu().numpy(),
-            masks=masks.cpu().numpy(),
+            boxes=np.array([found[i][0] for i in kept], np.float32).reshape(-1, 4),
+            crops=[found[i][1] for i in kept],
             scores=scores[keep].float().cpu().numpy().clip(0.0, 1.0),
             class_ids=self.class_ids[cand.labels[keep].cpu()].numpy(),
             image_size=(int(size[0]), int(size[1])),

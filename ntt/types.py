@@ -12,49 +12,92 @@ import numpy as np
 class Instances:
     """Instance predictions for one image, sorted by descending score.
 
+    Masks are kept cropped to their boxes, so memory follows the objects, not the image size (a
+    9000x7000 image with 100 small objects holds 100 small crops).
+
     Attributes:
         boxes: float32 array (N, 4), pixel xyxy of the tight box around each mask, in the original image
-            frame; x2/y2 are exclusive (x2 = last mask column + 1), so w = x2 - x1 is the mask's width.
-        masks: bool array (N, H, W) at the original image resolution.
+            frame, integer-valued; x2/y2 are exclusive (x2 = last mask column + 1).
+        crops: N bool arrays, crop i of shape (y2 - y1, x2 - x1): the mask inside box i.
         scores: float32 array (N,), final scores in [0, 1].
         class_ids: int64 array (N,), category ids of the memory bank's classes (not indices).
         image_size: (H, W) of the original image.
     """
 
     boxes: np.ndarray
-    masks: np.ndarray
+    crops: list[np.ndarray]
     scores: np.ndarray
     class_ids: np.ndarray
     image_size: tuple[int, int]
 
     def __post_init__(self) -> None:
         n = len(self.scores)
-        h, w = self.image_size
-        if self.boxes.shape != (n, 4) or self.class_ids.shape != (n,):
-            raise ValueError(f"inconsistent Instances: boxes {self.boxes.shape}, {n} scores")
-        if self.masks.shape != (n, h, w):
-            raise ValueError(f"masks have shape {self.masks.shape}, expected {(n, h, w)}")
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(n, 4)
+        self.class_ids = np.asarray(self.class_ids, dtype=np.int64)
+        if self.class_ids.shape != (n,) or len(self.crops) != n:
+            raise ValueError(f"inconsistent Instances: {n} scores, {len(self.crops)} crops")
+        for box, crop in zip(self.boxes, self.crops):
+            x1, y1, x2, y2 = box.astype(int)
+            if crop.shape != (y2 - y1, x2 - x1):
+                raise ValueError(f"crop of shape {crop.shape} does not fit box {box.tolist()}")
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def mask(self, i: int) -> np.ndarray:
+        """The full-image bool mask (H, W) of instance i."""
+        full = np.zeros(self.image_size, bool)
+        x1, y1, x2, y2 = self.boxes[i].astype(int)
+        full[y1:y2, x1:x2] = self.crops[i]
+        return full
+
+    @property
+    def masks(self) -> np.ndarray:
+        """All full-image masks, bool (N, H, W); N x H x W bytes, so prefer ``crops`` or ``mask(i)``."""
+        out = np.zeros((len(self), *self.image_size), bool)
+        for i in range(len(self)):
+            out[i] = self.mask(i)
+        return out
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, scores, class_ids) -> Instances:
+        """Build from full-image bool masks (N, H, W) (none empty); boxes are their tight boxes."""
+        masks = np.asarray(masks, dtype=bool)
+        boxes, crops = [], []
+        for m in masks:
+            ys, xs = np.nonzero(m)
+            if len(xs) == 0:
+                raise ValueError("empty mask")
+            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            boxes.append([x1, y1, x2, y2])
+            crops.append(m[y1:y2, x1:x2].copy())
+        return cls(
+            boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+            crops=crops,
+            scores=np.asarray(scores, np.float32),
+            class_ids=np.asarray(class_ids, np.int64),
+            image_size=tuple(int(v) for v in masks.shape[1:]),
+        )
 
     @classmethod
     def empty(cls, image_size: tuple[int, int]) -> Instances:
         h, w = image_size
         return cls(
             boxes=np.zeros((0, 4), np.float32),
-            masks=np.zeros((0, h, w), bool),
+            crops=[],
             scores=np.zeros((0,), np.float32),
             class_ids=np.zeros((0,), np.int64),
             image_size=(h, w),
         )
 
     def __getitem__(self, index) -> Instances:
+        idx = np.arange(len(self))[index]
+        idx = np.atleast_1d(idx)
         return Instances(
-            boxes=self.boxes[index],
-            masks=self.masks[index],
-            scores=self.scores[index],
-            class_ids=self.class_ids[index],
+            boxes=self.boxes[idx],
+            crops=[self.crops[i] for i in idx],
+            scores=self.scores[idx],
+            class_ids=self.class_ids[idx],
             image_size=self.image_size,
         )
 

@@ -23,12 +23,15 @@ Progress = Callable[[float, str], None]
 
 
 def to_detections(inst: Instances, class_names: dict[int, str]) -> fo.Detections:
-    """Convert instances to ``fo.Detections``: each full-image mask is cropped to its tight box by
-    ``fo.Detection.from_mask`` (relative xywh box), ``confidence`` is the NTT score."""
-    dets = [
-        fo.Detection.from_mask(mask, label=class_names[int(cid)], confidence=float(score))
-        for mask, score, cid in zip(inst.masks, inst.scores, inst.class_ids)
-    ]
+    """Convert instances to ``fo.Detections``: relative xywh boxes (pixel box / image size) and masks
+    cropped to them, exactly what ``fo.Detection.from_mask`` makes of the full mask (tested), without
+    building full-image masks; ``confidence`` is the NTT score."""
+    h, w = inst.image_size
+    dets = []
+    for box, crop, score, cid in zip(inst.boxes, inst.crops, inst.scores, inst.class_ids):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        rel = [x1 / w, y1 / h, (x2 - x1) / w, (y2 - y1) / h]
+        dets.append(fo.Detection(label=class_names[int(cid)], bounding_box=rel, mask=crop, confidence=float(score)))
     return fo.Detections(detections=dets)
 
 

@@ -246,14 +246,11 @@ def _instances():
     masks[1, 0, 0] = True  # single pixel -> (0, 0, 1, 1)
     masks[2, :, 11] = True  # last column -> (11, 0, 12, 10)
     masks[2, 9, 5] = True  # -> (5, 0, 12, 10)
-    boxes = np.array([[3, 2, 9, 6], [0, 0, 1, 1], [5, 0, 12, 10]], np.float32)
-    return Instances(
-        boxes=boxes,
-        masks=masks,
-        scores=np.array([0.9, 0.123456789, 0.05], np.float32),
-        class_ids=np.array([18, 1, 64], np.int64),
-        image_size=(h, w),
+    inst = Instances.from_masks(
+        masks, scores=np.array([0.9, 0.123456789, 0.05], np.float32), class_ids=np.array([18, 1, 64], np.int64)
     )
+    np.testing.assert_array_equal(inst.boxes, [[3, 2, 9, 6], [0, 0, 1, 1], [5, 0, 12, 10]])
+    return inst
 
 
 @pytest.mark.parametrize(
@@ -366,13 +363,8 @@ def _gt():
 def _perfect(gt, masks, cat_map=None):
     out = []
     for ann, m in zip(gt["annotations"], masks):
-        ys, xs = np.nonzero(m)
-        inst = Instances(
-            boxes=np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32),
-            masks=m[None],
-            scores=np.ones(1, np.float32),
-            class_ids=np.array([(cat_map or {}).get(ann["category_id"], ann["category_id"])]),
-            image_size=m.shape,
+        inst = Instances.from_masks(
+            m[None], scores=np.ones(1), class_ids=[(cat_map or {}).get(ann["category_id"], ann["category_id"])]
         )
         out += instances_to_results(ann["image_id"], inst)
     return out

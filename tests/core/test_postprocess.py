@@ -297,8 +297,8 @@ def test_upsample_logits_places_regions(region, expected_true):
 def test_upsample_logits_chunks_and_empty():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 16, 16, generator=gen)
-    full = upsample_logits(logits, (40, 24), chunk=32)
-    assert torch.equal(upsample_logits(logits, (40, 24), chunk=2), full)
+    full = upsample_logits(logits, (40, 24))
+    assert torch.equal(upsample_logits(logits, (40, 24), max_pixels=2 * 40 * 24), full)
     for i in range(5):
         assert torch.equal(upsample_logits(logits[i : i + 1], (40, 24))[0], full[i])
     assert upsample_logits(torch.zeros(0, 16, 16), (40, 24)).shape == (0, 40, 24)
@@ -333,3 +333,37 @@ def test_select_top(max_instances, thresh, class_thresh, expected):
 def test_select_top_stable_ties_many():
     scores = torch.full((50,), 0.5)
     assert select_top(scores, torch.zeros(50, dtype=torch.int64), 100, 0.0).tolist() == list(range(50))
+
+
+@pytest.mark.parametrize(
+    "m, size", [(64, (100, 150)), (64, (64, 64)), (256, (480, 640)), (64, (300, 70)), (64, (30, 50))]
+)
+def test_logits_to_crops_equals_full_upsampling_then_crop(m, size):
+    from ntt.postprocess import logits_to_crops
+
+    gen = torch.Generator().manual_seed(m + size[0])
+    logits = torch.randn(5, m, m, generator=gen) * 3 - 4
+    logits[0] = -5.0  # empty
+    logits[1, 10:20, 5:9] = 4.0
+    logits[2, -3:, -2:] = 6.0  # touches the bottom-right border
+    full = upsample_logits(logits, size).numpy()
+    for mask, found in zip(full, logits_to_crops(logits, size)):
+        if found is None:
+            assert not mask.any()
+            continue
+        (x1, y1, x2, y2), crop = found
+        pasted = np.zeros_like(mask)
+        pasted[y1:y2, x1:x2] = crop
+        np.testing.assert_array_equal(pasted, mask)
+        assert crop[0].any() and crop[-1].any() and crop[:, 0].any() and crop[:, -1].any()
+
+
+@pytest.mark.parametrize(
+    "n, size, expected", [(10, (480, 640), (480, 640)), (800, (480, 640), (480, 640)), (800, (7000, 9000), (510, 656))]
+)
+def test_merge_size_is_full_resolution_unless_over_budget(n, size, expected):
+    from ntt.postprocess import merge_size
+
+    got = merge_size(n, size)
+    assert got == expected
+    assert got[0] * got[1] * n <= 256 * 2**20

@@ -195,3 +195,21 @@ def test_evaluate_returns_fiftyone_results(built):
     assert ds.exists("ev_tp").count() == 9
     patches = ds.to_evaluation_patches("ev")
     assert set(patches.distinct("type")) <= {"tp", "fp", "fn"} and patches.count() > 0
+
+
+def test_to_detections_matches_fiftyone_from_mask():
+    import fiftyone as fo
+
+    from ntt.types import Instances
+
+    masks = np.zeros((2, 30, 50), bool)
+    masks[0, 3:17, 10:41] = True
+    masks[0, 5, 5] = True
+    masks[1, 29, 49] = True
+    inst = Instances.from_masks(masks, scores=[0.8, 0.3], class_ids=[7, 9])
+    dets = nfo.to_detections(inst, {7: "cat", 9: "dog"}).detections
+    for det, mask, label, conf in zip(dets, masks, ["cat", "dog"], [0.8, 0.3]):
+        ref = fo.Detection.from_mask(mask)
+        np.testing.assert_allclose(det.bounding_box, ref.bounding_box)
+        np.testing.assert_array_equal(det.mask, ref.mask)
+        assert det.label == label and det.confidence == pytest.approx(conf)
