@@ -77,26 +77,27 @@ def segment_targets(
     """
     segmenter = segmenter or Segmenter(bank, cfg)
     ids = {str(path): image_id for image_id, path in targets}
-    results: list[dict] = []
-    done, skipped = [], []
-    for res in segmenter.predict_files([p for _, p in targets]):
-        image_id = ids[str(res.source)]
-        if res.instances is None:
-            skipped.append({"image_id": image_id, "path": str(res.source), "reason": res.error})
-        else:
-            done.append(image_id)
-            results.extend(coco.instances_to_results(image_id, res.instances, box_inclusive))
-        if on_image:
-            on_image(res)
+    done, skipped, count = [], [], 0
     output = Path(output)
-    write_json_atomic(output, results)
+    with JsonListWriter(output) as writer:  # streamed: memory does not grow with the number of images
+        for res in segmenter.predict_files([p for _, p in targets]):
+            image_id = ids[str(res.source)]
+            if res.instances is None:
+                skipped.append({"image_id": image_id, "path": str(res.source), "reason": res.error})
+            else:
+                done.append(image_id)
+                for item in coco.instances_to_results(image_id, res.instances, box_inclusive):
+                    writer.write(item)
+                    count += 1
+            if on_image:
+                on_image(res)
     meta = {
         "bank": bank.info.get("path"),
         "category_ids": bank.class_ids,
         "classes": bank.classes,
         "image_ids": done,
         "skipped": skipped,
-        "detections": len(results),
+        "detections": count,
         "config": cfg.to_dict(),
     }
     write_json_atomic(sidecar_path(output), meta)
@@ -132,6 +133,34 @@ def evaluate_files(
         cat_ids = sorted({r["category_id"] for r in results})
         log.warning("no bank classes known (no sidecar, no --bank): evaluating the predicted classes only")
     return evaluate_results(gt, results, cat_ids=cat_ids, img_ids=img_ids)
+
+
+class JsonListWriter:
+    """Writes a JSON list item by item into a temp file, renamed over ``path`` only when complete."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self.file = os.fdopen(fd, "w")
+        self.first = True
+
+    def write(self, item: Any) -> None:
+        self.file.write(("[" if self.first else ",") + json.dumps(item))
+        self.first = False
+
+    def __enter__(self) -> JsonListWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.file.write("[]" if self.first else "]")
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

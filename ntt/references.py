@@ -49,6 +49,7 @@ def build_bank(
     """
     if not references:
         raise InvalidReferenceError("no references given")
+    check_class_names(references)
     cfg.validate()
     encoder = encoder if encoder is not None else get_dinov2(cfg.model)
     feats: list[np.ndarray] = []
@@ -89,9 +90,12 @@ def _reference_masks(refs: list[Reference], image: np.ndarray, cfg: NTTConfig, p
     masks: list[np.ndarray | None] = [None if r.mask is None else np.asarray(r.mask) > 0 for r in refs]
     box_only = [i for i, m in enumerate(masks) if m is None]
     if box_only:
-        boxes = [refs[i].box for i in box_only]
-        if any(b is None for b in boxes):
-            raise InvalidReferenceError(f"{refs[box_only[0]].describe()}: has neither mask nor box")
+        boxes = []
+        for i in box_only:
+            box = clip_box(refs[i].box, (h, w))
+            if box is None:
+                raise InvalidReferenceError(f"{refs[i].describe()}: box {refs[i].box} has no area inside the image")
+            boxes.append(box)
         for i, mask in zip(box_only, masks_from_boxes(image, boxes, cfg, proposer)):
             masks[i] = mask
     for ref, mask in zip(refs, masks):
@@ -126,7 +130,8 @@ def _encode_shots(part, image: np.ndarray, encoder, cfg: NTTConfig) -> list[np.n
     size = encoder.image_size
     crops, weights = [], []
     for ref, mask in part:
-        box = ref.box if ref.box is not None else mask_tight_box_xywh(mask)
+        # The mask is authoritative: a missing or broken box falls back to the mask's tight box.
+        box = clip_box(ref.box, mask.shape) or mask_tight_box_xywh(mask)
         x1, y1, x2, y2 = context_crop_box(box, mask.shape, cfg.bank.context_ratio)
         crop = torch.tensor(image[y1:y2, x1:x2]).permute(2, 0, 1)[None].float() / 255.0
         crops.append(F.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False))
@@ -155,6 +160,36 @@ def patch_weights(soft_mask: torch.Tensor, grid: int, ref: Reference | None = No
     if wgt.sum() <= 0:
         raise InvalidReferenceError(f"{_name(ref)}: mask is empty after cropping")
     return wgt
+
+
+def clip_box(box, image_size: tuple[int, int]) -> list[float] | None:
+    """A pixel xywh box clipped to the image; None when missing, not finite, or without area inside."""
+    if box is None or len(box) != 4 or not np.all(np.isfinite(np.asarray(box, dtype=float))):
+        return None
+    h, w = image_size
+    x1, y1 = max(0.0, float(box[0])), max(0.0, float(box[1]))
+    x2, y2 = min(float(w), float(box[0]) + float(box[2])), min(float(h), float(box[1]) + float(box[3]))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return None
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def check_class_names(references: Sequence[Reference]) -> None:
+    """One name per class id, and no two class names that differ only in case or spaces."""
+    names: dict[int, str] = {}
+    ids: dict[str, int] = {}
+    spelled: dict[str, str] = {}
+    for ref in references:
+        cid, name = int(ref.class_id), ref.class_name
+        if names.setdefault(cid, name) != name:
+            raise InvalidReferenceError(f"class id {cid} is named both {names[cid]!r} and {name!r}")
+        key = " ".join(str(name).split()).lower()
+        if ids.setdefault(name, cid) != cid:
+            raise InvalidReferenceError(f"class {name!r} has two ids, {ids[name]} and {cid}")
+        if spelled.setdefault(key, name) != name:
+            raise InvalidReferenceError(
+                f"class names {spelled[key]!r} and {name!r} differ only in case or spaces: use one spelling"
+            )
 
 
 def _name(ref: Reference | None) -> str:

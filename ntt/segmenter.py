@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +83,7 @@ class Segmenter:
         self.grid = point_grid(cfg.segment.points_per_side, self.sam.image_size).to(self.device)
         self.class_thresh = self._class_thresholds()
         self.last_counts: list[dict[str, int]] = []
+        self.batch_size = cfg.segment.batch_size
 
     def _class_thresholds(self) -> torch.Tensor | None:
         given = self.cfg.segment.class_thresholds
@@ -167,30 +168,50 @@ class Segmenter:
             decay[idx] = pp.soft_merge_decay(inter, areas, cand.labels[idx], cand.embeddings[idx])
         return decay
 
-    def predict_files(
-        self,
-        sources: Iterable[str | Path],
-        progress: Callable[[int, ImageResult], None] | None = None,
-    ) -> Iterator[ImageResult]:
+    def predict_resilient(self, images: Sequence[np.ndarray]) -> list[Instances | str]:
+        """``predict`` that survives running out of (GPU) memory: the batch is split in halves and retried,
+        later batches use the smaller size (``self.batch_size``); an image that does not fit alone
+        gets the reason as a string instead of instances."""
+        try:
+            return list(self.predict(images))
+        except torch.OutOfMemoryError as err:
+            _free_memory()
+            if len(images) == 1:
+                return [f"out of memory even alone ({str(err).splitlines()[0]})"]
+            half = len(images) // 2
+            self.batch_size = max(1, min(self.batch_size, half))
+            log.warning("out of memory on %d images: retrying in batches of %d", len(images), half)
+            return self.predict_resilient(images[:half]) + self.predict_resilient(images[half:])
+
+    def predict_files(self, sources: Iterable[str | Path]) -> Iterator[ImageResult]:
         """Segment image files batch by batch; unreadable files are skipped with a reason, not raised.
 
-        Yields one ``ImageResult`` per source, in order.
+        Yields one ``ImageResult`` per source, in the order of ``sources``.
         """
-        batch: list[tuple[object, np.ndarray]] = []
+        pending: list[tuple[object, np.ndarray | None, str | None]] = []
         for src in sources:
             try:
-                batch.append((src, load_image(src)))
+                pending.append((src, load_image(src), None))
             except ImageLoadError as err:
                 log.warning("skipping %s", err)
-                yield ImageResult(src, None, str(err))
-                continue
-            if len(batch) == self.cfg.segment.batch_size:
-                yield from self._run_batch(batch)
-                batch = []
-        if batch:
-            yield from self._run_batch(batch)
+                pending.append((src, None, str(err)))
+            if sum(img is not None for _, img, _ in pending) >= self.batch_size:
+                yield from self._run_batch(pending)
+                pending = []
+        if pending:
+            yield from self._run_batch(pending)
 
-    def _run_batch(self, batch: list[tuple[object, np.ndarray]]) -> Iterator[ImageResult]:
-        results = self.predict([img for _, img in batch])
-        for (src, _), inst in zip(batch, results):
-            yield ImageResult(src, inst)
+    def _run_batch(self, pending) -> Iterator[ImageResult]:
+        loaded = [img for _, img, _ in pending if img is not None]
+        results = iter(self.predict_resilient(loaded))
+        for src, img, err in pending:
+            if img is None:
+                yield ImageResult(src, None, err)
+                continue
+            res = next(results)
+            yield ImageResult(src, res, None) if isinstance(res, Instances) else ImageResult(src, None, res)
+
+
+def _free_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -122,21 +122,27 @@ def _target_view(coll, label_field: str, tag: str, skip_existing: bool, overwrit
 def _run(dataset, view, segmenter: Segmenter, label_field: str, progress: Progress | None) -> dict[str, Any]:
     ids, paths = view.values(["id", "filepath"])
     names = dict(zip(segmenter.bank.class_ids, segmenter.bank.class_names))
-    batch_size = segmenter.cfg.segment.batch_size
+    path_of = dict(zip(ids, paths))
     summary = {"samples": len(ids), "labelled": 0, "instances": 0, "per_class": Counter(), "skipped": []}
-    for start in range(0, len(ids), batch_size):
-        batch = _load_batch(ids[start : start + batch_size], paths[start : start + batch_size], summary)
-        if batch:
-            results = segmenter.predict([img for _, img in batch])
-            values = {sid: to_detections(inst, names) for (sid, _), inst in zip(batch, results)}
+    done = 0
+    while done < len(ids):
+        size = segmenter.batch_size  # shrinks after an out-of-memory retry
+        batch = _load_batch(ids[done : done + size], paths[done : done + size], summary)
+        results = segmenter.predict_resilient([img for _, img in batch]) if batch else []
+        values = {}
+        for (sid, _), res in zip(batch, results):
+            if isinstance(res, str):
+                summary["skipped"].append({"id": sid, "filepath": path_of[sid], "reason": res})
+                continue
+            values[sid] = to_detections(res, names)
+            summary["instances"] += len(res)
+            summary["per_class"].update(names[int(c)] for c in res.class_ids)
+        if values:
             dataset.set_values(label_field, values, key_field="id")
             summary["labelled"] += len(values)
-            for inst in results:
-                summary["instances"] += len(inst)
-                summary["per_class"].update(names[int(c)] for c in inst.class_ids)
-        done = min(start + batch_size, len(ids))
+        done += size
         if progress:
-            progress(done / max(len(ids), 1), f"Segmenting {done}/{len(ids)} samples")
+            progress(min(done, len(ids)) / len(ids), f"Segmenting {min(done, len(ids))}/{len(ids)} samples")
     summary["per_class"] = dict(summary["per_class"])
     return summary
 

@@ -407,3 +407,28 @@ def test_evaluate_restricted_categories_and_images():
     assert evaluate_results(gt, noisy, cat_ids=[1])["segm"]["AP"] == pytest.approx(1.0)
     # image 1 holds only cats; restricted to it, the dog on image 2 does not count
     assert evaluate_results(gt, cats_only, img_ids=[1])["bbox"]["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("items", [[], [{"a": 1}], [{"a": 1}, {"b": [2, 3]}, 4]])
+def test_json_list_writer_streams_a_valid_list(tmp_path, items):
+    from ntt.pipeline import JsonListWriter
+
+    path = tmp_path / "out.json"
+    with JsonListWriter(path) as writer:
+        for item in items:
+            writer.write(item)
+    assert json.loads(path.read_text()) == items
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_json_list_writer_leaves_nothing_when_interrupted(tmp_path):
+    from ntt.pipeline import JsonListWriter
+
+    path = tmp_path / "out.json"
+    path.write_text("[1]")
+    with pytest.raises(RuntimeError):
+        with JsonListWriter(path) as writer:
+            writer.write(2)
+            raise RuntimeError("killed")
+    assert json.loads(path.read_text()) == [1], "the previous complete file is kept"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

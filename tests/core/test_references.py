@@ -124,3 +124,56 @@ def test_thin_mask_falls_back_to_area_weights():
     weights = patch_weights(soft, 2)
     assert weights.sum() > 0
     assert weights[:, 0].sum() > 0 and weights[:, 1].sum() == 0
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        ([(1, "dog"), (2, "Dog ")], "differ only in case or spaces"),
+        ([(1, "dog"), (1, "cat")], "class id 1 is named both"),
+        ([(1, "dog"), (2, "dog")], "has two ids"),
+    ],
+)
+def test_inconsistent_class_names_are_rejected(names, message, smoke_config):
+    mask = np.ones((8, 8), bool)
+    refs = [Reference(image=np.zeros((8, 8, 3), np.uint8), class_id=i, class_name=n, mask=mask) for i, n in names]
+    with pytest.raises(InvalidReferenceError, match=message):
+        build_bank(refs, smoke_config)
+
+
+@pytest.mark.parametrize(
+    "box, expected",
+    [
+        ([10, 10, 20, 20], [10, 10, 20, 20]),
+        ([-5, 90, 20, 20], [0, 90, 15, 10]),  # clipped to the 100x100 image
+        ([50, 50, 0, 10], None),  # zero width
+        ([120, 10, 5, 5], None),  # entirely outside
+        ([float("nan"), 0, 5, 5], None),
+        (None, None),
+    ],
+)
+def test_clip_box(box, expected):
+    from ntt.references import clip_box
+
+    assert clip_box(box, (100, 100)) == expected
+
+
+def test_box_only_reference_outside_the_image_names_it(smoke_config):
+    ref = Reference(image=np.zeros((50, 60, 3), np.uint8), class_id=1, class_name="x", box=[70, 5, 10, 10])
+    ref.annotation_id = 404
+    with pytest.raises(InvalidReferenceError, match="annotation 404.*no area inside the image"):
+        build_bank([ref], smoke_config, proposer=_BoxEchoProposer())
+
+
+def test_all_ones_mask_is_a_valid_whole_image_shot(fss, smoke_config):
+    image, _ = _fss_pair(fss)
+    ref = Reference(image=image, class_id=1, class_name="scene", mask=np.ones(image.shape[:2], bool))
+    bank = build_bank([ref], smoke_config)
+    assert np.isfinite(bank.shot_features).all()
+
+
+def test_broken_box_on_a_mask_reference_falls_back_to_the_mask(fss, smoke_config):
+    image, mask = _fss_pair(fss)
+    good = build_bank([Reference(image=image, class_id=1, class_name="a", mask=mask)], smoke_config)
+    broken = Reference(image=image, class_id=1, class_name="a", mask=mask, box=[0, 0, 0, 0])
+    np.testing.assert_allclose(build_bank([broken], smoke_config).shot_features, good.shot_features, rtol=1e-5)

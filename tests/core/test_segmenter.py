@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ntt import coco
 from ntt.bank import BankError
@@ -115,3 +116,41 @@ def test_bf16_autocast_runs_and_agrees_on_shapes(bank, images):
     assert inst.masks.dtype == bool and inst.scores.dtype == np.float32
     assert np.all((inst.scores >= 0) & (inst.scores <= 1)) and len(inst) > 0
     assert abs(len(inst) - len(ref)) <= max(2, len(ref) // 5)
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_going(bank, images, monkeypatch):
+    seg = Segmenter(bank, _config(batch_size=3))
+    expected = seg.predict(images)
+    real_predict = seg.predict
+    sizes = []
+
+    def predict_with_small_memory(batch):
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_predict(batch)
+
+    monkeypatch.setattr(seg, "predict", predict_with_small_memory)
+    got = seg.predict_resilient(images)
+    assert sizes[:3] == [3, 1, 2] and seg.batch_size == 1
+    assert [len(r) for r in got] == [len(r) for r in expected]
+
+
+def test_image_that_never_fits_is_reported_not_raised(bank, images, monkeypatch):
+    seg = Segmenter(bank, _config())
+
+    def always_oom(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(seg, "predict", always_oom)
+    assert seg.predict_resilient(images[:2]) == ["out of memory even alone (CUDA out of memory.)"] * 2
+
+
+def test_predict_files_keeps_the_order_of_sources(bank, coco128, tmp_path):
+    good = sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:3]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    sources = [good[0], bad, good[1], tmp_path / "missing.jpg", good[2]]
+    results = list(Segmenter(bank, _config(batch_size=2)).predict_files(sources))
+    assert [r.source for r in results] == sources
+    assert [r.instances is None for r in results] == [False, True, False, True, False]
