@@ -7,6 +7,7 @@ tagging, e.g. tagged in the App grid), or a single ``Detection`` whose own tags 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import fiftyone as fo
@@ -18,6 +19,7 @@ from ..images import ImageLoadError, image_size
 from ..references import InvalidReferenceError
 from ..types import Reference
 
+log = logging.getLogger(__name__)
 DEFAULT_TAG = "ntt_ref"
 
 
@@ -109,6 +111,10 @@ def collect_references(
         sample_tagged = tag in sample.tags
         dets = sample[label_field].detections if sample[label_field] is not None else []
         chosen = [d for d in dets if sample_tagged or tag in (d.tags or [])]
+        crowd = [d for d in chosen if _is_crowd(d)]
+        if crowd:  # a crowd region is not one instance: never a shot
+            log.warning("sample %s: %d crowd label(s) left out of the references", sample.id, len(crowd))
+            chosen = [d for d in chosen if not _is_crowd(d)]
         if chosen:
             refs.extend(_sample_references(sample, chosen, ids))
     if not refs:
@@ -116,6 +122,10 @@ def collect_references(
             f"no references: tag samples or {label_field!r} labels with {tag!r} first (mark_references)"
         )
     return refs
+
+
+def _is_crowd(det) -> bool:
+    return bool(det.get_field("iscrowd")) if det.has_field("iscrowd") else False
 
 
 def _sample_references(sample, dets, ids: dict[str, int]) -> list[Reference]:

@@ -213,3 +213,13 @@ def test_to_detections_matches_fiftyone_from_mask():
         np.testing.assert_allclose(det.bounding_box, ref.bounding_box)
         np.testing.assert_array_equal(det.mask, ref.mask)
         assert det.label == label and det.confidence == pytest.approx(conf)
+
+
+def test_crowd_labels_are_never_references(dataset):
+    sample = dataset.first()
+    sample.gt.detections[0]["iscrowd"] = 1
+    sample.save()
+    nfo.mark_references(dataset.limit(1))
+    ids = {r.annotation_id for r in nfo.collect_references(dataset, "gt")}
+    assert sample.gt.detections[0].id not in ids
+    assert ids == {d.id for d in sample.gt.detections[1:]}
