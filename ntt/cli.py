@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--box-inclusive", action="store_true", help="research code's 1-px-short COCO boxes")
     _model_args(s)
 
+    k = sub.add_parser("benchmark", help="time every stage on real images (optionally vs the faithful mode)")
+    k.add_argument("--images", default=None, help="folder of images (default: COCO128 val of the shared data)")
+    k.add_argument("--max-images", type=int, default=10, help="images to time (default 10)")
+    k.add_argument("--classes", type=int, default=20, help="classes in the (random) bank (default 20)")
+    k.add_argument("--points-per-side", type=int, default=None, help="prompt grid side")
+    k.add_argument("--prompt-mode", default=None, choices=["grid", "guided"], help="dense grid or DINOv2-guided")
+    k.add_argument("--force-candidates", action="store_true", help="also run the worst case: every mask kept")
+    k.add_argument("--compare-reference", action="store_true", help="also run the faithful reference mode")
+    k.add_argument("--json", dest="json_out", default=None, help="write the numbers to this JSON file")
+    _model_args(k)
+
     e = sub.add_parser("evaluate", help="COCO bbox and segm AP of a results JSON")
     e.add_argument("gt", help="ground-truth COCO instance JSON")
     e.add_argument("preds", help="results JSON written by `ntt segment`")
@@ -131,6 +142,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             "points_per_side": args.points_per_side,
         }
         return commands.segment(args, _config(args, seg))
+    if args.command == "benchmark":
+        seg = {"points_per_side": args.points_per_side, "prompt_mode": args.prompt_mode}
+        return commands.benchmark(args, _config(args, seg))
     return commands.evaluate(args)
 
 

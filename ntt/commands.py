@@ -130,3 +130,41 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(metrics, indent=2))
     return 0
+
+
+def benchmark(args: argparse.Namespace, cfg: NTTConfig) -> int:
+    from . import benchmark as bench
+    from .images import list_images
+
+    folder = Path(args.images) if args.images else _default_benchmark_images()
+    paths = list_images(folder)[: args.max_images]
+    if not paths:
+        raise ValueError(f"no images in {folder}")
+    ensure_weights(cfg.model)
+    bank = bench.random_bank(cfg, classes=args.classes)
+    modes = []
+    if args.compare_reference:
+        modes.append(("reference", bench.reference_config(cfg)))
+    modes.append(("fast", cfg))
+    if args.force_candidates:
+        modes += [(f"{name}+forced", bench.force_candidates(c)) for name, c in list(modes)]
+    print(f"{len(paths)} images from {folder}; preset {args.preset}, device {cfg.model.device}, {cfg.model.dtype}")
+    reports = [bench.run(c, bank, paths, name) for name, c in modes]
+    print(bench.format_report(reports))
+    out = {"reports": [r.to_dict() for r in reports], "config": cfg.to_dict()}
+    by_mode = {r.mode: r for r in reports}
+    if "reference" in by_mode:
+        ratio = by_mode["fast"].images_per_s / max(by_mode["reference"].images_per_s, 1e-9)
+        agree = bench.agreement(by_mode["fast"].instances, by_mode["reference"].instances)
+        out.update(speedup=round(ratio, 2), agreement=round(agree, 4))
+        print(
+            f"fast / reference: {ratio:.2f}x; reference detections matched by fast (same class, IoU>=0.9): {agree:.1%}"
+        )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def _default_benchmark_images() -> Path:
+    here = Path(__file__).resolve().parents[1]
+    return here.parent / "shared" / "data" / "coco128-seg" / "images" / "val2017"

@@ -144,6 +144,10 @@ class SegmentConfig:
         class_thresholds: per-class-name score thresholds, overriding ``score_thresh``.
         add_no_mem_embed: add SAM2's ``no_mem_embed`` to the image embedding (stock SAM2 image
             predictor behaviour); NTT does not, so the faithful default is False.
+        prompt_mode: "grid" (faithful: points_per_side^2 prompts) or "guided": prompt SAM2 only at the
+            ``guided_points`` patches whose DINOv2 features best match a class prototype (local maxima),
+            plus a coarse ``guided_grid`` x ``guided_grid`` grid for recall. Tens of prompts instead of
+            1024; instances DINOv2 does not already see as a class can be missed.
         batch_size: images per forward pass of the encoders.
     """
 
@@ -159,6 +163,9 @@ class SegmentConfig:
     score_thresh: float = 0.0
     class_thresholds: dict[str, float] = field(default_factory=dict)
     add_no_mem_embed: bool = False
+    prompt_mode: str = "grid"
+    guided_points: int = 32
+    guided_grid: int = 4
     batch_size: int = 1
 
     def validate(self) -> None:
@@ -166,6 +173,8 @@ class SegmentConfig:
             raise ConfigError("points_per_side must be >= 1")
         if self.points_batch_size < 1 or self.batch_size < 1:
             raise ConfigError("points_batch_size and batch_size must be >= 1")
+        if self.prompt_mode not in ("grid", "guided"):
+            raise ConfigError(f"prompt_mode must be 'grid' or 'guided', got {self.prompt_mode!r}")
         if self.merge_resolution not in ("full", "low"):
             raise ConfigError(f"merge_resolution must be 'full' or 'low', got {self.merge_resolution!r}")
         if self.max_instances < 1 or self.nms_max_keep < 1:
@@ -208,10 +217,15 @@ def _build(kind: type, values: dict[str, Any]) -> Any:
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The paper's models and settings.
     "paper": {},
-    # Small models and a coarser prompt grid, for CPUs and laptops.
+    # For CPUs and laptops: small models at reduced inputs, DINOv2-guided prompts (32 instead of 1024).
     "lite": {
-        "model": {"sam2": "sam2.1_hiera_t", "dinov2": "dinov2_vits14"},
-        "segment": {"points_per_side": 16, "merge_resolution": "low"},
+        "model": {
+            "sam2": "sam2.1_hiera_t",
+            "dinov2": "dinov2_vits14",
+            "sam2_image_size": 768,
+            "dinov2_image_size": 448,
+        },
+        "segment": {"prompt_mode": "guided", "guided_points": 16, "guided_grid": 4, "merge_resolution": "low"},
     },
     # Tiny inputs and 16 prompts: only for smoke tests with random weights (fast on any CPU).
     "smoke": {

@@ -16,6 +16,8 @@ from .config import NTTConfig
 from .geometry import mask_boxes_inclusive, point_grid
 from .images import ImageLoadError, load_image
 from .models import autocast, encoder_weights, get_dinov2, get_sam2, resolve_device
+from .prompts import guided_points
+from .timing import NullTimer
 from .types import Instances
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,13 @@ class Segmenter:
         >>> instances = seg.predict([load_image("a.jpg")])[0]
     """
 
-    def __init__(self, bank: MemoryBank, cfg: NTTConfig, proposer=None, encoder=None):
+    def __init__(self, bank: MemoryBank, cfg: NTTConfig, proposer=None, encoder=None, timer=None):
         """Load (or take) the models and check that the bank was built with the same encoder.
 
         Args:
             proposer / encoder: models to use instead of the configured SAM2 / DINOv2 (same interfaces as
                 ``SAM2Proposer`` / ``DinoV2Encoder``; used by tests and for other backbones).
+            timer: a ``StageTimer`` to charge each stage's time to (benchmarks).
         """
         self.cfg = cfg.validate()
         self.bank = bank
@@ -80,7 +83,10 @@ class Segmenter:
         self.sam = proposer if proposer is not None else get_sam2(cfg.model, cfg.segment.add_no_mem_embed)
         self.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
         self.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)
-        self.grid = point_grid(cfg.segment.points_per_side, self.sam.image_size).to(self.device)
+        seg = cfg.segment
+        side = seg.points_per_side if seg.prompt_mode == "grid" else seg.guided_grid
+        self.grid = point_grid(side, self.sam.image_size).to(self.device) if side > 0 else None
+        self.timer = timer or NullTimer()
         self.class_thresh = self._class_thresholds()
         self.last_counts: list[dict[str, int]] = []
         self.batch_size = cfg.segment.batch_size
@@ -100,10 +106,13 @@ class Segmenter:
         """Instances for RGB uint8 images (H, W, 3), run as one batch through the encoders."""
         if not images:
             return []
-        sam_in = torch.stack([self.sam.prepare(img) for img in images]).to(self.device)
+        with self.timer("resize"):
+            sam_in = torch.stack([self.sam.prepare(img) for img in images]).to(self.device)
         with autocast(self.cfg.model):
-            feats = self.sam.encode(sam_in)
-            tokens = self.dinov2(self.dinov2.resize(sam_in))
+            with self.timer("sam2_encoder"):
+                feats = self.sam.encode(sam_in)
+            with self.timer("dinov2"):
+                tokens = self.dinov2(self.dinov2.resize(sam_in))
         self.last_counts = []
         out = []
         for i, img in enumerate(images):
@@ -112,22 +121,32 @@ class Segmenter:
             self.last_counts.append(cand.counts)
         return out
 
+    def _prompts(self, tokens: torch.Tensor) -> torch.Tensor:
+        seg = self.cfg.segment
+        if seg.prompt_mode == "grid":
+            return self.grid
+        guided = guided_points(tokens, self.prototypes, seg.guided_points, self.sam.image_size)
+        return guided if self.grid is None else torch.cat([guided, self.grid])
+
     def _candidates(self, feats: dict, index: int, tokens: torch.Tensor) -> Candidates:
         seg = self.cfg.segment
-        with autocast(self.cfg.model):
-            logits, iou = self.sam.decode_points(feats, index, self.grid, seg.points_batch_size)
+        with self.timer("decoder"), autocast(self.cfg.model):
+            logits, iou = self.sam.decode_points(feats, index, self._prompts(tokens), seg.points_batch_size)
         counts = {"prompts": len(iou)}
-        keep = iou > seg.pred_iou_thresh
-        logits, iou = logits[keep], iou[keep]
-        counts["iou_filter"] = len(iou)
-        masks = logits > 0
-        nonempty = masks.flatten(1).any(1)
-        logits, iou, masks = logits[nonempty], iou[nonempty], masks[nonempty]
-        counts["nonempty"] = len(iou)
-        emb = pp.pool_mask_features(masks, tokens)
-        scores, labels = pp.match_classes(emb, self.prototypes)
+        with self.timer("matching"):
+            keep = iou > seg.pred_iou_thresh
+            logits, iou = logits[keep], iou[keep]
+            counts["iou_filter"] = len(iou)
+            masks = logits > 0
+            nonempty = masks.flatten(1).any(1)
+            logits, iou, masks = logits[nonempty], iou[nonempty], masks[nonempty]
+            counts["nonempty"] = len(iou)
+            emb = pp.pool_mask_features(masks, tokens)
+            scores, labels = pp.match_classes(emb, self.prototypes)
         cand = Candidates(logits, iou, emb, scores, labels, counts)
-        keep = pp.class_aware_nms(mask_boxes_inclusive(masks), iou, labels, seg.nms_thresh, seg.nms_max_keep)
+        with self.timer("nms_merge"):
+            boxes = mask_boxes_inclusive(masks)
+            keep = pp.class_aware_nms(boxes, iou, labels, seg.nms_thresh, seg.nms_max_keep)
         cand = cand.take(keep)
         counts["nms"] = len(keep)
         cand = cand.take(cand.scores > 0)
@@ -135,6 +154,24 @@ class Segmenter:
         return cand
 
     def _finish(self, cand: Candidates, size: tuple[int, int]) -> Instances:
+        with self.timer("nms_merge"):
+            cand, scores, keep = self._merge_and_select(cand, size)
+        with self.timer("full_res_masks"):
+            found = pp.logits_to_crops(cand.logits[keep], size)
+        kept = [i for i, f in enumerate(found) if f is not None]
+        keep = keep[kept]
+        cand.counts["final"] = len(keep)
+        return Instances(
+            boxes=np.array([found[i][0] for i in kept], np.float32).reshape(-1, 4),
+            crops=[found[i][1] for i in kept],
+            scores=scores[keep].float().cpu().numpy().clip(0.0, 1.0),
+            class_ids=self.class_ids[cand.labels[keep].cpu()].numpy(),
+            image_size=(int(size[0]), int(size[1])),
+        )
+
+    def _merge_and_select(self, cand: Candidates, size: tuple[int, int]):
+        """Soft-merge the scores and pick the final candidates: (candidates, scores, kept indices); the
+        candidates lose those whose mask vanishes at full resolution."""
         seg = self.cfg.segment
         if seg.merge_resolution == "full" and len(cand.scores):
             # Faithful: IoS on full-resolution masks (scaled down only past a memory budget).
@@ -147,17 +184,7 @@ class Segmenter:
         if seg.soft_merge and len(scores):
             scores = pp.apply_decay(scores, self._decay(cand, merge_masks), seg.soft_merge_exponent)
         keep = pp.select_top(scores, cand.labels, seg.max_instances, seg.score_thresh, self.class_thresh)
-        found = pp.logits_to_crops(cand.logits[keep], size)
-        kept = [i for i, f in enumerate(found) if f is not None]
-        keep = keep[kept]
-        cand.counts["final"] = len(keep)
-        return Instances(
-            boxes=np.array([found[i][0] for i in kept], np.float32).reshape(-1, 4),
-            crops=[found[i][1] for i in kept],
-            scores=scores[keep].float().cpu().numpy().clip(0.0, 1.0),
-            class_ids=self.class_ids[cand.labels[keep].cpu()].numpy(),
-            image_size=(int(size[0]), int(size[1])),
-        )
+        return cand, scores, keep
 
     def _decay(self, cand: Candidates, masks: torch.Tensor) -> torch.Tensor:
         """Soft-merge decay per candidate, computed class by class (only same-class pairs interact)."""

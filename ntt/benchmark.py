@@ -1,0 +1,166 @@
+"""Benchmark: per-stage timings, throughput, memory and filter counts on real images; optionally a faithful
+reference mode and the configured (fast) mode side by side on the same images, with their agreement."""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import coco
+from .bank import MemoryBank
+from .config import NTTConfig
+from .images import load_image
+from .models import get_dinov2, resolve_device, weights_id
+from .segmenter import Segmenter
+from .timing import StageTimer
+from .types import Instances
+
+STAGES = ("load", "resize", "sam2_encoder", "dinov2", "decoder", "matching", "nms_merge", "full_res_masks", "export")
+
+
+@dataclass
+class RunReport:
+    """What one benchmark mode measured."""
+
+    mode: str
+    images: int
+    seconds: float
+    stage_ms: dict[str, float]
+    counts: dict[str, float]
+    peak_gpu_mb: float | None
+    peak_host_mb: float
+    instances: list[Instances] = field(repr=False, default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 3),
+            "ms_per_image": {k: round(v, 1) for k, v in self.stage_ms.items()},
+            "mean_candidates": {k: round(v, 1) for k, v in self.counts.items()},
+            "peak_gpu_mb": self.peak_gpu_mb,
+            "peak_host_mb": round(self.peak_host_mb, 1),
+        }
+
+
+def random_bank(cfg: NTTConfig, classes: int = 20, seed: int = 0) -> MemoryBank:
+    """A bank of random prototypes for the configured encoder: timing does not depend on its content."""
+    enc = get_dinov2(cfg.model)
+    rng = np.random.default_rng(seed)
+    ids = list(range(1, classes + 1))
+    return MemoryBank(
+        classes=[{"id": i, "name": f"class_{i}"} for i in ids],
+        shot_features=rng.standard_normal((classes, enc.dim)).astype(np.float32),
+        shot_class_ids=np.array(ids),
+        shots=[{"annotation_id": i} for i in ids],
+        encoder={
+            "name": cfg.model.dinov2,
+            "image_size": cfg.model.dinov2_image_size,
+            "weights": weights_id(cfg.model, "dinov2"),
+            "dim": enc.dim,
+        },
+    )
+
+
+def force_candidates(cfg: NTTConfig) -> NTTConfig:
+    """Worst case: every decoded mask passes the IoU filter and NMS (random weights filter differently)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.segment.pred_iou_thresh = -1.0
+    cfg.segment.nms_thresh = 1.0
+    return cfg
+
+
+def reference_config(cfg: NTTConfig) -> NTTConfig:
+    """The research code's way of running: fp32, batch 1, prompts decoded 256 at a time, full-res merge."""
+    cfg = copy.deepcopy(cfg)
+    cfg.model.dtype = "fp32"
+    cfg.segment.batch_size = 1
+    cfg.segment.points_batch_size = 256
+    cfg.segment.merge_resolution = "full"
+    return cfg
+
+
+def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: int = 1) -> RunReport:
+    """Segment ``paths`` in batches of ``cfg.segment.batch_size`` and measure every stage."""
+    device = resolve_device(cfg.model.device)
+    cuda = device.type == "cuda"
+    timer = StageTimer(sync=torch.cuda.synchronize if cuda else None)
+    seg = Segmenter(bank, cfg, timer=timer)
+    if warmup:
+        seg.predict([load_image(paths[0])])  # model load, kernel selection, allocator warm-up
+    timer.seconds.clear()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    counts: dict[str, float] = {}
+    instances: list[Instances] = []
+    start = time.perf_counter()
+    for i in range(0, len(paths), cfg.segment.batch_size):
+        with timer("load"):
+            images = [load_image(p) for p in paths[i : i + cfg.segment.batch_size]]
+        results = seg.predict(images)
+        with timer("export"):
+            for k, inst in enumerate(results):
+                coco.instances_to_results(i + k, inst)
+        for c in seg.last_counts:
+            for key, value in c.items():
+                counts[key] = counts.get(key, 0) + value
+        instances.extend(results)
+    seconds = time.perf_counter() - start
+    n = len(paths)
+    return RunReport(
+        mode=mode,
+        images=n,
+        seconds=seconds,
+        stage_ms={s: 1000 * timer.seconds.get(s, 0.0) / n for s in STAGES},
+        counts={k: v / n for k, v in counts.items()},
+        peak_gpu_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+        peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        instances=instances,
+    )
+
+
+def agreement(fast: list[Instances], ref: list[Instances], iou: float = 0.9) -> float:
+    """Share of the reference detections matched by a fast detection of the same class with mask IoU >= iou
+    (greedy, per image); 1.0 when the reference found nothing."""
+    matched = total = 0
+    for a, b in zip(fast, ref):
+        total += len(b)
+        used: set[int] = set()
+        for j in range(len(b)):
+            mask_b = b.mask(j)
+            for i in range(len(a)):
+                if i in used or a.class_ids[i] != b.class_ids[j]:
+                    continue
+                mask_a = a.mask(i)
+                union = np.logical_or(mask_a, mask_b).sum()
+                if union and np.logical_and(mask_a, mask_b).sum() / union >= iou:
+                    used.add(i)
+                    matched += 1
+                    break
+    return matched / total if total else 1.0
+
+
+def format_report(reports: list[RunReport]) -> str:
+    """A fixed-width table: one column per mode."""
+    lines = [f"{'':22}" + "".join(f"{r.mode:>17}" for r in reports)]
+    lines.append(f"{'images/s':22}" + "".join(f"{r.images_per_s:17.3f}" for r in reports))
+    for stage in STAGES:
+        lines.append(f"{stage + ' (ms/img)':22}" + "".join(f"{r.stage_ms[stage]:17.1f}" for r in reports))
+    for key in ("prompts", "iou_filter", "nonempty", "nms", "positive_score", "final"):
+        lines.append(f"{key + ' (mean)':22}" + "".join(f"{r.counts.get(key, 0):17.1f}" for r in reports))
+    gpu = ["-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}" for r in reports]
+    lines.append(f"{'peak GPU MB':22}" + "".join(f"{g:>17}" for g in gpu))
+    lines.append(f"{'peak host MB':22}" + "".join(f"{r.peak_host_mb:17.0f}" for r in reports))
+    return "\n".join(lines)
