@@ -1,0 +1,14 @@
+"""Operators of the ntt FiftyOne plugin. Each reads ``ctx.params`` and calls one ``ntt.fo`` function."""
+
+from .operators.bank import BuildBank
+from .operators.evaluate import EvaluatePredictions
+from .operators.manage import ManageBanks
+from .operators.references import MarkReferences, UnmarkReferences
+from .operators.segment import SegmentWithBank
+
+OPERATORS = (MarkReferences, UnmarkReferences, BuildBank, SegmentWithBank, EvaluatePredictions, ManageBanks)
+
+
+def register(p):
+    for operator in OPERATORS:
+        p.register(operator)
