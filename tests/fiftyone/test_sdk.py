@@ -223,3 +223,40 @@ def test_crowd_labels_are_never_references(dataset):
     ids = {r.annotation_id for r in nfo.collect_references(dataset, "gt")}
     assert sample.gt.detections[0].id not in ids
     assert ids == {d.id for d in sample.gt.detections[1:]}
+
+
+def test_box_only_references_get_masks_from_sam2(dataset, random_config, monkeypatch):
+    import fiftyone as fo
+    import torch
+
+    from ntt import references
+
+    class BoxEcho:  # stands in for SAM2: the mask of a box prompt is the box
+        image_size, mask_size = 256, 64
+
+        def prepare(self, image):
+            return torch.zeros(3, 256, 256)
+
+        def encode(self, images):
+            return {}
+
+        def decode_boxes(self, feats, index, boxes):
+            out = torch.full((len(boxes), 64, 64), -10.0)
+            for k, (x1, y1, x2, y2) in enumerate((boxes / 4).round().long().tolist()):
+                out[k, y1:y2, x1:x2] = 10.0
+            return out
+
+    monkeypatch.setattr(references, "get_sam2", lambda cfg, no_mem=False: BoxEcho())
+    boxes = dataset.clone()
+    try:
+        for sample in boxes.limit(2):
+            sample["boxes"] = fo.Detections(
+                detections=[fo.Detection(label=d.label, bounding_box=d.bounding_box) for d in sample.gt.detections]
+            )
+            sample.save()
+        nfo.mark_references(boxes.limit(2))
+        bank = nfo.build_bank(boxes, "from_boxes", label_field="boxes", config=random_config)
+        assert len(bank.shots) == sum(len(s.gt.detections) for s in boxes.limit(2))
+        assert all(shot["box_only"] for shot in bank.shots)
+    finally:
+        boxes.delete()
