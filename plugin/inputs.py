@@ -1,46 +1,60 @@
-"""Form helpers shared by the operators: field pickers, bank dropdown, model settings, validation messages,
-and progress in both execution modes. No state lives here (FiftyOne re-imports plugin modules)."""
+"""Form helpers shared by the operators: field pickers, the bank dropdown, model settings, the target view,
+delegation hints and the "cannot run" form. No state lives here: FiftyOne re-imports plugin modules.
+
+``ntt`` and its heavy dependencies are imported inside functions, so a broken install shows up as a
+warning in the form (``dependency_problem``) instead of the plugin silently vanishing from the App.
+"""
 
 from __future__ import annotations
 
-import queue
-import threading
+import json
+import re
 
 import fiftyone as fo
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-DELEGATE_ABOVE = 20  # samples: larger views default to a delegated (background) run
-PRESETS = {
-    "paper": "Paper (SAM2 Hiera-L + DINOv2 ViT-L, 1024 prompts): GPU",
-    "lite": "Lite (small models, guided prompts): CPU / laptop",
-    "smoke": "Smoke (tiny inputs): tests only",
+DELEGATE_ABOVE = 20  # samples: larger runs default to a delegated (background) run
+SAME_AS_BANK = "bank"  # the preset choice of segment_with_bank that reuses the bank's own settings
+PRESET_LABELS = {
+    SAME_AS_BANK: "Same models and settings as the bank",
+    "paper": "Paper: SAM2 Hiera-L + DINOv2 ViT-L, 1024 prompts (GPU)",
+    "lite": "Lite: small models, guided prompts (CPU / laptop)",
+    "smoke": "Smoke: tiny inputs (tests only; meaningless without real weights)",
 }
-DEVICES = {"auto": "Auto (GPU when present)", "cpu": "CPU", "cuda": "GPU (cuda)"}
+DEVICES = {"auto": "Auto (GPU when present)", "cpu": "CPU", "cuda": "GPU (cuda, or cuda:N)"}
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def sdk():
-    """``ntt.fo``, imported lazily so a missing dependency is reported in the form, not at plugin load."""
+    """``ntt.fo``, imported lazily so that a missing dependency is reported in the form."""
     import ntt.fo
 
     return ntt.fo
 
 
 def dependency_problem() -> str | None:
-    """A message when ntt or its heavy dependencies cannot be imported, else None."""
+    """A message when ntt or its model dependencies cannot be imported, else None."""
     try:
         sdk()
         import sam2  # noqa: F401
         import timm  # noqa: F401
         import torch  # noqa: F401
     except Exception as err:  # noqa: BLE001 - any import failure must become a form message
-        reason = f"{type(err).__name__}: {err}"
-        return f"The ntt library is not usable here ({reason}). Install it with `pip install -e <plugin dir>`."
+        return (
+            f"The ntt library is not usable here ({type(err).__name__}: {err}). Install it into the "
+            "environment FiftyOne runs in: `pip install -e <plugin dir>`."
+        )
     return None
 
 
+def param(ctx, key: str, default=None):
+    """``ctx.params[key]``, or ``default`` when absent or null (the App sends null for cleared fields)."""
+    value = ctx.params.get(key, default)
+    return default if value is None else value
+
+
 def invalid(inputs: types.Object, message: str, label: str = "Cannot run") -> types.Property:
-    """A form that explains why it cannot run and keeps Execute disabled."""
+    """The form with a warning that says why it cannot run; Execute stays disabled."""
     inputs.view("problem", types.Warning(label=label, description=message))
     prop = types.Property(inputs, view=types.View(label=label))
     prop.invalid = True
@@ -48,17 +62,40 @@ def invalid(inputs: types.Object, message: str, label: str = "Cannot run") -> ty
     return prop
 
 
-def detections_fields(ctx) -> list[str]:
-    """Top-level ``Detections`` fields of the current dataset."""
-    if ctx.dataset is None:
+def form(inputs: types.Object, label: str) -> types.Property:
+    return types.Property(inputs, view=types.View(label=label))
+
+
+def detections_fields(coll) -> list[str]:
+    """Paths of the ``Detections`` fields of a collection (flat schema, none inside list fields)."""
+    if coll is None:
         return []
-    schema = ctx.dataset.get_field_schema(embedded_doc_type=fo.Detections)
-    return sorted(schema)
+    schema = coll.get_field_schema(flat=True)
+    lists = [path + "." for path, field in schema.items() if isinstance(field, fo.ListField)]
+    return sorted(
+        path
+        for path, field in schema.items()
+        if isinstance(field, fo.EmbeddedDocumentField)
+        and issubclass(field.document_type, fo.Detections)
+        and not any(path.startswith(prefix) for prefix in lists)
+    )
 
 
-def field_input(inputs: types.Object, ctx, name: str, label: str, description: str, default=None) -> bool:
-    """A dropdown of Detections fields; returns False (with a warning) when there is none."""
-    fields = detections_fields(ctx)
+def field_problem(coll, field: str) -> str | None:
+    """Why ``field`` cannot hold instances: missing, or not ``Detections``; None when it is fine."""
+    schema = coll.get_field_schema(flat=True)
+    if field not in schema:
+        return f"The dataset has no field '{field}'."
+    doc_type = getattr(schema[field], "document_type", None)
+    if doc_type is None or not issubclass(doc_type, fo.Detections):
+        kind = doc_type.__name__ if doc_type else type(schema[field]).__name__
+        return f"Field '{field}' holds {kind}, not Detections (instance masks or boxes)."
+    return None
+
+
+def field_input(inputs, ctx, name: str, label: str, description: str, default=None, fields=None) -> bool:
+    """A dropdown of Detections fields; False (with a warning) when the dataset has none."""
+    fields = detections_fields(ctx.dataset) if fields is None else fields
     if not fields:
         inputs.view(f"{name}_missing", types.Warning(label="No Detections field in this dataset"))
         return False
@@ -66,100 +103,115 @@ def field_input(inputs: types.Object, ctx, name: str, label: str, description: s
     for field in fields:
         choices.add_choice(field, label=field)
     pick = default if default in fields else fields[0]
-    inputs.enum(name, choices.values(), label=label, description=description, default=pick, view=choices)
+    inputs.enum(name, choices.values(), label=label, description=description, default=pick, required=True,
+                view=choices)
     return True
 
 
-def new_field_input(inputs: types.Object, ctx, name: str, label: str, default: str) -> None:
+def new_field_input(inputs, ctx, name: str, label: str, default: str) -> None:
     """An autocomplete for an output field: an existing Detections field or a new name."""
     view = types.AutocompleteView()
-    for field in detections_fields(ctx):
+    for field in detections_fields(ctx.dataset):
         view.add_choice(field, label=field)
-    inputs.str(name, label=label, default=default, required=True, view=view)
+    inputs.str(name, label=label, default=default, required=True, view=view,
+               description="An existing Detections field or a new field name")
 
 
-def bank_input(inputs: types.Object, ctx) -> bool:
-    """A dropdown of the dataset's banks; returns False (with a warning) when there is none."""
+def bank_input(inputs, ctx, label: str = "Bank") -> str | None:
+    """A dropdown of the dataset's banks; returns the chosen name, or None (with a warning) without banks."""
     banks = sdk().list_banks(ctx.dataset) if ctx.dataset is not None else []
     if not banks:
-        inputs.view("no_bank", types.Warning(label="No bank yet: run 'Build NTT memory bank' first"))
-        return False
+        inputs.view("no_bank", types.Warning(label="No NTT bank yet: run 'NTT: build memory bank' first"))
+        return None
     choices = types.DropdownView()
     for name in banks:
         choices.add_choice(name, label=name)
-    inputs.enum("bank", choices.values(), label="Bank", default=banks[0], required=True, view=choices)
-    return True
+    inputs.enum("bank", choices.values(), label=label, default=banks[0], required=True, view=choices)
+    chosen = param(ctx, "bank", banks[0])
+    return chosen if chosen in banks else banks[0]
 
 
-def model_inputs(inputs: types.Object, default_preset: str = "paper", extra: dict | None = None) -> None:
-    """Preset, device and batch size (the advanced ``config`` param is accepted from code only)."""
+def tag_input(inputs, ctx) -> str:
+    default = sdk().DEFAULT_TAG
+    inputs.str("tag", label="Reference tag", default=default, description="Sample or label tag marking references")
+    return param(ctx, "tag", default) or default
+
+
+def target_input(inputs, ctx, action: str, **kwargs):
+    """The standard target-view choice (dataset / current view / selection); returns the resolved view."""
+    inputs.view_target(ctx, action_description=action, **kwargs)
+    return ctx.target_view()
+
+
+def model_inputs(inputs, ctx, default_preset: str = "paper", same_as_bank: bool = False) -> str | None:
+    """Preset, device and the advanced JSON overrides; returns why the settings are invalid, else None."""
+    from ntt.config import PRESETS
+
     presets = types.RadioGroup()
-    for key, label in {**(extra or {}), **PRESETS}.items():
-        presets.add_choice(key, label=label)
+    for key in ([SAME_AS_BANK] if same_as_bank else []) + list(PRESETS):
+        presets.add_choice(key, label=PRESET_LABELS.get(key, key))
     inputs.enum("preset", presets.values(), label="Models", default=default_preset, view=presets)
-    devices = types.DropdownView()
+    devices = types.AutocompleteView()
     for key, label in DEVICES.items():
         devices.add_choice(key, label=label)
-    inputs.enum("device", devices.values(), label="Device", default="auto", view=devices)
-    inputs.int("batch_size", label="Batch size", default=1, min=1, description="Images per forward pass")
+    inputs.str("device", label="Device", default="auto", view=devices)
+    inputs.bool("advanced", label="Advanced settings (JSON overrides)", default=False)
+    if param(ctx, "advanced", False):
+        inputs.str(
+            "config_json",
+            label="Overrides per section",
+            default="{}",
+            description='e.g. {"model": {"dtype": "bf16"}, "segment": {"points_per_side": 16}}',
+            view=types.CodeView(language="json"),
+        )
+    return settings_problem(ctx)
 
 
-def delegation_input(inputs: types.Object, ctx, view) -> None:
-    """A checkbox to run in the background, on by default for large views."""
-    big = view is not None and view.count() > DELEGATE_ABOVE
-    inputs.bool(
-        "delegate",
-        label="Run in the background (delegated)",
-        default=big,
-        description="Needs a running `fiftyone delegated launch`. Recommended above "
-        f"{DELEGATE_ABOVE} samples: immediate runs stop after FIFTYONE_OPERATOR_TIMEOUT (600 s by default).",
-    )
+def settings_problem(ctx) -> str | None:
+    """Why the preset / device / config overrides cannot make a valid configuration, else None."""
+    from ntt.config import ConfigError, make_config
+
+    device = param(ctx, "device", "auto")
+    if not _DEVICE.fullmatch(str(device)):
+        return f"Unknown device '{device}': use auto, cpu, cuda or cuda:N."
+    try:
+        overrides = config_overrides(ctx)
+        preset = param(ctx, "preset", "paper")
+        make_config("paper" if preset == SAME_AS_BANK else preset, overrides, None)
+    except (ConfigError, ValueError) as err:
+        return f"Invalid settings: {err}"
+    return None
 
 
-def execution_options(ctx) -> foo.ExecutionOptions:
-    return foo.ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True)
+def config_overrides(ctx) -> dict | None:
+    """The ``config`` param (a dict, from code) or the form's JSON overrides; None when neither is set.
 
-
-def target_view(ctx):
-    """The view the user chose with ``view_target``; without that param, the context's view."""
-    return ctx.target_view() if "view_target" in ctx.params else ctx.view
-
-
-def run_with_progress(ctx, work):
-    """Run ``work(progress)`` with stage-labelled progress in both modes (a generator for ``execute``).
-
-    Delegated: ``progress`` goes to ``ctx.set_progress`` (stored with the operation). Immediate: ``work``
-    runs in a thread and each progress event is yielded to the App as a ``set_progress`` trigger;
-    the dataset is reloaded and the summary ``work`` returns is shown as a notification at the end.
+    Raises:
+        ValueError: the JSON does not parse or is not an object of sections.
     """
-    in_app = ctx.executor is not None and not ctx.delegated
-    if not in_app:
-        work(lambda fraction, label: ctx.set_progress(progress=fraction, label=label))
-        return
-    events: queue.Queue = queue.Queue()
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["result"] = work(lambda fraction, label: events.put((fraction, label)))
-        except BaseException as err:  # noqa: BLE001 - re-raised in the operator's thread below
-            outcome["error"] = err
-        finally:
-            events.put(None)
-
-    thread = threading.Thread(target=target, name="ntt-operator", daemon=True)
-    thread.start()
-    while (event := events.get()) is not None:
-        yield ctx.trigger("set_progress", dict(progress=event[0], label=event[1]))
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    yield ctx.trigger("reload_dataset")
-    yield ctx.trigger("notify", dict(message=summary_text(outcome.get("result")), variant="success"))
+    config = ctx.params.get("config")
+    if config is None and param(ctx, "advanced", False):
+        text = (param(ctx, "config_json", "") or "").strip()
+        config = json.loads(text) if text else None
+    if config is not None and not (isinstance(config, dict) and all(isinstance(v, dict) for v in config.values())):
+        raise ValueError('overrides must be an object of sections, e.g. {"model": {"dtype": "bf16"}}')
+    return config or None
 
 
-def summary_text(result) -> str:
-    if not isinstance(result, dict):
-        return "Done"
-    parts = [f"{k}: {v}" for k, v in result.items() if isinstance(v, (int, float, str))]
-    return "Done. " + ", ".join(parts)
+def device(ctx) -> str | None:
+    """The device param for the SDK: None for "auto" (the preset's own setting)."""
+    value = param(ctx, "device", "auto")
+    return None if value == "auto" else value
+
+
+def delegation_notice(inputs, count: int, what: str = "samples") -> None:
+    """Tell the user how the run will go: immediate, or in the background above ``DELEGATE_ABOVE``."""
+    if count > DELEGATE_ABOVE:
+        inputs.view(
+            "delegation",
+            types.Notice(
+                label=f"{count} {what}: this runs in the background by default",
+                description="Background (delegated) runs need `fiftyone delegated launch` running. Runs in the App "
+                "stop after FIFTYONE_OPERATOR_TIMEOUT (600 s by default).",
+            ),
+        )

@@ -6,6 +6,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
+from .. import runner
 
 
 class BuildBank(foo.Operator):
@@ -14,12 +15,11 @@ class BuildBank(foo.Operator):
         return foo.OperatorConfig(
             name="build_bank",
             label="NTT: build memory bank",
-            description="Encode the tagged reference instances into a named memory bank",
+            description="Encode the tagged reference instances of a Detections field into a named memory bank",
             dynamic=True,
             execute_as_generator=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
-            default_choice_to_delegated=False,
             icon="/assets/icon.svg",
         )
 
@@ -29,56 +29,82 @@ class BuildBank(foo.Operator):
         if problem:
             return ui.invalid(inputs, problem)
         nfo = ui.sdk()
-        tag = ctx.params.get("tag") or nfo.DEFAULT_TAG
-        inputs.view_target(ctx, action_description="Take references from")
-        view = ui.target_view(ctx)
-        if not ui.field_input(inputs, ctx, "label_field", "Reference field", "Detections with masks or boxes"):
+        if ctx.dataset.media_type != "image":
+            return ui.invalid(inputs, f"NTT works on images; this dataset's media type is {ctx.dataset.media_type}.")
+        view = ui.target_input(inputs, ctx, "Take references from")
+        if not ui.field_input(inputs, ctx, "label_field", "Reference field", "Detections with masks (or boxes)",
+                              "ground_truth"):
             return ui.invalid(inputs, "This dataset has no Detections field to take references from.")
-        refs = nfo.reference_ids(view, tag, ctx.params.get("label_field"))
+        tag = ui.tag_input(inputs, ctx)
+        refs = self._references(ctx, view, tag)
         if not refs:
             return ui.invalid(
                 inputs,
-                f"No references: tag samples or labels with '{tag}' first ('NTT: mark references').",
+                f"No references: no sample or label here is tagged '{tag}'. "
+                "Tag a few good examples first ('NTT: mark references').",
             )
         inputs.view("found", types.Notice(label=f"{len(refs)} reference sample(s) found"))
-        inputs.str("name", label="Bank name", default="bank", required=True, description="Letters, digits, _")
-        name = ctx.params.get("name", "bank")
+        inputs.str("bank", label="Bank name", default="bank", required=True, description="Letters, digits and _")
+        name = ui.param(ctx, "bank", "bank")
         try:
             nfo.check_bank_name(name)
         except nfo.NTTFiftyOneError as err:
             return ui.invalid(inputs, str(err))
         exists = name in nfo.list_banks(ctx.dataset)
-        inputs.bool("overwrite", label="Replace the existing bank" if exists else "Overwrite", default=False)
-        if exists and not ctx.params.get("overwrite"):
+        inputs.bool("overwrite", label="Replace the existing bank" if exists else "Replace if it exists", default=False)
+        if exists and not ui.param(ctx, "overwrite", False):
             return ui.invalid(inputs, f"A bank named '{name}' exists: tick 'Replace' or choose another name.")
-        inputs.str("tag", label="Reference tag", default=nfo.DEFAULT_TAG)
-        ui.model_inputs(inputs)
-        ui.delegation_input(inputs, ctx, view.select(refs))
-        return types.Property(inputs, view=types.View(label="Build NTT memory bank"))
+        problem = ui.model_inputs(inputs, ctx)
+        if problem:
+            return ui.invalid(inputs, problem)
+        ui.delegation_notice(inputs, len(refs), "reference samples")
+        return ui.form(inputs, "Build NTT memory bank")
+
+    @staticmethod
+    def _references(ctx, view, tag) -> list[str]:
+        field = ui.param(ctx, "label_field")
+        if field is None or ui.field_problem(view, field):
+            return []
+        return ui.sdk().reference_ids(view, tag, field)
 
     def resolve_delegation(self, ctx):
-        return ctx.params.get("delegate") if "delegate" in ctx.params else None
+        return runner.forced_delegation(ctx)
 
     def resolve_execution_options(self, ctx):
-        return ui.execution_options(ctx)
+        nfo = ui.sdk()
+        tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
+        return runner.execution_options(ctx, len(self._references(ctx, ctx.target_view(), tag)))
 
     def execute(self, ctx):
         nfo = ui.sdk()
-        p = ctx.params
-        name = p.get("name", "bank")
+        name = ui.param(ctx, "bank", "bank")
+        kwargs = dict(
+            label_field=ctx.params["label_field"],
+            tag=ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG,
+            preset=ui.param(ctx, "preset", "paper"),
+            config=ui.config_overrides(ctx),
+            device=ui.device(ctx),
+            overwrite=bool(ui.param(ctx, "overwrite", False)),
+        )
+        view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
 
         def work(progress):
-            bank = nfo.build_bank(
-                ui.target_view(ctx),
-                name,
-                label_field=p["label_field"],
-                tag=p.get("tag") or nfo.DEFAULT_TAG,
-                preset=p.get("preset", "paper"),
-                config=p.get("config"),
-                device=None if p.get("device", "auto") == "auto" else p["device"],
-                overwrite=bool(p.get("overwrite")),
-                progress=progress,
-            )
-            return {"bank": name, "classes": len(bank.classes), "shots": len(bank.shots)}
+            bank = nfo.build_bank(view, name, progress=progress, **kwargs)
+            return {
+                "bank": name,
+                "classes": len(bank.classes),
+                "shots": len(bank.shots),
+                "shots_per_class": bank.shots_per_class(),
+                "encoder": bank.encoder.get("name"),
+            }
 
-        yield from ui.run_with_progress(ctx, work)
+        return runner.run(ctx, work, self.resolve_output(ctx))
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("bank", label="Bank")
+        outputs.int("classes", label="Classes")
+        outputs.int("shots", label="Shots (reference instances)")
+        outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
+        outputs.str("encoder", label="Encoder")
+        return types.Property(outputs)

@@ -6,9 +6,10 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
+from .base import NTTOperator
 
 
-class EvaluatePredictions(foo.Operator):
+class EvaluatePredictions(NTTOperator):
     @property
     def config(self):
         return foo.OperatorConfig(
@@ -19,10 +20,9 @@ class EvaluatePredictions(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        problem = ui.dependency_problem()
-        if problem:
-            return ui.invalid(inputs, problem)
+        inputs, unusable = self.start_form()
+        if unusable:
+            return unusable
         fields = ui.detections_fields(ctx)
         if len(fields) < 2:
             return ui.invalid(inputs, "Needs a predictions field and a ground-truth field (both Detections).")

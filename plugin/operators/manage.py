@@ -6,6 +6,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
+from .base import NTTOperator
 
 ACTIONS = {
     "info": "Show a bank's classes and shots",
@@ -15,7 +16,7 @@ ACTIONS = {
 }
 
 
-class ManageBanks(foo.Operator):
+class ManageBanks(NTTOperator):
     @property
     def config(self):
         return foo.OperatorConfig(
@@ -26,10 +27,9 @@ class ManageBanks(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        problem = ui.dependency_problem()
-        if problem:
-            return ui.invalid(inputs, problem)
+        inputs, unusable = self.start_form()
+        if unusable:
+            return unusable
         actions = types.RadioGroup()
         for key, label in ACTIONS.items():
             actions.add_choice(key, label=label)

@@ -1,4 +1,4 @@
-"""Mark / unmark reference instances (SDK: ``ntt.fo.mark_references`` / ``unmark_references``)."""
+"""Mark / unmark reference instances (SDK: ``ntt.fo.mark_references`` / ``ntt.fo.unmark_references``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
+from .. import runner
+
+MODES = {
+    "samples": ("Samples", "Every instance of the chosen samples is a reference (sample tag)"),
+    "labels": ("Selected labels", "Only the labels selected in the App are references (label tag)"),
+}
 
 
 class MarkReferences(foo.Operator):
@@ -14,7 +20,7 @@ class MarkReferences(foo.Operator):
         return foo.OperatorConfig(
             name="mark_references",
             label="NTT: mark references",
-            description="Tag samples (all their instances) or selected labels as references",
+            description="Tag samples (all their instances) or the selected labels as NTT references",
             dynamic=True,
             icon="/assets/icon.svg",
         )
@@ -24,39 +30,48 @@ class MarkReferences(foo.Operator):
         problem = ui.dependency_problem()
         if problem:
             return ui.invalid(inputs, problem)
-        has_labels = bool(ctx.selected_labels)
+        if ctx.dataset is not None and ctx.dataset.media_type != "image":
+            return ui.invalid(inputs, f"NTT works on images; this dataset's media type is {ctx.dataset.media_type}.")
         modes = types.RadioGroup()
-        modes.add_choice("samples", label="Samples", description="Every instance of the chosen samples")
-        modes.add_choice("labels", label="Selected labels", description="Only the labels selected in the App")
-        mode = ctx.params.get("mode", "labels" if has_labels else "samples")
+        for key, (label, description) in MODES.items():
+            modes.add_choice(key, label=label, description=description)
+        mode = ui.param(ctx, "mode", "labels" if ctx.selected_labels else "samples")
         inputs.enum("mode", modes.values(), label="Reference", default=mode, view=modes)
         if mode == "labels":
-            if not has_labels:
-                return ui.invalid(inputs, "Select reference labels in the App first (click labels in the modal).")
-            field = ctx.selected_labels[0]["field"]
-            if not ui.field_input(inputs, ctx, "label_field", "Label field", "Field of the selected labels", field):
-                return ui.invalid(inputs, "This dataset has no Detections field to take references from.")
+            if not ctx.selected_labels:
+                return ui.invalid(inputs, "No labels selected: click reference labels in the App's sample view first.")
+            fields = ui.detections_fields(ctx.dataset)
+            selected = [s["field"] for s in ctx.selected_labels if s.get("field") in fields]
+            if not selected:
+                return ui.invalid(inputs, "None of the selected labels is in a Detections field.")
+            ui.field_input(inputs, ctx, "label_field", "Label field", "Field of the selected labels", selected[0],
+                           fields=sorted(set(selected)))
+            field = ui.param(ctx, "label_field", selected[0])
+            count = sum(s.get("field") == field for s in ctx.selected_labels)
+            inputs.view("count", types.Notice(label=f"{count} selected label(s) of '{field}' will be tagged"))
         else:
-            inputs.view_target(ctx, action_description="Mark as references")
-        inputs.str("tag", label="Tag", default=ui.sdk().DEFAULT_TAG)
-        return types.Property(inputs, view=types.View(label="Mark NTT references"))
+            view = ui.target_input(inputs, ctx, "Mark as references")
+            inputs.view("count", types.Notice(label=f"{view.count()} sample(s) will be tagged"))
+        ui.tag_input(inputs, ctx)
+        return ui.form(inputs, "Mark NTT references")
 
     def execute(self, ctx):
         nfo = ui.sdk()
-        tag = ctx.params.get("tag") or nfo.DEFAULT_TAG
-        if ctx.params.get("mode", "samples") == "labels":
-            field = ctx.params["label_field"]
-            ids = [s["label_id"] for s in ctx.selected_labels if s.get("field") == field]
-            count = nfo.mark_references(ctx.dataset, field, label_ids=ids, tag=tag)
-        else:
-            count = nfo.mark_references(ui.target_view(ctx), tag=tag)
-        if ctx.executor is not None:
-            ctx.trigger("reload_dataset")
-        return {"tagged": count}
+        tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
+        with runner.clear_errors():
+            if ui.param(ctx, "mode", "samples") == "labels":
+                field = ctx.params["label_field"]
+                ids = [s["label_id"] for s in ctx.selected_labels if s.get("field") == field]
+                count = nfo.mark_references(ctx.dataset, field, label_ids=ids, tag=tag)
+            else:
+                count = nfo.mark_references(ctx.target_view(), tag=tag)
+        runner.reload(ctx)
+        return {"tagged": count, "tag": tag}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.int("tagged", label="Tagged")
+        outputs.int("tagged", label="Tagged (samples or labels)")
+        outputs.str("tag", label="Tag")
         return types.Property(outputs)
 
 
@@ -66,7 +81,7 @@ class UnmarkReferences(foo.Operator):
         return foo.OperatorConfig(
             name="unmark_references",
             label="NTT: unmark references",
-            description="Remove the reference tag from samples and their labels",
+            description="Remove the NTT reference tag from samples and their labels",
             dynamic=True,
         )
 
@@ -75,15 +90,26 @@ class UnmarkReferences(foo.Operator):
         problem = ui.dependency_problem()
         if problem:
             return ui.invalid(inputs, problem)
-        inputs.view_target(ctx, action_description="Unmark")
-        inputs.str("tag", label="Tag", default=ui.sdk().DEFAULT_TAG)
-        return types.Property(inputs, view=types.View(label="Unmark NTT references"))
+        view = ui.target_input(inputs, ctx, "Unmark")
+        tag = ui.tag_input(inputs, ctx)
+        count = len(ui.sdk().reference_ids(view, tag))
+        if not count:
+            return ui.invalid(inputs, f"No sample or label tagged '{tag}' here: nothing to unmark.")
+        inputs.view("count", types.Notice(label=f"{count} reference sample(s) will be unmarked"))
+        return ui.form(inputs, "Unmark NTT references")
 
     def execute(self, ctx):
         nfo = ui.sdk()
-        view = ui.target_view(ctx)
-        before = len(nfo.reference_ids(view, ctx.params.get("tag") or nfo.DEFAULT_TAG))
-        nfo.unmark_references(view, tag=ctx.params.get("tag") or nfo.DEFAULT_TAG)
-        if ctx.executor is not None:
-            ctx.trigger("reload_dataset")
-        return {"unmarked_samples": before}
+        tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
+        view = ctx.target_view()
+        count = len(nfo.reference_ids(view, tag))
+        with runner.clear_errors():
+            nfo.unmark_references(view, tag=tag)
+        runner.reload(ctx)
+        return {"unmarked_samples": count, "tag": tag}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("unmarked_samples", label="Samples no longer references")
+        outputs.str("tag", label="Tag")
+        return types.Property(outputs)

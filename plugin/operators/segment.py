@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
+from .. import runner
 
-SAME_AS_BANK = {"bank": "Same models and settings as the bank"}
+_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*")
 
 
 class SegmentWithBank(foo.Operator):
@@ -16,7 +19,7 @@ class SegmentWithBank(foo.Operator):
         return foo.OperatorConfig(
             name="segment_with_bank",
             label="NTT: segment with bank",
-            description="Find every instance of the bank's classes in a view",
+            description="Find every instance of a bank's classes in a view and write them to a Detections field",
             dynamic=True,
             execute_as_generator=True,
             allow_immediate_execution=True,
@@ -29,67 +32,123 @@ class SegmentWithBank(foo.Operator):
         problem = ui.dependency_problem()
         if problem:
             return ui.invalid(inputs, problem)
-        if ctx.dataset is not None and ctx.dataset.media_type != "image":
+        if ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT segments images; this dataset's media type is {ctx.dataset.media_type}.")
-        if not ui.bank_input(inputs, ctx):
-            return ui.invalid(inputs, "This dataset has no NTT bank: build one first ('NTT: build memory bank').")
-        inputs.view_target(ctx, action_description="Segment")
-        view = ui.target_view(ctx)
+        bank = ui.bank_input(inputs, ctx)
+        if bank is None:
+            return ui.invalid(inputs, "This dataset has no NTT bank yet: build one first ('NTT: build memory bank').")
+        view = ui.target_input(inputs, ctx, "Segment")
         ui.new_field_input(inputs, ctx, "label_field", "Output field", "ntt")
-        inputs.float("score_thresh", label="Score threshold", default=0.0, min=0.0, max=1.0)
-        inputs.int("max_instances", label="Max instances per image", default=100, min=1)
-        inputs.bool("skip_existing", label="Skip samples already labelled (resume)", default=False)
+        inputs.float("score_thresh", label="Score threshold", min=0.0, max=1.0,
+                     description="Drop instances scoring below this (empty: the preset's, 0)")
+        inputs.int("max_instances", label="Max instances per image", min=1, description="Empty: the preset's (100)")
+        inputs.int("batch_size", label="Batch size", min=1, description="Images per forward pass (empty: 1)")
+        inputs.bool("skip_existing", label="Skip samples already labelled (resume a stopped run)", default=False)
         inputs.bool("overwrite", label="Overwrite existing labels", default=False)
-        inputs.bool("exclude_references", label="Leave out reference samples", default=True)
-        problem = self._field_problem(ctx, view)
+        inputs.bool("exclude_references", label="Leave out the reference samples", default=True)
+        problem = self._target_problem(ctx, view, bank) or ui.model_inputs(
+            inputs, ctx, default_preset=ui.SAME_AS_BANK, same_as_bank=True
+        )
         if problem:
             return ui.invalid(inputs, problem)
-        ui.model_inputs(inputs, default_preset="bank", extra=SAME_AS_BANK)
-        ui.delegation_input(inputs, ctx, view)
-        return types.Property(inputs, view=types.View(label="Segment with an NTT bank"))
+        count = self._targets(ctx, view, bank).count()
+        inputs.view("count", types.Notice(label=f"{count} sample(s) will be segmented"))
+        ui.delegation_notice(inputs, count)
+        return ui.form(inputs, "Segment with an NTT bank")
 
     @staticmethod
-    def _field_problem(ctx, view) -> str | None:
-        field = ctx.params.get("label_field", "ntt")
-        if view is None or field not in view.get_field_schema(flat=True):
-            return None
-        try:
-            ui.sdk().references.check_detections_field(view, field)
-        except ui.sdk().NTTFiftyOneError as err:
-            return str(err)
-        p = ctx.params
-        existing = view.exists(field).count()
-        if existing and not (p.get("skip_existing") or p.get("overwrite")):
-            return f"'{field}' already has labels on {existing} samples: tick 'Skip' to resume or 'Overwrite'."
+    def _targets(ctx, view, bank):
+        """The samples the SDK will segment: the view, minus references, minus labelled ones when skipping."""
+        nfo = ui.sdk()
+        if ui.param(ctx, "exclude_references", True):
+            tag = ui.param(ctx, "tag") or nfo.get_bank_info(ctx.dataset, bank).get("tag", nfo.DEFAULT_TAG)
+            view = nfo.without_references(view, tag)
+        field = ui.param(ctx, "label_field", "ntt")
+        if ui.param(ctx, "skip_existing", False) and field in view.get_field_schema(flat=True):
+            view = view.exists(field, False)
+        return view
+
+    def _target_problem(self, ctx, view, bank) -> str | None:
+        field = ui.param(ctx, "label_field", "ntt")
+        if not _FIELD.fullmatch(field):
+            return f"'{field}' is not a valid field name: letters, digits and _, starting with a letter."
+        ref_field = ui.sdk().get_bank_info(ctx.dataset, bank).get("label_field")
+        if field == ref_field:
+            return f"'{field}' holds the bank's reference labels: write the predictions to another field."
+        if field in view.get_field_schema(flat=True):
+            problem = ui.field_problem(view, field)
+            if problem:
+                return problem
+            existing = view.exists(field).count()
+            if existing and not (ui.param(ctx, "skip_existing", False) or ui.param(ctx, "overwrite", False)):
+                return (f"'{field}' already has labels on {existing} sample(s): tick 'Skip samples already "
+                        "labelled' to resume, or 'Overwrite'.")
+        if not self._targets(ctx, view, bank).count():
+            return "Nothing to segment: the chosen samples are all references or already labelled."
         return None
 
     def resolve_delegation(self, ctx):
-        return ctx.params.get("delegate") if "delegate" in ctx.params else None
+        return runner.forced_delegation(ctx)
 
     def resolve_execution_options(self, ctx):
-        return ui.execution_options(ctx)
+        banks = ui.sdk().list_banks(ctx.dataset)
+        bank = ui.param(ctx, "bank")
+        count = self._targets(ctx, ctx.target_view(), bank).count() if bank in banks else ctx.target_view().count()
+        return runner.execution_options(ctx, count)
 
     def execute(self, ctx):
         nfo = ui.sdk()
-        p = ctx.params
-        preset = p.get("preset", "bank")
+        bank = ctx.params["bank"]
+        preset, config = self._settings(ctx, bank)
+        kwargs = dict(
+            label_field=ui.param(ctx, "label_field", "ntt"),
+            score_thresh=ui.param(ctx, "score_thresh"),
+            max_instances=ui.param(ctx, "max_instances"),
+            batch_size=ui.param(ctx, "batch_size"),
+            device=ui.device(ctx),
+            preset=preset,
+            config=config,
+            skip_existing=bool(ui.param(ctx, "skip_existing", False)),
+            overwrite=bool(ui.param(ctx, "overwrite", False)),
+            exclude_references=bool(ui.param(ctx, "exclude_references", True)),
+            tag=ui.param(ctx, "tag"),
+        )
+        view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
 
         def work(progress):
-            summary = nfo.segment(
-                ui.target_view(ctx),
-                p["bank"],
-                label_field=p.get("label_field", "ntt"),
-                score_thresh=p.get("score_thresh"),
-                max_instances=p.get("max_instances"),
-                batch_size=p.get("batch_size"),
-                device=None if p.get("device", "auto") == "auto" else p["device"],
-                preset=None if preset == "bank" else preset,
-                config=p.get("config"),
-                skip_existing=bool(p.get("skip_existing")),
-                overwrite=bool(p.get("overwrite")),
-                exclude_references=p.get("exclude_references", True),
-                progress=progress,
-            )
-            return {k: summary[k] for k in ("samples", "labelled", "instances")} | {"skipped": len(summary["skipped"])}
+            summary = nfo.segment(view, bank, progress=progress, **kwargs)
+            skipped = summary["skipped"]
+            return {
+                "bank": bank,
+                "label_field": kwargs["label_field"],
+                **{k: summary[k] for k in ("samples", "labelled", "instances", "per_class")},
+                "skipped": len(skipped),
+                "skipped_samples": [f"{s['filepath']}: {s['reason']}" for s in skipped[:20]],
+            }
 
-        yield from ui.run_with_progress(ctx, work)
+        return runner.run(ctx, work, self.resolve_output(ctx))
+
+    @staticmethod
+    def _settings(ctx, bank):
+        """(preset, config) for the SDK. "Same as the bank" plus JSON overrides layers the overrides on the
+        bank's stored settings (the SDK alone would layer them on the paper preset)."""
+        preset = ui.param(ctx, "preset", ui.SAME_AS_BANK)
+        overrides = ui.config_overrides(ctx)
+        if preset != ui.SAME_AS_BANK:
+            return preset, overrides
+        if not overrides:
+            return None, None
+        stored = ui.sdk().get_bank_info(ctx.dataset, bank)["config"]
+        merged = {s: {**stored.get(s, {}), **overrides.get(s, {})} for s in {*stored, *overrides}}
+        return "paper", merged
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("label_field", label="Output field")
+        outputs.int("samples", label="Samples in the run")
+        outputs.int("labelled", label="Samples labelled")
+        outputs.int("instances", label="Instances found")
+        outputs.obj("per_class", label="Instances per class", view=types.JSONView())
+        outputs.int("skipped", label="Samples skipped (unreadable media)")
+        outputs.list("skipped_samples", types.String(), label="Skipped samples (first 20)")
+        return types.Property(outputs)

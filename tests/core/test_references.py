@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import BoxEchoProposer
 from PIL import Image
 
 from ntt.geometry import context_crop_box
@@ -82,27 +83,9 @@ def test_unreadable_reference_image_names_it(tmp_path, smoke_config):
         build_bank([ref], smoke_config)
 
 
-class _BoxEchoProposer:
-    """Fake SAM2 whose mask for a box prompt is exactly that box (in its low-res frame)."""
-
-    image_size, mask_size = 256, 64
-
-    def prepare(self, image):
-        return torch.zeros(3, 256, 256)
-
-    def encode(self, images):
-        return {}
-
-    def decode_boxes(self, feats, index, boxes):
-        out = torch.full((len(boxes), 64, 64), -10.0)
-        for k, (x1, y1, x2, y2) in enumerate((boxes / 4).round().long().tolist()):
-            out[k, y1:y2, x1:x2] = 10.0
-        return out
-
-
 def test_box_only_reference_masks_follow_the_box(smoke_config):
     image = np.zeros((120, 200, 3), np.uint8)  # non-square: catches swapped x / y scaling
-    masks = masks_from_boxes(image, [[40, 30, 100, 60]], smoke_config, proposer=_BoxEchoProposer())
+    masks = masks_from_boxes(image, [[40, 30, 100, 60]], smoke_config, proposer=BoxEchoProposer())
     ys, xs = np.nonzero(masks[0])
     assert masks[0].shape == (120, 200)
     assert abs(xs.min() - 40) <= 2 and abs(xs.max() - 139) <= 2
@@ -114,7 +97,7 @@ def test_box_only_references_build_a_bank(fss, smoke_config):
     ys, xs = np.nonzero(mask)
     box = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
     ref = Reference(image=image, class_id=1, class_name="apple", box=box, annotation_id=5)
-    bank = build_bank([ref], smoke_config, proposer=_BoxEchoProposer())
+    bank = build_bank([ref], smoke_config, proposer=BoxEchoProposer())
     assert bank.shots[0]["box_only"] is True and bank.shot_features.shape == (1, 384)
 
 
@@ -162,7 +145,7 @@ def test_box_only_reference_outside_the_image_names_it(smoke_config):
     ref = Reference(image=np.zeros((50, 60, 3), np.uint8), class_id=1, class_name="x", box=[70, 5, 10, 10])
     ref.annotation_id = 404
     with pytest.raises(InvalidReferenceError, match="annotation 404.*no area inside the image"):
-        build_bank([ref], smoke_config, proposer=_BoxEchoProposer())
+        build_bank([ref], smoke_config, proposer=BoxEchoProposer())
 
 
 def test_all_ones_mask_is_a_valid_whole_image_shot(fss, smoke_config):

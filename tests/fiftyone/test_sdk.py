@@ -227,26 +227,11 @@ def test_crowd_labels_are_never_references(dataset):
 
 def test_box_only_references_get_masks_from_sam2(dataset, random_config, monkeypatch):
     import fiftyone as fo
-    import torch
+    from fakes import BoxEchoProposer
 
     from ntt import references
 
-    class BoxEcho:  # stands in for SAM2: the mask of a box prompt is the box
-        image_size, mask_size = 256, 64
-
-        def prepare(self, image):
-            return torch.zeros(3, 256, 256)
-
-        def encode(self, images):
-            return {}
-
-        def decode_boxes(self, feats, index, boxes):
-            out = torch.full((len(boxes), 64, 64), -10.0)
-            for k, (x1, y1, x2, y2) in enumerate((boxes / 4).round().long().tolist()):
-                out[k, y1:y2, x1:x2] = 10.0
-            return out
-
-    monkeypatch.setattr(references, "get_sam2", lambda cfg, no_mem=False: BoxEcho())
+    monkeypatch.setattr(references, "get_sam2", lambda cfg, no_mem=False: BoxEchoProposer())
     boxes = dataset.clone()
     try:
         for sample in boxes.limit(2):
