@@ -1,4 +1,7 @@
-"""Operators of the ntt FiftyOne plugin. Each reads ``ctx.params`` and calls one ``ntt.fo`` function."""
+"""Operators of the ntt FiftyOne plugin. Each reads ``ctx.params`` and calls one ``ntt.fo`` function.
+
+Every operator here must be listed under ``operators:`` in ``fiftyone.yml`` (FiftyOne drops the others).
+"""
 
 from .operators.bank import BuildBank
 from .operators.evaluate import EvaluatePredictions

@@ -93,19 +93,23 @@ def field_problem(coll, field: str) -> str | None:
     return None
 
 
-def field_input(inputs, ctx, name: str, label: str, description: str, default=None, fields=None) -> bool:
-    """A dropdown of Detections fields; False (with a warning) when the dataset has none."""
+def field_input(
+    inputs, ctx, name: str, label: str, description: str, default=None, fields=None, required=True
+) -> str | None:
+    """A dropdown of Detections fields; returns the chosen field (the param, else the default), or None (with a
+    warning) when there is none. ``required=False`` when ``execute`` falls back to the same default."""
     fields = detections_fields(ctx.dataset) if fields is None else fields
     if not fields:
         inputs.view(f"{name}_missing", types.Warning(label="No Detections field in this dataset"))
-        return False
+        return None
     choices = types.DropdownView()
     for field in fields:
         choices.add_choice(field, label=field)
     pick = default if default in fields else fields[0]
-    inputs.enum(name, choices.values(), label=label, description=description, default=pick, required=True,
-                view=choices)
-    return True
+    inputs.enum(
+        name, choices.values(), label=label, description=description, default=pick, required=required, view=choices
+    )
+    return param(ctx, name, pick)
 
 
 def new_field_input(inputs, ctx, name: str, label: str, default: str) -> None:
@@ -113,8 +117,14 @@ def new_field_input(inputs, ctx, name: str, label: str, default: str) -> None:
     view = types.AutocompleteView()
     for field in detections_fields(ctx.dataset):
         view.add_choice(field, label=field)
-    inputs.str(name, label=label, default=default, required=True, view=view,
-               description="An existing Detections field or a new field name")
+    inputs.str(
+        name,
+        label=label,
+        default=default,
+        required=True,
+        view=view,
+        description="An existing Detections field or a new field name",
+    )
 
 
 def bank_input(inputs, ctx, label: str = "Bank") -> str | None:
@@ -211,7 +221,7 @@ def delegation_notice(inputs, count: int, what: str = "samples") -> None:
             "delegation",
             types.Notice(
                 label=f"{count} {what}: this runs in the background by default",
-                description="Background (delegated) runs need `fiftyone delegated launch` running. Runs in the App "
-                "stop after FIFTYONE_OPERATOR_TIMEOUT (600 s by default).",
+                description="Background (delegated) runs need `fiftyone delegated launch` running; choose "
+                "'Execute' to run now instead (keep the App open: closing it stops the run).",
             ),
         )

@@ -11,6 +11,7 @@ from typing import Any
 from ..bank import MemoryBank
 from ..config import NTTConfig, make_config
 from ..references import build_bank as build_memory_bank
+from .locks import schema_lock
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references
 
 RUN_TYPE = "ntt_bank"
@@ -137,6 +138,7 @@ def _store(dataset, name: str, bank: MemoryBank, label_field: str, tag: str, cfg
         encoder=bank.encoder,
         config=cfg.to_dict(),
     )
-    dataset.register_run(name, config, overwrite=overwrite)
-    dataset.save_run_results(name, dataset.init_run_results(name, shots=bank.shots))
+    with schema_lock(dataset):
+        dataset.register_run(name, config, overwrite=overwrite)
+        dataset.save_run_results(name, dataset.init_run_results(name, shots=bank.shots))
     bank.info["name"] = name

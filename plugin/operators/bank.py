@@ -7,9 +7,10 @@ import fiftyone.operators.types as types
 
 from .. import inputs as ui
 from .. import runner
+from .base import BackgroundOperator
 
 
-class BuildBank(foo.Operator):
+class BuildBank(BackgroundOperator):
     @property
     def config(self):
         return foo.OperatorConfig(
@@ -24,19 +25,22 @@ class BuildBank(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        problem = ui.dependency_problem()
-        if problem:
-            return ui.invalid(inputs, problem)
+        inputs, broken = self.start_form()
+        if broken:
+            return broken
         nfo = ui.sdk()
         if ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT works on images; this dataset's media type is {ctx.dataset.media_type}.")
         view = ui.target_input(inputs, ctx, "Take references from")
-        if not ui.field_input(inputs, ctx, "label_field", "Reference field", "Detections with masks (or boxes)",
-                              "ground_truth"):
+        field = ui.field_input(
+            inputs, ctx, "label_field", "Reference field", "Detections with masks (or boxes)", "ground_truth"
+        )
+        if field is None:
             return ui.invalid(inputs, "This dataset has no Detections field to take references from.")
+        if ui.field_problem(ctx.dataset, field):
+            return ui.invalid(inputs, ui.field_problem(ctx.dataset, field))
         tag = ui.tag_input(inputs, ctx)
-        refs = self._references(ctx, view, tag)
+        refs = nfo.reference_ids(view, tag, field)
         if not refs:
             return ui.invalid(
                 inputs,
@@ -60,20 +64,13 @@ class BuildBank(foo.Operator):
         ui.delegation_notice(inputs, len(refs), "reference samples")
         return ui.form(inputs, "Build NTT memory bank")
 
-    @staticmethod
-    def _references(ctx, view, tag) -> list[str]:
-        field = ui.param(ctx, "label_field")
-        if field is None or ui.field_problem(view, field):
-            return []
-        return ui.sdk().reference_ids(view, tag, field)
-
-    def resolve_delegation(self, ctx):
-        return runner.forced_delegation(ctx)
-
-    def resolve_execution_options(self, ctx):
+    def run_size(self, ctx) -> int:
         nfo = ui.sdk()
+        field = ui.param(ctx, "label_field")
+        if field is None or ui.field_problem(ctx.dataset, field):
+            return 0
         tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
-        return runner.execution_options(ctx, len(self._references(ctx, ctx.target_view(), tag)))
+        return len(nfo.reference_ids(ctx.target_view(), tag, field))
 
     def execute(self, ctx):
         nfo = ui.sdk()

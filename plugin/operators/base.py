@@ -1,4 +1,5 @@
-"""What the operators share: the dependency check that opens every form, and background execution."""
+"""What the operators share: the dependency check that opens every form, and the execution choice of the
+model-running operators (immediate or delegated)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,33 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
+from .. import runner
 
 
 class NTTOperator(foo.Operator):
     """An operator whose form first checks that the ntt library imports."""
 
-    def start_form(self):
-        """(inputs, None) when ntt is usable, else (inputs, an invalid form that says why)."""
+    @staticmethod
+    def start_form():
+        """``(inputs, None)`` when ntt is usable, else ``(inputs, an invalid form that says why)``."""
         inputs = types.Object()
         problem = ui.dependency_problem()
         return inputs, (ui.invalid(inputs, problem) if problem else None)
 
 
 class BackgroundOperator(NTTOperator):
-    """An operator the user may run immediately or delegated (the form's ``delegate`` box decides)."""
+    """A model-running operator: immediate or delegated, delegated by default for large runs and whenever the
+    ``delegate`` param is true. Subclasses say how many samples a run covers (``run_size``)."""
+
+    def run_size(self, ctx) -> int:
+        raise NotImplementedError
 
     def resolve_delegation(self, ctx):
-        return ctx.params.get("delegate") if "delegate" in ctx.params else None
+        return runner.forced_delegation(ctx)
 
     def resolve_execution_options(self, ctx):
-        return foo.ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True)
+        try:
+            size = self.run_size(ctx)
+        except Exception:  # noqa: BLE001 - an incomplete form must not break the execution choice
+            size = 0
+        return runner.execution_options(ctx, size)

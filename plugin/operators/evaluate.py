@@ -1,4 +1,4 @@
-"""Evaluate predictions with FiftyOne's COCO evaluator (SDK: ``ntt.fo.evaluate``)."""
+"""Evaluate predictions with FiftyOne's COCO evaluator, masks and mAP (SDK: ``ntt.fo.evaluate``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
+from .. import runner
 from .base import NTTOperator
+
+AVERAGES = ("micro avg", "macro avg", "weighted avg")
+MAX_ROWS = 15  # classes listed in the short report (by support)
 
 
 class EvaluatePredictions(NTTOperator):
@@ -15,37 +19,78 @@ class EvaluatePredictions(NTTOperator):
         return foo.OperatorConfig(
             name="evaluate_predictions",
             label="NTT: evaluate predictions",
-            description="COCO mAP with masks, reference samples excluded; opens in the Model Evaluation panel",
+            description="COCO mAP with instance masks, reference samples left out; opens in the Model Evaluation panel",
             dynamic=True,
         )
 
     def resolve_input(self, ctx):
-        inputs, unusable = self.start_form()
-        if unusable:
-            return unusable
-        fields = ui.detections_fields(ctx)
+        inputs, broken = self.start_form()
+        if broken:
+            return broken
+        if not ui.sdk().list_banks(ctx.dataset):
+            return ui.invalid(inputs, "This dataset has no NTT bank yet: build one and segment with it first.")
+        fields = ui.detections_fields(ctx.dataset)
         if len(fields) < 2:
-            return ui.invalid(inputs, "Needs a predictions field and a ground-truth field (both Detections).")
-        preds = [f for f in fields if (ctx.dataset.get_field(f).info or {}).get("ntt_bank")] or fields
-        ui.field_input(inputs, ctx, "pred_field", "Predictions", "Field written by 'segment with bank'", preds[0])
-        gt_default = "ground_truth" if "ground_truth" in fields else next(f for f in fields if f != preds[0])
-        ui.field_input(inputs, ctx, "gt_field", "Ground truth", "Detections with instance masks", gt_default)
-        inputs.str("eval_key", label="Evaluation key", default="ntt_eval", required=True)
-        if ctx.params.get("pred_field") and ctx.params.get("pred_field") == ctx.params.get("gt_field"):
+            return ui.invalid(inputs, "Needs a predictions field and a ground-truth field, both Detections.")
+        ntt = [f for f in fields if (ctx.dataset.get_field(f).info or {}).get("ntt_bank")]
+        pred = ui.field_input(
+            inputs, ctx, "pred_field", "Predictions", "Field written by 'NTT: segment with bank'", (ntt or fields)[0]
+        )
+        gt_default = "ground_truth" if "ground_truth" in fields else next(f for f in fields if f != pred)
+        gt = ui.field_input(inputs, ctx, "gt_field", "Ground truth", "Detections with instance masks", gt_default)
+        ui.target_input(inputs, ctx, "Evaluate")
+        inputs.str(
+            "eval_key",
+            label="Evaluation key",
+            default="ntt_eval",
+            required=True,
+            description="Name of the evaluation (letters, digits, _); adds <key>_tp/_fp/_fn fields",
+        )
+        inputs.bool("exclude_references", label="Leave out the reference samples", default=True)
+        if pred == gt:
             return ui.invalid(inputs, "Predictions and ground truth must be different fields.")
-        return types.Property(inputs, view=types.View(label="Evaluate NTT predictions"))
+        key = ui.param(ctx, "eval_key", "ntt_eval")
+        if not key.isidentifier():
+            return ui.invalid(inputs, f"'{key}' is not a valid evaluation key: use letters, digits and _.")
+        if key in ctx.dataset.list_evaluations():
+            inputs.view("replace", types.Notice(label=f"The existing evaluation '{key}' will be replaced"))
+        return ui.form(inputs, "Evaluate NTT predictions")
 
     def execute(self, ctx):
-        p = ctx.params
-        results = ui.sdk().evaluate(
-            ctx.dataset, p["pred_field"], gt_field=p["gt_field"], eval_key=p.get("eval_key", "ntt_eval")
-        )
-        if ctx.executor is not None:
-            ctx.trigger("reload_dataset")
-        return {"mAP": float(results.mAP()), "eval_key": p.get("eval_key", "ntt_eval")}
+        nfo = ui.sdk()
+        key = ui.param(ctx, "eval_key", "ntt_eval")
+        with runner.clear_errors():
+            results = nfo.evaluate(
+                ctx.target_view(),
+                ctx.params["pred_field"],
+                gt_field=ctx.params["gt_field"],
+                eval_key=key,
+                exclude_references=bool(ui.param(ctx, "exclude_references", True)),
+            )
+        runner.reload(ctx)
+        report = results.report()
+        rows = sorted((k for k in report if k not in AVERAGES), key=lambda k: -report[k]["support"])[:MAX_ROWS]
+        table = {k: {m: round(float(v), 4) for m, v in report[k].items()} for k in [*rows, *AVERAGES] if k in report}
+        mAP = float(results.mAP())
+        return {"mAP": round(mAP, 4), "eval_key": key, "report": table, "summary": _markdown(mAP, key, table)}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.float("mAP", label="COCO mAP (masks)")
+        outputs.float("mAP", label="COCO mAP (masks, IoU 0.50:0.95)")
         outputs.str("eval_key", label="Evaluation key (open the Model Evaluation panel)")
+        outputs.str("summary", label="Report", view=types.MarkdownView())
         return types.Property(outputs)
+
+
+def _markdown(mAP: float, key: str, table: dict) -> str:
+    lines = [
+        f"**mAP {mAP:.3f}** (eval key `{key}`)",
+        "",
+        "| class | precision | recall | f1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in table.items():
+        lines.append(
+            f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1-score']:.3f} | {int(m['support'])} |"
+        )
+    return "\n".join(lines)

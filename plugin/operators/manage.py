@@ -1,4 +1,5 @@
-"""List, inspect, rename, delete banks and add references to one (SDK: ``ntt.fo`` bank functions)."""
+"""List, inspect, extend, rename or delete banks (SDK: ``list_banks``, ``get_bank_info``, ``add_references``,
+``rename_bank``, ``delete_bank``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
+from .. import runner
 from .base import NTTOperator
 
 ACTIONS = {
+    "list": "List the dataset's banks",
     "info": "Show a bank's classes and shots",
-    "add_references": "Add the tagged references to a bank",
+    "add_references": "Add the tagged references to a bank (encodes only the new ones)",
     "rename": "Rename a bank",
-    "delete": "Delete a bank",
+    "delete": "Delete a bank and its file",
 }
 
 
@@ -22,57 +25,131 @@ class ManageBanks(NTTOperator):
         return foo.OperatorConfig(
             name="manage_banks",
             label="NTT: manage banks",
-            description="Inspect, extend, rename or delete the dataset's memory banks",
+            description="List, inspect, extend, rename or delete the dataset's NTT memory banks",
             dynamic=True,
         )
 
     def resolve_input(self, ctx):
-        inputs, unusable = self.start_form()
-        if unusable:
-            return unusable
+        inputs, broken = self.start_form()
+        if broken:
+            return broken
         actions = types.RadioGroup()
         for key, label in ACTIONS.items():
             actions.add_choice(key, label=label)
         inputs.enum("action", actions.values(), label="Action", default="info", view=actions)
-        if not ui.bank_input(inputs, ctx):
-            return ui.invalid(inputs, "This dataset has no NTT bank yet.")
-        action = ctx.params.get("action", "info")
-        if action == "rename":
-            inputs.str("new_name", label="New name", required=True)
-            new = ctx.params.get("new_name")
-            if new:
-                try:
-                    ui.sdk().check_bank_name(new)
-                except ui.sdk().NTTFiftyOneError as err:
-                    return ui.invalid(inputs, str(err))
-        elif action == "add_references":
-            inputs.str("tag", label="Reference tag", default=ui.sdk().DEFAULT_TAG)
-        elif action == "delete":
-            inputs.view("sure", types.Warning(label="The bank and its file are deleted"))
-        return types.Property(inputs, view=types.View(label="Manage NTT banks"))
+        action = ui.param(ctx, "action", "info")
+        if action == "list":
+            banks = ui.sdk().list_banks(ctx.dataset)
+            if not banks:
+                return ui.invalid(inputs, "This dataset has no NTT bank yet: build one ('NTT: build memory bank').")
+            return ui.form(inputs, "Manage NTT banks")
+        bank = ui.bank_input(inputs, ctx)
+        if bank is None:
+            return ui.invalid(inputs, "This dataset has no NTT bank yet: build one ('NTT: build memory bank').")
+        check = {
+            "rename": self._rename_inputs,
+            "add_references": self._add_references_inputs,
+            "delete": self._delete_inputs,
+        }.get(action)
+        problem = check(inputs, ctx, bank) if check else None
+        if problem:
+            return ui.invalid(inputs, problem)
+        return ui.form(inputs, "Manage NTT banks")
+
+    @staticmethod
+    def _rename_inputs(inputs, ctx, bank) -> str | None:
+        nfo = ui.sdk()
+        inputs.str("new_name", label="New name", required=True)
+        new = ui.param(ctx, "new_name")
+        if not new:
+            return None  # "required" keeps Execute disabled until a name is typed
+        try:
+            nfo.check_bank_name(new)
+        except nfo.NTTFiftyOneError as err:
+            return str(err)
+        if new in nfo.list_banks(ctx.dataset):
+            return f"A bank named '{new}' exists already."
+        return None
+
+    @staticmethod
+    def _add_references_inputs(inputs, ctx, bank) -> str | None:
+        nfo = ui.sdk()
+        info = nfo.get_bank_info(ctx.dataset, bank)
+        view = ui.target_input(inputs, ctx, "Take references from")
+        fields = ui.detections_fields(ctx.dataset)
+        ui.field_input(
+            inputs,
+            ctx,
+            "label_field",
+            "Reference field",
+            "Detections holding the new references",
+            info.get("label_field"),
+            fields=fields,
+            required=False,  # the SDK defaults to the bank's field
+        )
+        tag = ui.tag_input(inputs, ctx)
+        field = ui.param(ctx, "label_field", info.get("label_field"))
+        if field not in fields:
+            return f"'{field}' is not a Detections field of this dataset."
+        if not nfo.reference_ids(view, tag, field):
+            return (
+                f"No references: nothing here is tagged '{tag}'. Tag the new examples first ('NTT: mark references')."
+            )
+        inputs.view(
+            "models",
+            types.Notice(label=f"New shots are encoded with the bank's own models ({info['encoder']['name']})"),
+        )
+        return None
+
+    @staticmethod
+    def _delete_inputs(inputs, ctx, bank) -> str | None:
+        inputs.view("sure", types.Warning(label=f"Bank '{bank}' and its file will be deleted"))
+        return None
 
     def execute(self, ctx):
         nfo = ui.sdk()
-        p = ctx.params
-        action, name = p.get("action", "info"), p["bank"]
-        if action == "rename":
-            nfo.rename_bank(ctx.dataset, name, p["new_name"])
-        elif action == "delete":
-            nfo.delete_bank(ctx.dataset, name)
-        elif action == "add_references":
-            nfo.add_references(ctx.dataset, name, tag=p.get("tag") or nfo.DEFAULT_TAG)
-        banks = nfo.list_banks(ctx.dataset)
-        out = {"action": action, "banks": banks}
-        shown = p.get("new_name") if action == "rename" else name
-        if shown in banks:
-            info = nfo.get_bank_info(ctx.dataset, shown)
-            out.update(bank=shown, shots_per_class=info["shots_per_class"], encoder=info["encoder"]["name"])
+        action = ui.param(ctx, "action", "info")
+        name = ctx.params.get("bank")
+        with runner.clear_errors():
+            if action == "rename":
+                nfo.rename_bank(ctx.dataset, name, ctx.params["new_name"])
+                name = ctx.params["new_name"]
+            elif action == "delete":
+                nfo.delete_bank(ctx.dataset, name)
+            elif action == "add_references":
+                nfo.add_references(
+                    ctx.target_view(),
+                    name,
+                    label_field=ui.param(ctx, "label_field"),
+                    tag=ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG,
+                )
+            banks = nfo.list_banks(ctx.dataset)
+            out = {"action": action, "banks": banks}
+            if action == "list":
+                out["details"] = {b: _brief(nfo.get_bank_info(ctx.dataset, b)) for b in banks}
+            elif name in banks:
+                out.update(bank=name, **_brief(nfo.get_bank_info(ctx.dataset, name)))
         return out
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.list("banks", types.String(), label="Banks")
+        outputs.obj("details", label="Banks", view=types.JSONView())
         outputs.str("bank", label="Bank")
+        outputs.int("num_shots", label="Shots")
         outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
+        outputs.str("label_field", label="Reference field")
         outputs.str("encoder", label="Encoder")
+        outputs.str("timestamp", label="Built")
         return types.Property(outputs)
+
+
+def _brief(info: dict) -> dict:
+    """The JSON-friendly essentials of ``get_bank_info``."""
+    return {
+        "num_shots": info["num_shots"],
+        "shots_per_class": info["shots_per_class"],
+        "label_field": info["label_field"],
+        "encoder": info["encoder"]["name"],
+        "timestamp": info["timestamp"],
+    }

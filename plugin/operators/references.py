@@ -7,6 +7,7 @@ import fiftyone.operators.types as types
 
 from .. import inputs as ui
 from .. import runner
+from .base import NTTOperator
 
 MODES = {
     "samples": ("Samples", "Every instance of the chosen samples is a reference (sample tag)"),
@@ -14,7 +15,7 @@ MODES = {
 }
 
 
-class MarkReferences(foo.Operator):
+class MarkReferences(NTTOperator):
     @property
     def config(self):
         return foo.OperatorConfig(
@@ -26,10 +27,9 @@ class MarkReferences(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        problem = ui.dependency_problem()
-        if problem:
-            return ui.invalid(inputs, problem)
+        inputs, broken = self.start_form()
+        if broken:
+            return broken
         if ctx.dataset is not None and ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT works on images; this dataset's media type is {ctx.dataset.media_type}.")
         modes = types.RadioGroup()
@@ -40,12 +40,19 @@ class MarkReferences(foo.Operator):
         if mode == "labels":
             if not ctx.selected_labels:
                 return ui.invalid(inputs, "No labels selected: click reference labels in the App's sample view first.")
-            fields = ui.detections_fields(ctx.dataset)
-            selected = [s["field"] for s in ctx.selected_labels if s.get("field") in fields]
+            selected = _selected_fields(ctx)
             if not selected:
                 return ui.invalid(inputs, "None of the selected labels is in a Detections field.")
-            ui.field_input(inputs, ctx, "label_field", "Label field", "Field of the selected labels", selected[0],
-                           fields=sorted(set(selected)))
+            ui.field_input(
+                inputs,
+                ctx,
+                "label_field",
+                "Label field",
+                "Field of the selected labels",
+                selected[0],
+                fields=sorted(set(selected)),
+                required=False,
+            )
             field = ui.param(ctx, "label_field", selected[0])
             count = sum(s.get("field") == field for s in ctx.selected_labels)
             inputs.view("count", types.Notice(label=f"{count} selected label(s) of '{field}' will be tagged"))
@@ -60,7 +67,7 @@ class MarkReferences(foo.Operator):
         tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
         with runner.clear_errors():
             if ui.param(ctx, "mode", "samples") == "labels":
-                field = ctx.params["label_field"]
+                field = ui.param(ctx, "label_field") or _selected_fields(ctx)[0]
                 ids = [s["label_id"] for s in ctx.selected_labels if s.get("field") == field]
                 count = nfo.mark_references(ctx.dataset, field, label_ids=ids, tag=tag)
             else:
@@ -75,7 +82,13 @@ class MarkReferences(foo.Operator):
         return types.Property(outputs)
 
 
-class UnmarkReferences(foo.Operator):
+def _selected_fields(ctx) -> list[str]:
+    """The fields of the selected labels that are Detections fields, in selection order."""
+    fields = ui.detections_fields(ctx.dataset)
+    return [s["field"] for s in ctx.selected_labels if s.get("field") in fields]
+
+
+class UnmarkReferences(NTTOperator):
     @property
     def config(self):
         return foo.OperatorConfig(
@@ -86,10 +99,9 @@ class UnmarkReferences(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        problem = ui.dependency_problem()
-        if problem:
-            return ui.invalid(inputs, problem)
+        inputs, broken = self.start_form()
+        if broken:
+            return broken
         view = ui.target_input(inputs, ctx, "Unmark")
         tag = ui.tag_input(inputs, ctx)
         count = len(ui.sdk().reference_ids(view, tag))

@@ -9,11 +9,12 @@ import fiftyone.operators.types as types
 
 from .. import inputs as ui
 from .. import runner
+from .base import BackgroundOperator
 
 _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*")
 
 
-class SegmentWithBank(foo.Operator):
+class SegmentWithBank(BackgroundOperator):
     @property
     def config(self):
         return foo.OperatorConfig(
@@ -28,10 +29,9 @@ class SegmentWithBank(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        problem = ui.dependency_problem()
-        if problem:
-            return ui.invalid(inputs, problem)
+        inputs, broken = self.start_form()
+        if broken:
+            return broken
         if ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT segments images; this dataset's media type is {ctx.dataset.media_type}.")
         bank = ui.bank_input(inputs, ctx)
@@ -39,8 +39,13 @@ class SegmentWithBank(foo.Operator):
             return ui.invalid(inputs, "This dataset has no NTT bank yet: build one first ('NTT: build memory bank').")
         view = ui.target_input(inputs, ctx, "Segment")
         ui.new_field_input(inputs, ctx, "label_field", "Output field", "ntt")
-        inputs.float("score_thresh", label="Score threshold", min=0.0, max=1.0,
-                     description="Drop instances scoring below this (empty: the preset's, 0)")
+        inputs.float(
+            "score_thresh",
+            label="Score threshold",
+            min=0.0,
+            max=1.0,
+            description="Drop instances scoring below this (empty: the preset's, 0)",
+        )
         inputs.int("max_instances", label="Max instances per image", min=1, description="Empty: the preset's (100)")
         inputs.int("batch_size", label="Batch size", min=1, description="Images per forward pass (empty: 1)")
         inputs.bool("skip_existing", label="Skip samples already labelled (resume a stopped run)", default=False)
@@ -81,20 +86,19 @@ class SegmentWithBank(foo.Operator):
                 return problem
             existing = view.exists(field).count()
             if existing and not (ui.param(ctx, "skip_existing", False) or ui.param(ctx, "overwrite", False)):
-                return (f"'{field}' already has labels on {existing} sample(s): tick 'Skip samples already "
-                        "labelled' to resume, or 'Overwrite'.")
+                return (
+                    f"'{field}' already has labels on {existing} sample(s): tick 'Skip samples already "
+                    "labelled' to resume, or 'Overwrite'."
+                )
         if not self._targets(ctx, view, bank).count():
             return "Nothing to segment: the chosen samples are all references or already labelled."
         return None
 
-    def resolve_delegation(self, ctx):
-        return runner.forced_delegation(ctx)
-
-    def resolve_execution_options(self, ctx):
-        banks = ui.sdk().list_banks(ctx.dataset)
+    def run_size(self, ctx) -> int:
         bank = ui.param(ctx, "bank")
-        count = self._targets(ctx, ctx.target_view(), bank).count() if bank in banks else ctx.target_view().count()
-        return runner.execution_options(ctx, count)
+        if bank not in ui.sdk().list_banks(ctx.dataset):
+            return ctx.target_view().count()
+        return self._targets(ctx, ctx.target_view(), bank).count()
 
     def execute(self, ctx):
         nfo = ui.sdk()

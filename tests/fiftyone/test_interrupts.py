@@ -73,14 +73,17 @@ def test_kill_9_then_resume_labels_each_sample_once(shared_dataset):
         assert [d.label for d in sample.resumed.detections] == [d.label for d in sample.uninterrupted.detections]
 
 
-def test_two_runs_into_different_fields_at_once(shared_dataset):
+def test_concurrent_runs_into_different_fields(shared_dataset):
     ds = shared_dataset
-    procs = [_worker(ds, field, delay=0.05) for field in ("first", "second")]
+    fields = ("first", "second", "third")
+    procs = [_worker(ds, field, delay=0.05) for field in fields]
     outs = [p.communicate(timeout=400) for p in procs]
     for proc, (out, err) in zip(procs, outs):
         assert proc.returncode == 0, err[-2000:]
         assert "finished" in out
     ds.reload()
-    assert ds.exists("first").count() == ds.exists("second").count() == 9
+    assert set(fields) <= set(ds.get_field_schema()), "no run may drop another run's field"
+    assert [ds.exists(f).count() for f in fields] == [9, 9, 9]
     for sample in ds.exists("first"):
-        assert len(sample.first.detections) == len(sample.second.detections)
+        assert len(sample.first.detections) == len(sample.second.detections) == len(sample.third.detections)
+    assert {ds.get_field(f).info["ntt_bank"] for f in fields} == {"bank"}
