@@ -95,9 +95,20 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
+def tight_crop(mask: np.ndarray) -> tuple[list[int], np.ndarray] | None:
+    """A bool mask (H, W) cut to its tight box: ``([x1, y1, x2, y2], crop)`` with exclusive x2/y2, or None
+    when the mask is empty."""
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if len(rows) == 0:
+        return None
+    y1, y2, x1, x2 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return [x1, y1, x2, y2], mask[y1:y2, x1:x2].copy()
+
+
 def mask_tight_box_xywh(mask: np.ndarray) -> list[float]:
     """COCO xywh of a bool mask (H, W); raises ValueError when the mask is empty."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    found = tight_crop(mask)
+    if found is None:
         raise ValueError("empty mask")
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    x1, y1, x2, y2 = found[0]
+    return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]

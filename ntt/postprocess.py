@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
+from .geometry import tight_crop
+
 
 def interpolation_matrix(src: int, dst: int, device=None) -> torch.Tensor:
     """The (dst, src) matrix of 1-D linear upsampling (align_corners=False) from ``src`` to ``dst`` samples.
@@ -174,7 +176,7 @@ def logits_to_crops(logits: torch.Tensor, size: tuple[int, int]) -> list:
     h, w = size
     m = logits.shape[-1]
     if h < m or w < m:
-        return [_tight(full) for full in upsample_logits(logits, size).cpu().numpy()]
+        return [tight_crop(full) for full in upsample_logits(logits, size).cpu().numpy()]
     out = []
     for logit in logits:
         pos = logit > 0
@@ -184,7 +186,7 @@ def logits_to_crops(logits: torch.Tensor, size: tuple[int, int]) -> list:
             continue
         x0, x1 = _pixel_window(int(cols[0]), int(cols[-1]), m, w)
         y0, y1 = _pixel_window(int(rows[0]), int(rows[-1]), m, h)
-        out.append(_offset(_tight(_window_mask(logit.float(), (x0, x1, y0, y1), (h, w))), x0, y0))
+        out.append(_offset(tight_crop(_window_mask(logit.float(), (x0, x1, y0, y1), (h, w))), x0, y0))
     return out
 
 
@@ -225,11 +227,3 @@ def _sample_window(logit: torch.Tensor, window, size) -> torch.Tensor:
     grid = torch.stack(torch.meshgrid(vs, us, indexing="ij")[::-1], dim=-1)[None]
     out = F.grid_sample(logit[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[0, 0]
-
-
-def _tight(mask: np.ndarray):
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if len(rows) == 0:
-        return None
-    y1, y2, x1, x2 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    return [int(x1), int(y1), int(x2), int(y2)], mask[y1:y2, x1:x2].copy()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .geometry import tight_crop
+
 
 @dataclass
 class Instances:
@@ -65,12 +67,11 @@ class Instances:
         masks = np.asarray(masks, dtype=bool)
         boxes, crops = [], []
         for m in masks:
-            ys, xs = np.nonzero(m)
-            if len(xs) == 0:
+            found = tight_crop(m)
+            if found is None:
                 raise ValueError("empty mask")
-            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-            boxes.append([x1, y1, x2, y2])
-            crops.append(m[y1:y2, x1:x2].copy())
+            boxes.append(found[0])
+            crops.append(found[1])
         return cls(
             boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
             crops=crops,
