@@ -3,6 +3,8 @@ plus the bank file on disk (``$NTT_BANK_DIR``, default ``~/.cache/ntt/banks/<dat
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 from pathlib import Path
@@ -11,7 +13,6 @@ from typing import Any
 from ..bank import MemoryBank
 from ..config import NTTConfig, make_config
 from ..references import build_bank as build_memory_bank
-from .locks import schema_lock
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references
 
 RUN_TYPE = "ntt_bank"
@@ -22,6 +23,26 @@ def bank_dir(dataset_name: str) -> Path:
     """Folder of a dataset's bank files (``$NTT_BANK_DIR/<dataset>``, default ~/.cache/ntt/banks)."""
     root = Path(os.environ.get("NTT_BANK_DIR") or Path.home() / ".cache" / "ntt" / "banks")
     return root / re.sub(r"[^A-Za-z0-9_.-]", "_", dataset_name)
+
+
+@contextlib.contextmanager
+def schema_lock(dataset):
+    """Hold an exclusive per-dataset file lock and reload the dataset, so its schema is fresh inside.
+
+    FiftyOne saves a dataset's field list as a whole (``$set`` of the list), so two processes adding
+    fields to one dataset at once can drop each other's field. Every schema change ntt makes (declaring
+    an output field, recording its bank, registering a bank run) runs under this lock, so concurrent ntt
+    runs on one machine keep every field (processes on different machines are not covered).
+    """
+    folder = bank_dir(dataset.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".schema.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            dataset.reload()
+            yield dataset
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_bank_name(name: str) -> str:

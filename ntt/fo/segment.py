@@ -15,8 +15,7 @@ from ..images import ImageLoadError, load_image
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
 from ..types import Instances
-from .banks import get_bank_info, load_bank
-from .locks import schema_lock
+from .banks import get_bank_info, load_bank, schema_lock
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
 
 log = logging.getLogger(__name__)
@@ -164,16 +163,19 @@ def _declare_field(dataset, label_field: str) -> None:
     """Add the output field to the schema up front (under the schema lock), so writing labels later
     changes no schema."""
     with schema_lock(dataset):
-        if label_field not in dataset.get_field_schema():
-            dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+        _ensure_field(dataset, label_field)
 
 
 def _record(dataset, label_field: str, bank_name: str | None, summary: dict[str, Any]) -> None:
     """Record on the field which bank produced it (``dataset.get_field(field).info``)."""
     with schema_lock(dataset):
-        if label_field not in dataset.get_field_schema():  # dropped by a process outside ntt's lock
-            dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+        _ensure_field(dataset, label_field)  # it may have been dropped by a process outside ntt's lock
         field = dataset.get_field(label_field)
         field.info = {**(field.info or {}), "ntt_bank": bank_name}
         field.description = f"NTT instance segmentation with bank {bank_name!r}"
         field.save()
+
+
+def _ensure_field(dataset, label_field: str) -> None:
+    if label_field not in dataset.get_field_schema():
+        dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
