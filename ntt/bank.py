@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic import write_bytes_atomic
 
 FORMAT_VERSION = 1
 _META_KEY = "ntt_bank"
@@ -171,19 +171,7 @@ class MemoryBank:
             "checksum": _checksum(self.shot_features, self.shot_class_ids),
         }
         data = save(tensors, metadata={_META_KEY: json.dumps(meta, default=str)})
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_bytes_atomic(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> MemoryBank:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import coco
+from .atomic import write_bytes_atomic
 from .bank import MemoryBank
 from .config import DINOV2_MODELS, NTTConfig
 from .evaluation import evaluate_results
@@ -165,12 +166,4 @@ class JsonListWriter:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temp file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, json.dumps(data).encode())

@@ -219,7 +219,7 @@ def test_save_creates_folder_overwrites_and_leaves_no_temp_files(tmp_path):
 
 
 def test_failed_save_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
-    import ntt.bank as bank_mod
+    import ntt.atomic as atomic_mod
 
     path = _bank().save(tmp_path / "bank.safetensors")
     before = path.read_bytes()
@@ -227,7 +227,7 @@ def test_failed_save_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bank_mod.os, "replace", boom)
+    monkeypatch.setattr(atomic_mod.os, "replace", boom)
     with pytest.raises(OSError):
         _bank().remove(class_names=["dog"]).save(path)
     monkeypatch.undo()
