@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
@@ -13,15 +12,10 @@ from .base import BackgroundOperator
 class BuildBank(BackgroundOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="build_bank",
-            label="NTT: build memory bank",
-            description="Encode the tagged reference instances of a Detections field into a named memory bank",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            icon="/assets/icon.svg",
+        return self.background_config(
+            "build_bank",
+            "NTT: build memory bank",
+            "Encode the tagged reference instances of a Detections field into a named memory bank",
         )
 
     def resolve_input(self, ctx):

@@ -25,6 +25,20 @@ class BackgroundOperator(NTTOperator):
     """A model-running operator: immediate or delegated, delegated by default for large runs and whenever the
     ``delegate`` param is true. Subclasses say how many samples a run covers (``run_size``)."""
 
+    @staticmethod
+    def background_config(name: str, label: str, description: str) -> foo.OperatorConfig:
+        """The config every model-running operator shares: a dynamic generator, immediate or delegated."""
+        return foo.OperatorConfig(
+            name=name,
+            label=label,
+            description=description,
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            icon="/assets/icon.svg",
+        )
+
     def run_size(self, ctx) -> int:
         raise NotImplementedError
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .. import inputs as ui
@@ -17,15 +16,10 @@ _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*")
 class SegmentWithBank(BackgroundOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="segment_with_bank",
-            label="NTT: segment with bank",
-            description="Find every instance of a bank's classes in a view and write them to a Detections field",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            icon="/assets/icon.svg",
+        return self.background_config(
+            "segment_with_bank",
+            "NTT: segment with bank",
+            "Find every instance of a bank's classes in a view and write them to a Detections field",
         )
 
     def resolve_input(self, ctx):
