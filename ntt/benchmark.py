@@ -36,6 +36,7 @@ class RunReport:
     counts: dict[str, float]
     peak_gpu_mb: float | None
     peak_host_mb: float
+    batch_size: int = 1
     instances: list[Instances] = field(repr=False, default_factory=list)
 
     @property
@@ -52,6 +53,7 @@ class RunReport:
             "mean_candidates": {k: round(v, 1) for k, v in self.counts.items()},
             "peak_gpu_mb": self.peak_gpu_mb,
             "peak_host_mb": round(self.peak_host_mb, 1),
+            "batch_size": self.batch_size,
         }
 
 
@@ -83,40 +85,40 @@ def force_candidates(cfg: NTTConfig) -> NTTConfig:
 
 
 def reference_config(cfg: NTTConfig) -> NTTConfig:
-    """The research code's way of running: fp32, batch 1, prompts decoded 256 at a time, full-res merge."""
+    """The research code's way of running: fp32, batch 1, prompts decoded 256 at a time, full-res merge,
+    images loaded between batches, no compiler."""
     cfg = copy.deepcopy(cfg)
     cfg.model.dtype = "fp32"
     cfg.segment.batch_size = 1
     cfg.segment.points_batch_size = 256
     cfg.segment.merge_resolution = "full"
+    cfg.segment.loader_workers = 0
+    cfg.model.compile = False
     return cfg
 
 
-def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: int = 1) -> RunReport:
-    """Segment ``paths`` in batches of ``cfg.segment.batch_size`` and measure every stage."""
+def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: bool = True) -> RunReport:
+    """Segment ``paths`` the way ``ntt segment`` does (batches, images loaded ahead) and measure every stage."""
     device = resolve_device(cfg.model.device)
     cuda = device.type == "cuda"
     timer = StageTimer(sync=torch.cuda.synchronize if cuda else None)
     seg = Segmenter(bank, cfg, timer=timer)
-    if warmup:
-        seg.predict([load_image(paths[0])])  # model load, kernel selection, allocator warm-up
+    if warmup:  # model load, kernel selection, compilation, allocator; sizes an automatic batch
+        first = load_image(paths[0])
+        seg.predict([first])
+        seg.predict([first] * min(seg.batch_size, len(paths)))
     timer.seconds.clear()
+    seg.counts.clear()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    counts: dict[str, float] = {}
     instances: list[Instances] = []
     start = time.perf_counter()
-    for i in range(0, len(paths), cfg.segment.batch_size):
-        with timer("load"):
-            images = [load_image(p) for p in paths[i : i + cfg.segment.batch_size]]
-        results = seg.predict(images)
+    for k, res in enumerate(seg.predict_files(paths)):
+        if res.instances is None:
+            raise ValueError(f"benchmark image {res.source} could not be segmented: {res.error}")
         with timer("export"):
-            for k, inst in enumerate(results):
-                coco.instances_to_results(i + k, inst)
-        for c in seg.last_counts:
-            for key, value in c.items():
-                counts[key] = counts.get(key, 0) + value
-        instances.extend(results)
+            coco.instances_to_results(k, res.instances)
+        instances.append(res.instances)
     seconds = time.perf_counter() - start
     n = len(paths)
     return RunReport(
@@ -124,9 +126,10 @@ def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: 
         images=n,
         seconds=seconds,
         stage_ms={s: 1000 * timer.seconds.get(s, 0.0) / n for s in STAGES},
-        counts={k: v / n for k, v in counts.items()},
+        counts={k: v / n for k, v in seg.counts.items()},
         peak_gpu_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        batch_size=seg.batch_size,
         instances=instances,
     )
 
@@ -160,6 +163,7 @@ def format_report(reports: list[RunReport]) -> str:
         lines.append(f"{stage + ' (ms/img)':22}" + "".join(f"{r.stage_ms[stage]:17.1f}" for r in reports))
     for key in ("prompts", "iou_filter", "nonempty", "nms", "positive_score", "final"):
         lines.append(f"{key + ' (mean)':22}" + "".join(f"{r.counts.get(key, 0):17.1f}" for r in reports))
+    lines.append(f"{'batch size':22}" + "".join(f"{r.batch_size:17d}" for r in reports))
     gpu = ["-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}" for r in reports]
     lines.append(f"{'peak GPU MB':22}" + "".join(f"{g:>17}" for g in gpu))
     lines.append(f"{'peak host MB':22}" + "".join(f"{r.peak_host_mb:17.0f}" for r in reports))

@@ -87,6 +87,9 @@ class ModelConfig:
             weights: for smoke runs, tests and benchmarks only; their predictions are meaningless.
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         dtype: "fp32" or "bf16" (autocast for the networks; post-processing stays fp32).
+        compile: run SAM2's prompt encoder + mask decoder through ``torch.compile`` (one static shape
+            per prompt chunk). Pays on GPUs, where the decoder is memory-bound elementwise work that the
+            compiler fuses; the first batch is slow while it compiles. Falls back to eager on failure.
     """
 
     sam2: str = "sam2_hiera_l"
@@ -99,6 +102,7 @@ class ModelConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "fp32"
+    compile: bool = False
 
     def validate(self) -> None:
         if self.sam2 not in SAM2_MODELS:
@@ -148,7 +152,11 @@ class SegmentConfig:
             ``guided_points`` patches whose DINOv2 features best match a class prototype (local maxima),
             plus a coarse ``guided_grid`` x ``guided_grid`` grid for recall. Tens of prompts instead of
             1024; instances DINOv2 does not already see as a class can be missed.
-        batch_size: images per forward pass of the encoders.
+        batch_size: images per forward pass of the encoders; 0 = automatic: on a GPU, sized after the
+            first image from its peak memory and the memory left free (at most ``MAX_AUTO_BATCH``); 1 on
+            the CPU. An out-of-memory error halves it either way.
+        loader_workers: threads that decode and resize the next images while a batch runs (0: load in
+            the main thread, between batches).
     """
 
     points_per_side: int = 32
@@ -167,12 +175,15 @@ class SegmentConfig:
     guided_points: int = 32
     guided_grid: int = 4
     batch_size: int = 1
+    loader_workers: int = 2
 
     def validate(self) -> None:
         if self.points_per_side < 1:
             raise ConfigError("points_per_side must be >= 1")
-        if self.points_batch_size < 1 or self.batch_size < 1:
-            raise ConfigError("points_batch_size and batch_size must be >= 1")
+        if self.points_batch_size < 1:
+            raise ConfigError("points_batch_size must be >= 1")
+        if self.batch_size < 0 or self.loader_workers < 0:
+            raise ConfigError("batch_size and loader_workers must be >= 0 (batch_size 0: automatic)")
         if self.prompt_mode not in ("grid", "guided"):
             raise ConfigError(f"prompt_mode must be 'grid' or 'guided', got {self.prompt_mode!r}")
         if self.merge_resolution not in ("full", "low"):

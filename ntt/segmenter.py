@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from . import postprocess as pp
 from .bank import MemoryBank
 from .config import NTTConfig
 from .geometry import mask_boxes_inclusive, point_grid
-from .images import ImageLoadError, load_image
+from .images import load_image
+from .loader import prefetch
 from .models import autocast, encoder_weights, get_dinov2, get_sam2, resolve_device
 from .prompts import guided_points
 from .timing import NullTimer
@@ -88,8 +90,11 @@ class Segmenter:
         self.grid = point_grid(side, self.sam.image_size).to(self.device) if side > 0 else None
         self.timer = timer or NullTimer()
         self.class_thresh = self._class_thresholds()
-        self.last_counts: list[dict[str, int]] = []
-        self.batch_size = cfg.segment.batch_size
+        self.last_counts: list[dict[str, int]] = []  # per image of the last batch
+        self.counts: Counter[str] = Counter()  # summed over every image so far
+        self.batch_size = cfg.segment.batch_size or 1
+        self.points_chunk = cfg.segment.points_batch_size  # halved when one image runs out of memory
+        self._fit_batch = cfg.segment.batch_size == 0 and self.device.type == "cuda"
 
     def _class_thresholds(self) -> torch.Tensor | None:
         given = self.cfg.segment.class_thresholds
@@ -107,18 +112,44 @@ class Segmenter:
         if not images:
             return []
         with self.timer("resize"):
-            sam_in = torch.stack([self.sam.prepare(img) for img in images]).to(self.device)
+            prepared = [self.sam.prepare(img) for img in images]
+        return self._predict_prepared(images, prepared)
+
+    def _predict_prepared(self, images: Sequence[np.ndarray], prepared: Sequence[torch.Tensor]) -> list[Instances]:
+        """``predict`` for images already resized by ``self.sam.prepare`` (float (3, S, S) each)."""
+        if self._fit_batch:
+            return self._predict_and_fit_batch(images, prepared)
+        sam_in = torch.stack(list(prepared)).to(self.device, non_blocking=True)
         with autocast(self.cfg.model):
             with self.timer("sam2_encoder"):
                 feats = self.sam.encode(sam_in)
             with self.timer("dinov2"):
-                tokens = self.dinov2(self.dinov2.resize(sam_in))
+                tokens = self.dinov2(self.dinov2.resize(sam_in)).float()
+        with self.timer("decoder"):
+            prompts = [self._prompts(t) for t in tokens]  # fp32: guided prompts rank close similarities
+        with self.timer("decoder"), autocast(self.cfg.model):
+            decoded = self.sam.decode_batch(feats, prompts, self.points_chunk, compiled=self.cfg.model.compile)
         self.last_counts = []
         out = []
-        for i, img in enumerate(images):
-            cand = self._candidates(feats, i, tokens[i].float())
+        for (logits, iou), img, tok in zip(decoded, images, tokens):
+            cand = self._candidates(logits, iou, tok)
             out.append(self._finish(cand, img.shape[:2]))
             self.last_counts.append(cand.counts)
+            self.counts.update(cand.counts)
+        return out
+
+    def _predict_and_fit_batch(self, images, prepared) -> list[Instances]:
+        """Run the first batch while measuring its peak GPU memory, then size later batches to the memory
+        left (automatic batch size)."""
+        self._fit_batch = False
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        out = self._predict_prepared(images, prepared)
+        per_image = (torch.cuda.max_memory_allocated(self.device) - base) / len(images)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        spare = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        self.batch_size = fit_batch_size(free + spare, per_image)
+        log.info("batch size %d (%.0f MiB per image, %.0f MiB free)", self.batch_size, per_image / 2**20, free / 2**20)
         return out
 
     def _prompts(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -128,14 +159,13 @@ class Segmenter:
         guided = guided_points(tokens, self.prototypes, seg.guided_points, self.sam.image_size)
         return guided if self.grid is None else torch.cat([guided, self.grid])
 
-    def _candidates(self, feats: dict, index: int, tokens: torch.Tensor) -> Candidates:
+    def _candidates(self, logits: torch.Tensor, iou: torch.Tensor, tokens: torch.Tensor) -> Candidates:
+        """Filter one image's decoded masks (float (P, m, m) logits, (P,) IoU) and match them to classes."""
         seg = self.cfg.segment
-        with self.timer("decoder"), autocast(self.cfg.model):
-            logits, iou = self.sam.decode_points(feats, index, self._prompts(tokens), seg.points_batch_size)
         counts = {"prompts": len(iou)}
         with self.timer("matching"):
             keep = iou > seg.pred_iou_thresh
-            logits, iou = logits[keep], iou[keep]
+            logits, iou = logits[keep].float(), iou[keep]
             counts["iou_filter"] = len(iou)
             masks = logits > 0
             nonempty = masks.flatten(1).any(1)
@@ -195,48 +225,85 @@ class Segmenter:
             decay[idx] = pp.soft_merge_decay(inter, areas, cand.labels[idx], cand.embeddings[idx])
         return decay
 
-    def predict_resilient(self, images: Sequence[np.ndarray]) -> list[Instances | str]:
+    def predict_resilient(
+        self, images: Sequence[np.ndarray], prepared: Sequence[torch.Tensor] | None = None
+    ) -> list[Instances | str]:
         """``predict`` that survives running out of (GPU) memory: the batch is split in halves and retried,
-        later batches use the smaller size (``self.batch_size``); an image that does not fit alone
-        gets the reason as a string instead of instances."""
+        later batches use the smaller size (``self.batch_size``); a single image is retried with half as
+        many prompts per decoder call (down to ``MIN_POINTS_CHUNK``); an image that does not fit even
+        then gets the reason as a string instead of instances. ``prepared``: the images already resized
+        by ``self.sam.prepare`` (optional)."""
         try:
-            return list(self.predict(images))
+            if prepared is None:
+                return list(self.predict(images))
+            return list(self._predict_prepared(images, prepared))
         except torch.OutOfMemoryError as err:
             _free_memory()
             if len(images) == 1:
-                return [f"out of memory even alone ({str(err).splitlines()[0]})"]
+                if self.points_chunk <= MIN_POINTS_CHUNK:
+                    return [f"out of memory even alone ({str(err).splitlines()[0]})"]
+                self.points_chunk = max(MIN_POINTS_CHUNK, self.points_chunk // 2)
+                log.warning("out of memory on one image: retrying with %d prompts per decoder call", self.points_chunk)
+                return self.predict_resilient(images, prepared)
             half = len(images) // 2
             self.batch_size = max(1, min(self.batch_size, half))
             log.warning("out of memory on %d images: retrying in batches of %d", len(images), half)
-            return self.predict_resilient(images[:half]) + self.predict_resilient(images[half:])
+            first, rest = (None, None) if prepared is None else (prepared[:half], prepared[half:])
+            return self.predict_resilient(images[:half], first) + self.predict_resilient(images[half:], rest)
 
     def predict_files(self, sources: Iterable[str | Path]) -> Iterator[ImageResult]:
         """Segment image files batch by batch; unreadable files are skipped with a reason, not raised.
 
+        ``segment.loader_workers`` threads decode and resize the next images while a batch runs.
         Yields one ``ImageResult`` per source, in the order of ``sources``.
         """
-        pending: list[tuple[object, np.ndarray | None, str | None]] = []
-        for src in sources:
-            try:
-                pending.append((src, load_image(src), None))
-            except ImageLoadError as err:
-                log.warning("skipping %s", err)
-                pending.append((src, None, str(err)))
-            if sum(img is not None for _, img, _ in pending) >= self.batch_size:
+        workers = self.cfg.segment.loader_workers
+        loaded = prefetch(sources, self._load, workers, lambda: 2 * self.batch_size)
+        pending: list[tuple[object, tuple | None, str | None]] = []
+        while True:
+            with self.timer("load"):  # with workers: only the time spent waiting for them
+                item = next(loaded, None)
+            if item is None:
+                break
+            if item[2] is not None:
+                log.warning("skipping %s", item[2])
+            pending.append(item)
+            if sum(got is not None for _, got, _ in pending) >= self.batch_size:
                 yield from self._run_batch(pending)
                 pending = []
         if pending:
             yield from self._run_batch(pending)
 
+    def _load(self, source) -> tuple[np.ndarray, torch.Tensor | None]:
+        image = load_image(source)
+        return image, (self.sam.prepare(image) if self.cfg.segment.loader_workers else None)
+
     def _run_batch(self, pending) -> Iterator[ImageResult]:
-        loaded = [img for _, img, _ in pending if img is not None]
-        results = iter(self.predict_resilient(loaded))
-        for src, img, err in pending:
-            if img is None:
+        loaded = [got for _, got, _ in pending if got is not None]
+        images = [image for image, _ in loaded]
+        prepared = [p for _, p in loaded] if loaded and loaded[0][1] is not None else None
+        results = iter(self.predict_resilient(images, prepared))
+        for src, got, err in pending:
+            if got is None:
                 yield ImageResult(src, None, err)
                 continue
             res = next(results)
             yield ImageResult(src, res, None) if isinstance(res, Instances) else ImageResult(src, None, res)
+
+
+MAX_AUTO_BATCH = 32
+MIN_POINTS_CHUNK = 32
+
+
+def fit_batch_size(available_bytes: float, per_image_bytes: float, headroom: float = 0.8) -> int:
+    """Images per batch that fit in ``headroom`` of the available memory, between 1 and ``MAX_AUTO_BATCH``.
+
+    ``per_image_bytes`` is measured on a batch of one, so it also carries the decoder's per-chunk working
+    memory, which does not grow with the batch: the estimate errs on the safe side.
+    """
+    if per_image_bytes <= 0:
+        return MAX_AUTO_BATCH
+    return int(max(1, min(MAX_AUTO_BATCH, headroom * available_bytes // per_image_bytes)))
 
 
 def _free_memory() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -11,14 +10,12 @@ import fiftyone as fo
 
 from ..bank import MemoryBank
 from ..config import NTTConfig, make_config
-from ..images import ImageLoadError, load_image
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
 from ..types import Instances
 from .banks import get_bank_info, load_bank, schema_lock
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
 
-log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 
 
@@ -121,42 +118,32 @@ def _target_view(coll, label_field: str, tag: str, skip_existing: bool, overwrit
 
 
 def _run(dataset, view, segmenter: Segmenter, label_field: str, progress: Progress | None) -> dict[str, Any]:
+    """Segment the view's samples and write their labels batch by batch (a stopped run keeps them)."""
     ids, paths = view.values(["id", "filepath"])
     names = dict(zip(segmenter.bank.class_ids, segmenter.bank.class_names))
-    path_of = dict(zip(ids, paths))
     summary = {"samples": len(ids), "labelled": 0, "instances": 0, "per_class": Counter(), "skipped": []}
-    done = 0
-    while done < len(ids):
-        size = segmenter.batch_size  # shrinks after an out-of-memory retry
-        batch = _load_batch(ids[done : done + size], paths[done : done + size], summary)
-        results = segmenter.predict_resilient([img for _, img in batch]) if batch else []
-        values = {}
-        for (sid, _), res in zip(batch, results):
-            if isinstance(res, str):
-                summary["skipped"].append({"id": sid, "filepath": path_of[sid], "reason": res})
-                continue
-            values[sid] = to_detections(res, names)
-            summary["instances"] += len(res)
-            summary["per_class"].update(names[int(c)] for c in res.class_ids)
-        if values:
-            dataset.set_values(label_field, values, key_field="id")
-            summary["labelled"] += len(values)
-        done += size
-        if progress:
-            progress(min(done, len(ids)) / len(ids), f"Segmenting {min(done, len(ids))}/{len(ids)} samples")
+    values: dict[str, fo.Detections] = {}
+    results = zip(ids, segmenter.predict_files(paths))  # ordered; images are loaded ahead in threads
+    for done, (sid, res) in enumerate(results, start=1):
+        if res.instances is None:
+            summary["skipped"].append({"id": sid, "filepath": res.source, "reason": res.error})
+        else:
+            values[sid] = to_detections(res.instances, names)
+            summary["instances"] += len(res.instances)
+            summary["per_class"].update(names[int(c)] for c in res.instances.class_ids)
+        if done % segmenter.batch_size == 0 or done == len(ids):
+            _write(dataset, label_field, values, summary)
+            if progress:
+                progress(done / len(ids), f"Segmenting {done}/{len(ids)} samples")
     summary["per_class"] = dict(summary["per_class"])
     return summary
 
 
-def _load_batch(ids, paths, summary) -> list:
-    batch = []
-    for sid, path in zip(ids, paths):
-        try:
-            batch.append((sid, load_image(path)))
-        except ImageLoadError as err:
-            log.warning("skipping sample %s: %s", sid, err)
-            summary["skipped"].append({"id": sid, "filepath": path, "reason": str(err)})
-    return batch
+def _write(dataset, label_field: str, values: dict, summary: dict) -> None:
+    if values:
+        dataset.set_values(label_field, values, key_field="id")
+        summary["labelled"] += len(values)
+        values.clear()
 
 
 def _declare_field(dataset, label_field: str) -> None:

@@ -7,6 +7,7 @@ image embedding (NTT's behaviour; the stock ``SAM2ImagePredictor`` adds it).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from PIL import Image
 
 from ..config import SAM2_MODELS
 from .dinov2 import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
 
 
 class SAM2Proposer(torch.nn.Module):
@@ -32,6 +35,8 @@ class SAM2Proposer(torch.nn.Module):
         self.image_size = int(model.image_size)
         self.mask_size = self.image_size // 4
         self.add_no_mem_embed = add_no_mem_embed
+        self.compile_backend = "inductor"  # tests use "eager": same graph capture, no code generation
+        self._compiled = None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -51,26 +56,68 @@ class SAM2Proposer(torch.nn.Module):
         return {"image_embed": embed, "high_res": [out["backbone_fpn"][0], out["backbone_fpn"][1]]}
 
     @torch.no_grad()
-    def decode_points(self, feats: dict, index: int, coords: torch.Tensor, chunk: int):
-        """Decode single positive point prompts on image ``index`` of a feature batch, best of 3 masks.
+    def decode_batch(self, feats: dict, prompts: list[torch.Tensor], chunk: int, compiled: bool = False):
+        """Decode single positive point prompts on every image of a feature batch, best of 3 masks.
+
+        The prompts of all images are decoded together, ``chunk`` at a time (a chunk may span images),
+        so a batch of images with few prompts each still fills the decoder.
 
         Args:
-            coords: float (P, 2) of (x, y) in S-pixel coordinates.
+            prompts: per image of the batch, float (P_i, 2) of (x, y) in S-pixel coordinates.
             chunk: prompts per decoder call; every prompt is decoded.
+            compiled: run the decoder through ``torch.compile`` (static shapes: the last chunk is padded);
+                falls back to eager, with a warning, if compiling fails.
         Returns:
-            (logits, iou): float (P, S/4, S/4) mask logits of the mask with the highest predicted IoU
-            among the 3 multimask outputs, and float (P,) that predicted IoU.
+            per image, (logits, iou): (P_i, S/4, S/4) mask logits of the mask with the highest predicted IoU
+            among the 3 multimask outputs (bf16 under bf16 autocast: half the memory for a whole batch's
+            masks; float32 otherwise), and float32 (P_i,) that predicted IoU.
         """
+        counts = [len(p) for p in prompts]
+        coords = torch.cat(prompts)
+        owner = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts))  # on the CPU: no syncs
         logits, ious = [], []
-        for start in range(0, coords.shape[0], chunk):
-            pts = coords[start : start + chunk, None, :]
-            labels = torch.ones(pts.shape[:2], dtype=torch.int, device=pts.device)
-            masks, iou = self._decode(feats, index, (pts, labels), multimask=True)
-            best = iou.argmax(dim=1)
-            rows = torch.arange(len(best), device=best.device)
-            logits.append(masks[rows, best].float())
-            ious.append(iou[rows, best].float())
-        return torch.cat(logits), torch.cat(ious)
+        for start in range(0, len(coords), chunk):
+            pts, idx = coords[start : start + chunk], owner[start : start + chunk]
+            masks, iou = self._decode_chunk(feats, pts, idx, chunk if compiled else 0)
+            logits.append(masks)
+            ious.append(iou)
+        if not logits:
+            empty = torch.zeros(0, self.mask_size, self.mask_size, device=coords.device)
+            return [(empty, empty[:, 0, 0])] * len(prompts)
+        return list(zip(torch.cat(logits).split(counts), torch.cat(ious).split(counts)))
+
+    def _decode_chunk(self, feats: dict, pts: torch.Tensor, owner: torch.Tensor, pad_to: int):
+        """Best-of-3 masks for one chunk of points; ``owner`` (CPU int64 (n,)) says whose image each point is on."""
+        n = len(pts)
+        if n < pad_to:  # one static shape for the compiled graph
+            pts = torch.cat([pts, pts[-1:].expand(pad_to - n, 2)])
+            owner = torch.cat([owner, owner[-1:].expand(pad_to - n)])
+        first = int(owner[0])
+        single = bool((owner == first).all())
+        if single:  # the decoder broadcasts one image's features over all prompts: no copies
+            embed = feats["image_embed"][first : first + 1]
+            high_res = [f[first : first + 1] for f in feats["high_res"]]
+        else:
+            index = owner.to(pts.device)
+            embed = feats["image_embed"].index_select(0, index)
+            high_res = [f.index_select(0, index) for f in feats["high_res"]]
+        fn = self._compiled_best_of_3() if pad_to else _best_of_3
+        try:
+            masks, iou = fn(self.model, embed, high_res, pts[:, None, :], single)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:  # a compiler failure must not stop the job: eager gives the same masks
+            if fn is _best_of_3:
+                raise
+            log.warning("torch.compile of the SAM2 decoder failed (%s); decoding without it", err)
+            self._compiled = _best_of_3
+            masks, iou = _best_of_3(self.model, embed, high_res, pts[:, None, :], single)
+        return masks[:n], iou[:n].float()
+
+    def _compiled_best_of_3(self):
+        if self._compiled is None:
+            self._compiled = torch.compile(_best_of_3, fullgraph=True, dynamic=False, backend=self.compile_backend)
+        return self._compiled
 
     @torch.no_grad()
     def decode_boxes(self, feats: dict, index: int, boxes: torch.Tensor) -> torch.Tensor:
@@ -83,21 +130,36 @@ class SAM2Proposer(torch.nn.Module):
         """
         pts = boxes.reshape(-1, 2, 2)
         labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).expand(len(boxes), 2)
-        masks, _ = self._decode(feats, index, (pts, labels), multimask=False)
+        embed = feats["image_embed"][index : index + 1]
+        high_res = [f[index : index + 1] for f in feats["high_res"]]
+        masks, _ = _run_decoder(self.model, embed, high_res, pts, labels, multimask=False, repeat=True)
         return masks[:, 0].float()
 
-    def _decode(self, feats: dict, index: int, points, multimask: bool):
-        sparse, dense = self.model.sam_prompt_encoder(points=points, boxes=None, masks=None)
-        masks, iou, _, _ = self.model.sam_mask_decoder(
-            image_embeddings=feats["image_embed"][index : index + 1],
-            image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-            repeat_image=True,
-            high_res_features=[f[index : index + 1] for f in feats["high_res"]],
-        )
-        return masks, iou
+
+def _run_decoder(model, embed, high_res, points, labels, multimask: bool, repeat: bool):
+    """SAM2's prompt encoder + mask decoder. ``repeat``: one image's features (batch 1) for every prompt;
+    otherwise the features are already per prompt."""
+    sparse, dense = model.sam_prompt_encoder(points=(points, labels), boxes=None, masks=None)
+    masks, iou, _, _ = model.sam_mask_decoder(
+        image_embeddings=embed,
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=repeat,
+        high_res_features=high_res,
+    )
+    return masks, iou
+
+
+def _best_of_3(model, embed, high_res, points, repeat: bool):
+    """Single positive points (n, 1, 2) -> the multimask output with the highest predicted IoU:
+    logits (n, S/4, S/4) and IoU (n,)."""
+    labels = torch.ones(points.shape[:2], dtype=torch.int, device=points.device)
+    masks, iou = _run_decoder(model, embed, high_res, points, labels, multimask=True, repeat=repeat)
+    best = iou.argmax(dim=1, keepdim=True)
+    picked = masks.gather(1, best[:, :, None, None].expand(-1, -1, *masks.shape[2:]))[:, 0]
+    return picked, iou.gather(1, best)[:, 0]
 
 
 def build_sam2_model(

@@ -21,3 +21,11 @@ class BoxEchoProposer:
         for k, (x1, y1, x2, y2) in enumerate((boxes / 4).round().long().tolist()):
             out[k, y1:y2, x1:x2] = 10.0
         return out
+
+
+class PerImageDecode:
+    """``decode_batch`` for fakes that answer one image at a time through
+    ``decode_points(feats, index, coords, chunk)``."""
+
+    def decode_batch(self, feats, prompts, chunk, compiled=False):
+        return [self.decode_points(feats, i, coords, chunk) for i, coords in enumerate(prompts)]

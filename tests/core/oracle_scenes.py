@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fakes import PerImageDecode
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -83,7 +84,7 @@ def write_coco(folder: Path, name: str, scenes, first_image_id: int) -> Path:
     return path
 
 
-class OracleProposer:
+class OracleProposer(PerImageDecode):
     """Stands in for SAM2: proposes the true instance masks (from the green channel) plus distractors."""
 
     def __init__(self, image_size: int = 1024):

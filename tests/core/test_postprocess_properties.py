@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fakes import PerImageDecode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from ntt.segmenter import Segmenter
 DIM = 6
 
 
-class _Proposer:
+class _Proposer(PerImageDecode):
     """Returns the drawn candidates whatever the prompts."""
 
     def __init__(self, logits, ious, mask_size):

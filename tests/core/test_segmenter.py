@@ -12,7 +12,7 @@ from ntt.config import get_config
 from ntt.geometry import mask_tight_box_xywh
 from ntt.images import load_image
 from ntt.references import build_bank
-from ntt.segmenter import Segmenter
+from ntt.segmenter import MAX_AUTO_BATCH, MIN_POINTS_CHUNK, Segmenter, fit_batch_size
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,47 @@ def test_image_that_never_fits_is_reported_not_raised(bank, images, monkeypatch)
 
     monkeypatch.setattr(seg, "predict", always_oom)
     assert seg.predict_resilient(images[:2]) == ["out of memory even alone (CUDA out of memory.)"] * 2
+    assert seg.points_chunk == MIN_POINTS_CHUNK  # fewer prompts per decoder call were tried first
+
+
+def test_one_image_out_of_memory_retries_with_smaller_decoder_chunks(bank, images, monkeypatch):
+    seg = Segmenter(bank, _config(points_batch_size=256))
+    expected = seg.predict(images[:1])[0]
+    real_predict = seg.predict
+
+    def predict_needing_small_chunks(batch):
+        if seg.points_chunk > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return real_predict(batch)
+
+    monkeypatch.setattr(seg, "predict", predict_needing_small_chunks)
+    got = seg.predict_resilient(images[:1])[0]
+    assert seg.points_chunk == 64 and len(got) == len(expected)
+    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("available", "per_image", "expected"),
+    [(10e9, 1e9, 8), (1e9, 2e9, 1), (1e12, 1e9, MAX_AUTO_BATCH), (5e9, 0, MAX_AUTO_BATCH), (2.5e9, 1e9, 2)],
+)
+def test_fit_batch_size(available, per_image, expected):
+    assert fit_batch_size(available, per_image) == expected
+
+
+def test_automatic_batch_size_is_one_on_the_cpu(bank):
+    seg = Segmenter(bank, _config(batch_size=0))
+    assert seg.batch_size == 1 and not seg._fit_batch
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_predict_files_loading_ahead_or_not_gives_the_same_results(bank, coco128, images, workers):
+    paths = sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:3]
+    expected = Segmenter(bank, _config(batch_size=2)).predict(images)
+    got = [r.instances for r in Segmenter(bank, _config(batch_size=2, loader_workers=workers)).predict_files(paths)]
+    for a, b in zip(got, expected):
+        assert len(a) == len(b) and np.array_equal(a.class_ids, b.class_ids)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        assert np.array_equal(a.masks, b.masks)
 
 
 def test_predict_files_keeps_the_order_of_sources(bank, coco128, tmp_path):
