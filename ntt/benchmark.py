@@ -106,7 +106,8 @@ def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: 
     if warmup:  # model load, kernel selection, compilation, allocator; sizes an automatic batch
         first = load_image(paths[0])
         seg.predict([first])
-        seg.predict([first] * min(seg.batch_size, len(paths)))
+        if seg.batch_size > 1:  # a full batch: chunks that span images compile their own graph
+            seg.predict([first] * min(seg.batch_size, len(paths)))
     timer.seconds.clear()
     seg.counts.clear()
     if cuda:

@@ -18,7 +18,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="settings preset (default: paper)")
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="network precision")
-    g.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
+    g.add_argument("--batch-size", type=int, default=None, help="images per encoder batch (0: fit to GPU memory)")
+    g.add_argument(
+        "--points-batch-size", type=int, default=None, help="prompts per SAM2 decoder call (default 256; fast: 1024)"
+    )
+    g.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the SAM2 decoder"
+    )
     g.add_argument("--sam2", default=None, help="SAM2 variant, e.g. sam2_hiera_l, sam2.1_hiera_t")
     g.add_argument("--dinov2", default=None, help="DINOv2 variant, e.g. dinov2_vitl14")
     g.add_argument("--sam2-checkpoint", default=None, help="path of a SAM2 .pt checkpoint")
@@ -41,8 +47,9 @@ def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
         "dinov2_checkpoint": args.dinov2_checkpoint,
         "random_weights": True if args.random_weights else None,
         "seed": args.weights_seed,
+        "compile": args.compile,
     }
-    seg = {"batch_size": args.batch_size, **(segment or {})}
+    seg = {"batch_size": args.batch_size, "points_batch_size": args.points_batch_size, **(segment or {})}
     return get_config(args.preset, {"model": model, "segment": seg})
 
 
@@ -86,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--score-thresh", type=float, default=None, help="drop detections below this score")
     s.add_argument("--max-instances", type=int, default=None, help="detections per image (default 100)")
     s.add_argument("--points-per-side", type=int, default=None, help="prompt grid side (default 32)")
+    s.add_argument("--prompt-mode", default=None, choices=["grid", "guided"], help="dense grid or DINOv2-guided")
     s.add_argument("--box-inclusive", action="store_true", help="research code's 1-px-short COCO boxes")
     _model_args(s)
 
@@ -140,6 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             "score_thresh": args.score_thresh,
             "max_instances": args.max_instances,
             "points_per_side": args.points_per_side,
+            "prompt_mode": args.prompt_mode,
         }
         return commands.segment(args, _config(args, seg))
     if args.command == "benchmark":

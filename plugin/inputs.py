@@ -18,6 +18,7 @@ SAME_AS_BANK = "bank"  # the preset choice of segment_with_bank that reuses the 
 PRESET_LABELS = {
     SAME_AS_BANK: "Same models and settings as the bank",
     "paper": "Paper: SAM2 Hiera-L + DINOv2 ViT-L, 1024 prompts (GPU)",
+    "fast": "Fast: the paper's models the fast way on a GPU (bf16, batched, compiled decoder)",
     "lite": "Lite: small models, guided prompts (CPU / laptop)",
     "smoke": "Smoke: tiny inputs (tests only; meaningless without real weights)",
 }

@@ -140,3 +140,17 @@ def test_bank_add_then_remove(coco128, bank_path, tmp_path, capsys):
     assert main(["bank", "remove", str(grown), "--classes", "person"]) == 0
     assert MemoryBank.load(grown).shots_per_class() == {"car": 2, "dog": 2, "cup": 1}
     assert main(["bank", "remove", str(grown), "--classes", "unicorn"]) == 2
+
+
+def test_runtime_flags_reach_the_config():
+    from ntt.cli import _config, build_parser
+
+    args = build_parser().parse_args(
+        ["segment", "--bank", "b", "--images", "i", "-o", "o", "--preset", "fast", "--no-compile"]
+        + ["--batch-size", "0", "--points-batch-size", "64", "--prompt-mode", "guided"]
+    )
+    cfg = _config(args, {"prompt_mode": args.prompt_mode})
+    assert (cfg.model.dtype, cfg.model.compile, cfg.model.sam2) == ("bf16", False, "sam2_hiera_l")
+    assert (cfg.segment.batch_size, cfg.segment.points_batch_size, cfg.segment.prompt_mode) == (0, 64, "guided")
+    plain = _config(build_parser().parse_args(["segment", "--bank", "b", "--images", "i", "-o", "o"]))
+    assert (plain.model.compile, plain.segment.batch_size, plain.segment.points_batch_size) == (False, 1, 256)

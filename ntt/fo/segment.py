@@ -57,9 +57,10 @@ def segment(
 
     Args:
         bank: the name of a bank stored with the dataset, or a ``MemoryBank``.
-        preset / config / device: model settings as in ``build_bank``; with neither ``preset`` nor
-            ``config``, a named bank's own settings are used (so a random-weights bank segments with
-            random weights). The DINOv2 encoder is always the bank's.
+        preset / config / device: model settings as in ``build_bank``. Without ``preset``, a named
+            bank's own settings are used (so a random-weights bank segments with random weights), with
+            ``config`` given as a dict (``{"segment": {"prompt_mode": "guided"}}``) layered on them.
+            The DINOv2 encoder is always the bank's.
         skip_existing: only segment samples whose ``label_field`` is unset.
         overwrite: allow replacing existing labels (otherwise existing labels are an error).
         exclude_references: leave out the reference samples (default; they would match themselves).
@@ -77,8 +78,8 @@ def segment(
         "max_instances": max_instances,
         "batch_size": batch_size,
     }
-    if preset is None and config is None and stored:
-        cfg = make_config(config=NTTConfig.from_dict(stored), device=device)
+    if preset is None and stored and not isinstance(config, NTTConfig):
+        cfg = make_config(config=_layered(stored, config or {}), device=device)
     else:
         cfg = make_config(preset or "paper", config, device)
     for key, value in overrides.items():
@@ -92,6 +93,14 @@ def segment(
     summary = _run(coll._dataset, view, segmenter, label_field, progress)
     _record(coll._dataset, label_field, bank_name, summary)
     return summary
+
+
+def _layered(stored: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> NTTConfig:
+    """A bank's stored settings with per-section overrides on top (``None`` values leave them alone)."""
+    merged = NTTConfig.from_dict(stored).to_dict()
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return NTTConfig.from_dict(merged)
 
 
 def _resolve_bank(coll, bank, tag):

@@ -65,7 +65,8 @@ class SAM2Proposer(torch.nn.Module):
         Args:
             prompts: per image of the batch, float (P_i, 2) of (x, y) in S-pixel coordinates.
             chunk: prompts per decoder call; every prompt is decoded.
-            compiled: run the decoder through ``torch.compile`` (static shapes: the last chunk is padded);
+            compiled: run the decoder through ``torch.compile`` (static shapes: a chunk is padded to the
+                next power of two);
                 falls back to eager, with a warning, if compiling fails.
         Returns:
             per image, (logits, iou): (P_i, S/4, S/4) mask logits of the mask with the highest predicted IoU
@@ -78,7 +79,7 @@ class SAM2Proposer(torch.nn.Module):
         logits, ious = [], []
         for start in range(0, len(coords), chunk):
             pts, idx = coords[start : start + chunk], owner[start : start + chunk]
-            masks, iou = self._decode_chunk(feats, pts, idx, chunk if compiled else 0)
+            masks, iou = self._decode_chunk(feats, pts, idx, _padded_size(len(pts)) if compiled else 0)
             logits.append(masks)
             ious.append(iou)
         if not logits:
@@ -134,6 +135,11 @@ class SAM2Proposer(torch.nn.Module):
         high_res = [f[index : index + 1] for f in feats["high_res"]]
         masks, _ = _run_decoder(self.model, embed, high_res, pts, labels, multimask=False, repeat=True)
         return masks[:, 0].float()
+
+
+def _padded_size(n: int) -> int:
+    """The next power of two: a compiled decoder sees a few static shapes, and pads at most 2x."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _run_decoder(model, embed, high_res, points, labels, multimask: bool, repeat: bool):

@@ -41,7 +41,12 @@ class SegmentWithBank(BackgroundOperator):
             description="Drop instances scoring below this (empty: the preset's, 0)",
         )
         inputs.int("max_instances", label="Max instances per image", min=1, description="Empty: the preset's (100)")
-        inputs.int("batch_size", label="Batch size", min=1, description="Images per forward pass (empty: 1)")
+        inputs.int(
+            "batch_size",
+            label="Batch size",
+            min=0,
+            description="Images per forward pass (empty: the preset's; 0: fit to the GPU's memory)",
+        )
         inputs.bool("skip_existing", label="Skip samples already labelled (resume a stopped run)", default=False)
         inputs.bool("overwrite", label="Overwrite existing labels", default=False)
         inputs.bool("exclude_references", label="Leave out the reference samples", default=True)
@@ -97,7 +102,7 @@ class SegmentWithBank(BackgroundOperator):
     def execute(self, ctx):
         nfo = ui.sdk()
         bank = ctx.params["bank"]
-        preset, config = self._settings(ctx, bank)
+        preset, config = self._settings(ctx)
         kwargs = dict(
             label_field=ui.param(ctx, "label_field", "ntt"),
             score_thresh=ui.param(ctx, "score_thresh"),
@@ -127,18 +132,11 @@ class SegmentWithBank(BackgroundOperator):
         return runner.run(ctx, work, self.resolve_output(ctx))
 
     @staticmethod
-    def _settings(ctx, bank):
-        """(preset, config) for the SDK. "Same as the bank" plus JSON overrides layers the overrides on the
-        bank's stored settings (the SDK alone would layer them on the paper preset)."""
+    def _settings(ctx):
+        """(preset, config overrides) for the SDK; "same as the bank" is preset None: the SDK layers the
+        overrides on the bank's stored settings."""
         preset = ui.param(ctx, "preset", ui.SAME_AS_BANK)
-        overrides = ui.config_overrides(ctx)
-        if preset != ui.SAME_AS_BANK:
-            return preset, overrides
-        if not overrides:
-            return None, None
-        stored = ui.sdk().get_bank_info(ctx.dataset, bank)["config"]
-        merged = {s: {**stored.get(s, {}), **overrides.get(s, {})} for s in {*stored, *overrides}}
-        return "paper", merged
+        return (None if preset == ui.SAME_AS_BANK else preset), ui.config_overrides(ctx)
 
     def resolve_output(self, ctx):
         outputs = types.Object()

@@ -36,6 +36,10 @@ def test_reference_config_is_the_research_codes_way():
     ref = bench.reference_config(cfg)
     assert (ref.model.dtype, ref.segment.batch_size, ref.segment.points_batch_size) == ("fp32", 1, 256)
     assert ref.segment.merge_resolution == "full" and cfg.segment.batch_size == 8
+    fast = get_config("fast")
+    assert (fast.model.compile, fast.segment.loader_workers) == (True, 2)
+    ref = bench.reference_config(fast)
+    assert (ref.model.compile, ref.segment.loader_workers) == (False, 0)
 
 
 def test_agreement_counts_same_class_high_iou_matches():
@@ -54,9 +58,12 @@ def test_agreement_counts_same_class_high_iou_matches():
 def test_benchmark_cli_compares_with_reference(coco128, tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["benchmark", "--images", str(coco128 / "images" / "val2017"), "--max-images", "2", "--classes", "4"]
-    assert main(args + ["--compare-reference", "--json", str(out), "--preset", "smoke", "--random-weights"]) == 0
+    args += ["--compare-reference", "--json", str(out), "--preset", "smoke", "--random-weights"]
+    # fast: 2 images per batch, their 16 + 16 prompts decoded 24 at a time (a chunk spans both images)
+    assert main(args + ["--batch-size", "2", "--points-batch-size", "24"]) == 0
     data = json.loads(out.read_text())
     assert [r["mode"] for r in data["reports"]] == ["reference", "fast"]
-    # On the CPU in fp32 the smoke preset's fast mode is the reference computation: full agreement.
+    assert [r["batch_size"] for r in data["reports"]] == [1, 2]
+    # In fp32 the fast mode makes the reference's computation in another order: full agreement.
     assert data["agreement"] == 1.0 and data["speedup"] > 0
     assert "fast / reference" in capsys.readouterr().out

@@ -109,6 +109,16 @@ def test_segment_writes_well_formed_detections(built):
     assert total == summary["instances"] > 0
 
 
+def test_overrides_without_preset_layer_on_the_banks_settings(built):
+    ds, _ = built
+    base = nfo.segment(ds, "pets", label_field="base")
+    # The bank was built with random weights and opened filters: a dict of overrides keeps them.
+    capped = nfo.segment(ds, "pets", label_field="capped", config={"segment": {"max_instances": 1}})
+    assert capped["instances"] == capped["labelled"] == 9 and base["instances"] > 9
+    for sample in ds.exists("capped"):
+        assert sample.capped.detections[0].confidence == sample.base.detections[0].confidence
+
+
 def test_existing_labels_need_overwrite_or_skip(built):
     ds, _ = built
     nfo.segment(ds, "pets", label_field="pred")
