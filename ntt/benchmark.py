@@ -37,6 +37,7 @@ class RunReport:
     peak_gpu_mb: float | None
     peak_host_mb: float
     batch_size: int = 1
+    warmup_s: float = 0.0  # model loading (when not cached), warm-up images, compilation
     instances: list[Instances] = field(repr=False, default_factory=list)
 
     @property
@@ -54,6 +55,7 @@ class RunReport:
             "peak_gpu_mb": self.peak_gpu_mb,
             "peak_host_mb": round(self.peak_host_mb, 1),
             "batch_size": self.batch_size,
+            "warmup_s": round(self.warmup_s, 1),
         }
 
 
@@ -102,12 +104,14 @@ def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: 
     device = resolve_device(cfg.model.device)
     cuda = device.type == "cuda"
     timer = StageTimer(sync=torch.cuda.synchronize if cuda else None)
+    started = time.perf_counter()
     seg = Segmenter(bank, cfg, timer=timer)
     if warmup:  # model load, kernel selection, compilation, allocator; sizes an automatic batch
         first = load_image(paths[0])
         seg.predict([first])
         if seg.batch_size > 1:  # a full batch: chunks that span images compile their own graph
             seg.predict([first] * min(seg.batch_size, len(paths)))
+    warmup_s = time.perf_counter() - started
     timer.seconds.clear()
     seg.counts.clear()
     if cuda:
@@ -131,6 +135,7 @@ def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: 
         peak_gpu_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         batch_size=seg.batch_size,
+        warmup_s=warmup_s,
         instances=instances,
     )
 
@@ -165,6 +170,7 @@ def format_report(reports: list[RunReport]) -> str:
     for key in ("prompts", "iou_filter", "nonempty", "nms", "positive_score", "final"):
         lines.append(f"{key + ' (mean)':22}" + "".join(f"{r.counts.get(key, 0):17.1f}" for r in reports))
     lines.append(f"{'batch size':22}" + "".join(f"{r.batch_size:17d}" for r in reports))
+    lines.append(f"{'warm-up s':22}" + "".join(f"{r.warmup_s:17.1f}" for r in reports))
     gpu = ["-" if r.peak_gpu_mb is None else f"{r.peak_gpu_mb:.0f}" for r in reports]
     lines.append(f"{'peak GPU MB':22}" + "".join(f"{g:>17}" for g in gpu))
     lines.append(f"{'peak host MB':22}" + "".join(f"{r.peak_host_mb:17.0f}" for r in reports))

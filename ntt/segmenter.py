@@ -80,6 +80,8 @@ class Segmenter:
         self.cfg = cfg.validate()
         self.bank = bank
         self.device = resolve_device(cfg.model.device)
+        if self.device.type == "cpu" and cfg.model.dtype == "bf16":
+            log.warning("bf16 on a CPU is often slower than fp32 (many have no native bf16): consider the lite preset")
         self.dinov2 = encoder if encoder is not None else get_dinov2(cfg.model)
         bank.check_encoder(self.dinov2.name, self.dinov2.image_size, encoder_weights(self.dinov2, cfg.model))
         self.sam = proposer if proposer is not None else get_sam2(cfg.model, cfg.segment.add_no_mem_embed)

@@ -176,6 +176,28 @@ def test_automatic_batch_size_is_one_on_the_cpu(bank):
     assert seg.batch_size == 1 and not seg._fit_batch
 
 
+def test_automatic_batch_size_fits_the_first_images_peak_memory(bank, coco128, images, monkeypatch):
+    """The GPU sizing logic, with torch.cuda's memory counters faked: 2 GiB peak for one image,
+    20 GiB free -> 8 images per batch (80 % headroom); the results do not depend on it."""
+    gib = 2**30
+    fake = {
+        "reset_peak_memory_stats": lambda device=None: None,
+        "memory_allocated": lambda device=None: 1 * gib,
+        "max_memory_allocated": lambda device=None: 3 * gib,
+        "memory_reserved": lambda device=None: 1 * gib,
+        "mem_get_info": lambda device=None: (20 * gib, 80 * gib),
+    }
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    seg = Segmenter(bank, _config(batch_size=0))
+    seg._fit_batch = True  # as on a GPU
+    paths = sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:3]
+    got = [r.instances for r in seg.predict_files(paths)]
+    assert seg.batch_size == 8 and not seg._fit_batch
+    expected = Segmenter(bank, _config(batch_size=1)).predict(images)
+    assert [len(r) for r in got] == [len(r) for r in expected]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_predict_files_loading_ahead_or_not_gives_the_same_results(bank, coco128, images, workers):
     paths = sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:3]
