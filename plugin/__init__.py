@@ -3,13 +3,21 @@
 Every operator here must be listed under ``operators:`` in ``fiftyone.yml`` (FiftyOne drops the others).
 """
 
-from .operators.bank import BuildBank
+from .operators.bank import AddReferences, BuildBank
 from .operators.evaluate import EvaluatePredictions
 from .operators.manage import ManageBanks
 from .operators.references import MarkReferences, UnmarkReferences
 from .operators.segment import SegmentWithBank
 
-OPERATORS = (MarkReferences, UnmarkReferences, BuildBank, SegmentWithBank, EvaluatePredictions, ManageBanks)
+OPERATORS = (
+    MarkReferences,
+    UnmarkReferences,
+    BuildBank,
+    AddReferences,
+    SegmentWithBank,
+    EvaluatePredictions,
+    ManageBanks,
+)
 
 
 def register(p):

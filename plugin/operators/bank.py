@@ -1,4 +1,5 @@
-"""Build a named memory bank from the tagged references (SDK: ``ntt.fo.build_bank``)."""
+"""Build a named memory bank from the tagged references, or add newly tagged ones to it (SDK:
+``ntt.fo.build_bank``, ``ntt.fo.add_references``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import fiftyone.operators.types as types
 from .. import inputs as ui
 from .. import runner
 from .base import BackgroundOperator
+from .manage import brief
 
 
 class BuildBank(BackgroundOperator):
@@ -98,4 +100,91 @@ class BuildBank(BackgroundOperator):
         outputs.int("shots", label="Shots (reference instances)")
         outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
         outputs.str("encoder", label="Encoder")
+        return types.Property(outputs)
+
+
+class AddReferences(BackgroundOperator):
+    @property
+    def config(self):
+        return self.background_config(
+            "add_references",
+            "NTT: add references to a bank",
+            "Encode newly tagged reference instances into an existing bank (its other shots are kept as they are)",
+        )
+
+    def resolve_input(self, ctx):
+        inputs, broken = self.start_form()
+        if broken:
+            return broken
+        nfo = ui.sdk()
+        bank = ui.bank_input(inputs, ctx)
+        if bank is None:
+            return ui.invalid(inputs, "This dataset has no NTT bank yet: build one ('NTT: build memory bank').")
+        info = nfo.get_bank_info(ctx.dataset, bank)
+        view = ui.target_input(inputs, ctx, "Take references from")
+        fields = ui.detections_fields(ctx.dataset)
+        ui.field_input(
+            inputs,
+            ctx,
+            "label_field",
+            "Reference field",
+            "Detections holding the new references",
+            info.get("label_field"),
+            fields=fields,
+            required=False,  # the SDK defaults to the bank's field
+        )
+        tag = ui.tag_input(inputs, ctx)
+        field = ui.param(ctx, "label_field", info.get("label_field"))
+        if field not in fields:
+            return ui.invalid(inputs, f"'{field}' is not a Detections field of this dataset.")
+        refs = nfo.reference_ids(view, tag, field)
+        if not refs:
+            return ui.invalid(
+                inputs,
+                f"No references: nothing here is tagged '{tag}'. Tag the new examples first ('NTT: mark references').",
+            )
+        inputs.view(
+            "models",
+            types.Notice(
+                label=f"{len(refs)} reference sample(s); shots already in the bank are skipped, new ones are "
+                f"encoded with the bank's own models ({info['encoder']['name']})"
+            ),
+        )
+        ui.delegation_notice(inputs, len(refs), "reference samples")
+        return ui.form(inputs, "Add references to an NTT bank")
+
+    def run_size(self, ctx) -> int:
+        nfo = ui.sdk()
+        bank = ctx.params.get("bank")
+        if bank not in nfo.list_banks(ctx.dataset):
+            return 0
+        field = ui.param(ctx, "label_field") or nfo.get_bank_info(ctx.dataset, bank).get("label_field")
+        if field is None or ui.field_problem(ctx.dataset, field):
+            return 0
+        tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
+        return len(nfo.reference_ids(ctx.target_view(), tag, field))
+
+    def execute(self, ctx):
+        nfo = ui.sdk()
+        name = ctx.params.get("bank")
+        kwargs = dict(
+            label_field=ui.param(ctx, "label_field"),
+            tag=ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG,
+        )
+        view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
+
+        def work(progress):
+            nfo.add_references(view, name, progress=progress, **kwargs)
+            return {"bank": name, **brief(nfo.get_bank_info(view, name))}
+
+        return runner.run(ctx, work, self.resolve_output(ctx))
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("bank", label="Bank")
+        outputs.int("num_shots", label="Shots")
+        outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
+        outputs.str("label_field", label="Reference field")
+        outputs.str("encoder", label="Encoder")
+        outputs.str("timestamp", label="Updated")
         return types.Property(outputs)

@@ -1,5 +1,5 @@
-"""List, inspect, extend, rename or delete banks (SDK: ``list_banks``, ``get_bank_info``, ``add_references``,
-``rename_bank``, ``delete_bank``)."""
+"""List, inspect, rename or delete banks (SDK: ``list_banks``, ``get_bank_info``, ``rename_bank``,
+``delete_bank``). Adding references is its own background operator (``add_references``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from .base import NTTOperator
 ACTIONS = {
     "list": "List the dataset's banks",
     "info": "Show a bank's classes and shots",
-    "add_references": "Add the tagged references to a bank (encodes only the new ones)",
     "rename": "Rename a bank",
     "delete": "Delete a bank and its file",
 }
@@ -25,7 +24,7 @@ class ManageBanks(NTTOperator):
         return foo.OperatorConfig(
             name="manage_banks",
             label="NTT: manage banks",
-            description="List, inspect, extend, rename or delete the dataset's NTT memory banks",
+            description="List, inspect, rename or delete the dataset's NTT memory banks",
             dynamic=True,
         )
 
@@ -46,11 +45,7 @@ class ManageBanks(NTTOperator):
         bank = ui.bank_input(inputs, ctx)
         if bank is None:
             return ui.invalid(inputs, "This dataset has no NTT bank yet: build one ('NTT: build memory bank').")
-        check = {
-            "rename": self._rename_inputs,
-            "add_references": self._add_references_inputs,
-            "delete": self._delete_inputs,
-        }.get(action)
+        check = {"rename": self._rename_inputs, "delete": self._delete_inputs}.get(action)
         problem = check(inputs, ctx, bank) if check else None
         if problem:
             return ui.invalid(inputs, problem)
@@ -72,36 +67,6 @@ class ManageBanks(NTTOperator):
         return None
 
     @staticmethod
-    def _add_references_inputs(inputs, ctx, bank) -> str | None:
-        nfo = ui.sdk()
-        info = nfo.get_bank_info(ctx.dataset, bank)
-        view = ui.target_input(inputs, ctx, "Take references from")
-        fields = ui.detections_fields(ctx.dataset)
-        ui.field_input(
-            inputs,
-            ctx,
-            "label_field",
-            "Reference field",
-            "Detections holding the new references",
-            info.get("label_field"),
-            fields=fields,
-            required=False,  # the SDK defaults to the bank's field
-        )
-        tag = ui.tag_input(inputs, ctx)
-        field = ui.param(ctx, "label_field", info.get("label_field"))
-        if field not in fields:
-            return f"'{field}' is not a Detections field of this dataset."
-        if not nfo.reference_ids(view, tag, field):
-            return (
-                f"No references: nothing here is tagged '{tag}'. Tag the new examples first ('NTT: mark references')."
-            )
-        inputs.view(
-            "models",
-            types.Notice(label=f"New shots are encoded with the bank's own models ({info['encoder']['name']})"),
-        )
-        return None
-
-    @staticmethod
     def _delete_inputs(inputs, ctx, bank) -> str | None:
         inputs.view("sure", types.Warning(label=f"Bank '{bank}' and its file will be deleted"))
         return None
@@ -116,19 +81,12 @@ class ManageBanks(NTTOperator):
                 name = ctx.params["new_name"]
             elif action == "delete":
                 nfo.delete_bank(ctx.dataset, name)
-            elif action == "add_references":
-                nfo.add_references(
-                    ctx.target_view(),
-                    name,
-                    label_field=ui.param(ctx, "label_field"),
-                    tag=ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG,
-                )
             banks = nfo.list_banks(ctx.dataset)
             out = {"action": action, "banks": banks}
             if action == "list":
-                out["details"] = {b: _brief(nfo.get_bank_info(ctx.dataset, b)) for b in banks}
+                out["details"] = {b: brief(nfo.get_bank_info(ctx.dataset, b)) for b in banks}
             elif name in banks:
-                out.update(bank=name, **_brief(nfo.get_bank_info(ctx.dataset, name)))
+                out.update(bank=name, **brief(nfo.get_bank_info(ctx.dataset, name)))
         return out
 
     def resolve_output(self, ctx):
@@ -144,7 +102,7 @@ class ManageBanks(NTTOperator):
         return types.Property(outputs)
 
 
-def _brief(info: dict) -> dict:
+def brief(info: dict) -> dict:
     """The JSON-friendly essentials of ``get_bank_info``."""
     return {
         "num_shots": info["num_shots"],

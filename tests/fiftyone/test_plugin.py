@@ -211,7 +211,9 @@ def test_operators_immediate_end_to_end(dataset):
     assert info["shots_per_class"] == bank.shots_per_class() and info["label_field"] == "gt"
     extra = dataset.skip(8).first()
     nfo.mark_references(dataset, "gt", label_ids=[extra.gt.detections[0].id])
-    added = _run("manage_banks", dataset=dataset, params={"action": "add_references", "bank": "pets"}).result
+    messages, error = _stream("add_references", dataset, {"bank": "pets"})
+    assert error is None and any(uri == "set_progress" for uri, _ in messages)  # encoding reports progress
+    added = messages[-1][1]["results"]
     assert added["num_shots"] == 4 and nfo.load_bank(dataset, "pets").shots[:3] == bank.shots
     _run("manage_banks", dataset=dataset, params={"action": "rename", "bank": "pets", "new_name": "animals"})
     assert nfo.list_banks(dataset) == ["animals"]
@@ -219,7 +221,7 @@ def test_operators_immediate_end_to_end(dataset):
     # an SDK error is one clear line, not a traceback
     path = Path(nfo.get_bank_info(dataset, "animals")["bank_path"])
     path.rename(path.with_suffix(".moved"))
-    failed = _result("manage_banks", dataset, {"action": "add_references", "bank": "animals"})
+    failed = _result("add_references", dataset, {"bank": "animals"})
     assert failed.error_message.startswith("Cannot run: bank 'animals': its file") and "rebuild" in failed.error_message
     path.with_suffix(".moved").rename(path)
     _run("manage_banks", dataset=dataset, params={"action": "delete", "bank": "animals"})
@@ -312,7 +314,7 @@ def test_forms_explain_why_they_cannot_run(dataset):
     import fiftyone as fo
     from fiftyone.operators.executor import ExecutionError
 
-    for name in ("segment_with_bank", "evaluate_predictions", "manage_banks"):
+    for name in ("segment_with_bank", "evaluate_predictions", "manage_banks", "add_references"):
         form = _form(name, dataset)
         assert form.invalid and "no NTT bank" in form.error_message, name
     with pytest.raises(ExecutionError, match="no NTT bank"):  # an invalid form blocks execution too
