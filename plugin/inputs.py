@@ -22,6 +22,7 @@ PRESET_LABELS = {
     "lite": "Lite: small models, guided prompts (CPU / laptop)",
     "smoke": "Smoke: tiny inputs (tests only; meaningless without real weights)",
 }
+NO_BANK = "This dataset has no NTT bank yet: build one ('NTT: build memory bank')."
 DEVICES = {"auto": "Auto (GPU when present)", "cpu": "CPU", "cuda": "GPU (cuda, or cuda:N)"}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -140,6 +141,19 @@ def bank_input(inputs, ctx, label: str = "Bank") -> str | None:
     inputs.enum("bank", choices.values(), label=label, default=banks[0], required=True, view=choices)
     chosen = param(ctx, "bank", banks[0])
     return chosen if chosen in banks else banks[0]
+
+
+def reference_tag(ctx) -> str:
+    """The reference tag the form chose (the default tag when left empty)."""
+    default = sdk().DEFAULT_TAG
+    return param(ctx, "tag", default) or default
+
+
+def reference_count(ctx, field: str | None) -> int:
+    """Reference samples of the target view in ``field`` (0 for a missing or non-Detections field)."""
+    if field is None or field_problem(ctx.dataset, field):
+        return 0
+    return len(sdk().reference_ids(ctx.target_view(), reference_tag(ctx), field))
 
 
 def tag_input(inputs, ctx) -> str:

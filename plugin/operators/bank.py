@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 from .. import inputs as ui
 from .. import runner
 from .base import BackgroundOperator
-from .manage import brief
+from .manage import brief, brief_outputs
 
 
 class BuildBank(BackgroundOperator):
@@ -61,19 +61,14 @@ class BuildBank(BackgroundOperator):
         return ui.form(inputs, "Build NTT memory bank")
 
     def run_size(self, ctx) -> int:
-        nfo = ui.sdk()
-        field = ui.param(ctx, "label_field")
-        if field is None or ui.field_problem(ctx.dataset, field):
-            return 0
-        tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
-        return len(nfo.reference_ids(ctx.target_view(), tag, field))
+        return ui.reference_count(ctx, ui.param(ctx, "label_field"))
 
     def execute(self, ctx):
         nfo = ui.sdk()
         name = ui.param(ctx, "bank", "bank")
         kwargs = dict(
             label_field=ctx.params["label_field"],
-            tag=ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG,
+            tag=ui.reference_tag(ctx),
             preset=ui.param(ctx, "preset", "paper"),
             config=ui.config_overrides(ctx),
             device=ui.device(ctx),
@@ -119,7 +114,7 @@ class AddReferences(BackgroundOperator):
         nfo = ui.sdk()
         bank = ui.bank_input(inputs, ctx)
         if bank is None:
-            return ui.invalid(inputs, "This dataset has no NTT bank yet: build one ('NTT: build memory bank').")
+            return ui.invalid(inputs, ui.NO_BANK)
         info = nfo.get_bank_info(ctx.dataset, bank)
         view = ui.target_input(inputs, ctx, "Take references from")
         fields = ui.detections_fields(ctx.dataset)
@@ -159,17 +154,14 @@ class AddReferences(BackgroundOperator):
         if bank not in nfo.list_banks(ctx.dataset):
             return 0
         field = ui.param(ctx, "label_field") or nfo.get_bank_info(ctx.dataset, bank).get("label_field")
-        if field is None or ui.field_problem(ctx.dataset, field):
-            return 0
-        tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
-        return len(nfo.reference_ids(ctx.target_view(), tag, field))
+        return ui.reference_count(ctx, field)
 
     def execute(self, ctx):
         nfo = ui.sdk()
         name = ctx.params.get("bank")
         kwargs = dict(
             label_field=ui.param(ctx, "label_field"),
-            tag=ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG,
+            tag=ui.reference_tag(ctx),
         )
         view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
 
@@ -180,11 +172,4 @@ class AddReferences(BackgroundOperator):
         return runner.run(ctx, work, self.resolve_output(ctx))
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("bank", label="Bank")
-        outputs.int("num_shots", label="Shots")
-        outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
-        outputs.str("label_field", label="Reference field")
-        outputs.str("encoder", label="Encoder")
-        outputs.str("timestamp", label="Updated")
-        return types.Property(outputs)
+        return types.Property(brief_outputs(types.Object(), "Updated"))

@@ -40,11 +40,11 @@ class ManageBanks(NTTOperator):
         if action == "list":
             banks = ui.sdk().list_banks(ctx.dataset)
             if not banks:
-                return ui.invalid(inputs, "This dataset has no NTT bank yet: build one ('NTT: build memory bank').")
+                return ui.invalid(inputs, ui.NO_BANK)
             return ui.form(inputs, "Manage NTT banks")
         bank = ui.bank_input(inputs, ctx)
         if bank is None:
-            return ui.invalid(inputs, "This dataset has no NTT bank yet: build one ('NTT: build memory bank').")
+            return ui.invalid(inputs, ui.NO_BANK)
         check = {"rename": self._rename_inputs, "delete": self._delete_inputs}.get(action)
         problem = check(inputs, ctx, bank) if check else None
         if problem:
@@ -93,13 +93,18 @@ class ManageBanks(NTTOperator):
         outputs = types.Object()
         outputs.list("banks", types.String(), label="Banks")
         outputs.obj("details", label="Banks", view=types.JSONView())
-        outputs.str("bank", label="Bank")
-        outputs.int("num_shots", label="Shots")
-        outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
-        outputs.str("label_field", label="Reference field")
-        outputs.str("encoder", label="Encoder")
-        outputs.str("timestamp", label="Built")
-        return types.Property(outputs)
+        return types.Property(brief_outputs(outputs, "Built"))
+
+
+def brief_outputs(outputs, when: str):
+    """The output fields of ``brief`` (plus the bank's name), on ``outputs``; ``when`` labels the timestamp."""
+    outputs.str("bank", label="Bank")
+    outputs.int("num_shots", label="Shots")
+    outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
+    outputs.str("label_field", label="Reference field")
+    outputs.str("encoder", label="Encoder")
+    outputs.str("timestamp", label=when)
+    return outputs
 
 
 def brief(info: dict) -> dict:

@@ -64,7 +64,7 @@ class MarkReferences(NTTOperator):
 
     def execute(self, ctx):
         nfo = ui.sdk()
-        tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
+        tag = ui.reference_tag(ctx)
         with runner.clear_errors():
             if ui.param(ctx, "mode", "samples") == "labels":
                 field = ui.param(ctx, "label_field") or _selected_fields(ctx)[0]
@@ -112,7 +112,7 @@ class UnmarkReferences(NTTOperator):
 
     def execute(self, ctx):
         nfo = ui.sdk()
-        tag = ui.param(ctx, "tag", nfo.DEFAULT_TAG) or nfo.DEFAULT_TAG
+        tag = ui.reference_tag(ctx)
         view = ctx.target_view()
         count = len(nfo.reference_ids(view, tag))
         with runner.clear_errors():

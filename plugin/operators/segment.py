@@ -30,7 +30,7 @@ class SegmentWithBank(BackgroundOperator):
             return ui.invalid(inputs, f"NTT segments images; this dataset's media type is {ctx.dataset.media_type}.")
         bank = ui.bank_input(inputs, ctx)
         if bank is None:
-            return ui.invalid(inputs, "This dataset has no NTT bank yet: build one first ('NTT: build memory bank').")
+            return ui.invalid(inputs, ui.NO_BANK)
         view = ui.target_input(inputs, ctx, "Segment")
         ui.new_field_input(inputs, ctx, "label_field", "Output field", "ntt")
         inputs.float(
