@@ -267,7 +267,13 @@ def get_config(preset: str = "paper", overrides: dict[str, dict[str, Any]] | Non
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    data: dict[str, dict[str, Any]] = {k: dict(v) for k, v in PRESETS[preset].items()}
+    return layered(PRESETS[preset], overrides)
+
+
+def layered(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]] | None) -> NTTConfig:
+    """A config from per-section settings (a preset's, or a config's ``to_dict``) with per-section
+    overrides on top; ``None`` override values leave the base alone."""
+    data: dict[str, dict[str, Any]] = {k: dict(v) for k, v in base.items()}
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     return NTTConfig.from_dict(data).validate()

@@ -129,8 +129,8 @@ class Segmenter:
                 tokens = self.dinov2(self.dinov2.resize(sam_in)).float()
         with self.timer("decoder"):
             prompts = [self._prompts(t) for t in tokens]  # fp32: guided prompts rank close similarities
-        with self.timer("decoder"), autocast(self.cfg.model):
-            decoded = self.sam.decode_batch(feats, prompts, self.points_chunk, compiled=self.cfg.model.compile)
+            with autocast(self.cfg.model):
+                decoded = self.sam.decode_batch(feats, prompts, self.points_chunk, compiled=self.cfg.model.compile)
         self.last_counts = []
         out = []
         for (logits, iou), img, tok in zip(decoded, images, tokens):
@@ -267,8 +267,9 @@ class Segmenter:
                 item = next(loaded, None)
             if item is None:
                 break
-            if item[2] is not None:
-                log.warning("skipping %s", item[2])
+            _, _, error = item
+            if error is not None:
+                log.warning("skipping %s", error)
             pending.append(item)
             if sum(got is not None for _, got, _ in pending) >= self.batch_size:
                 yield from self._run_batch(pending)

@@ -9,7 +9,7 @@ from typing import Any
 import fiftyone as fo
 
 from ..bank import MemoryBank
-from ..config import NTTConfig, make_config
+from ..config import NTTConfig, layered, make_config
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
 from ..types import Instances
@@ -79,7 +79,7 @@ def segment(
         "batch_size": batch_size,
     }
     if preset is None and stored and not isinstance(config, NTTConfig):
-        cfg = make_config(config=_layered(stored, config or {}), device=device)
+        cfg = make_config(config=layered(stored, config), device=device)
     else:
         cfg = make_config(preset or "paper", config, device)
     for key, value in overrides.items():
@@ -93,14 +93,6 @@ def segment(
     summary = _run(coll._dataset, view, segmenter, label_field, progress)
     _record(coll._dataset, label_field, bank_name, summary)
     return summary
-
-
-def _layered(stored: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> NTTConfig:
-    """A bank's stored settings with per-section overrides on top (``None`` values leave them alone)."""
-    merged = NTTConfig.from_dict(stored).to_dict()
-    for section, values in overrides.items():
-        merged.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    return NTTConfig.from_dict(merged)
 
 
 def _resolve_bank(coll, bank, tag):

@@ -66,8 +66,7 @@ class SAM2Proposer(torch.nn.Module):
             prompts: per image of the batch, float (P_i, 2) of (x, y) in S-pixel coordinates.
             chunk: prompts per decoder call; every prompt is decoded.
             compiled: run the decoder through ``torch.compile`` (static shapes: a chunk is padded to the
-                next power of two);
-                falls back to eager, with a warning, if compiling fails.
+                next power of two); falls back to eager, with a warning, if compiling fails.
         Returns:
             per image, (logits, iou): (P_i, S/4, S/4) mask logits of the mask with the highest predicted IoU
             among the 3 multimask outputs (bf16 under bf16 autocast: half the memory for a whole batch's

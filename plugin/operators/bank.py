@@ -20,10 +20,7 @@ class BuildBank(BackgroundOperator):
             "Encode the tagged reference instances of a Detections field into a named memory bank",
         )
 
-    def resolve_input(self, ctx):
-        inputs, broken = self.start_form()
-        if broken:
-            return broken
+    def form(self, inputs, ctx):
         nfo = ui.sdk()
         if ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT works on images; this dataset's media type is {ctx.dataset.media_type}.")
@@ -107,10 +104,7 @@ class AddReferences(BackgroundOperator):
             "Encode newly tagged reference instances into an existing bank (its other shots are kept as they are)",
         )
 
-    def resolve_input(self, ctx):
-        inputs, broken = self.start_form()
-        if broken:
-            return broken
+    def form(self, inputs, ctx):
         nfo = ui.sdk()
         bank = ui.bank_input(inputs, ctx)
         if bank is None:

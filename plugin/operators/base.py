@@ -11,14 +11,17 @@ from .. import runner
 
 
 class NTTOperator(foo.Operator):
-    """An operator whose form first checks that the ntt library imports."""
+    """An operator whose form first checks that the ntt library imports; subclasses build the rest in
+    ``form``."""
 
-    @staticmethod
-    def start_form():
-        """``(inputs, None)`` when ntt is usable, else ``(inputs, an invalid form that says why)``."""
+    def resolve_input(self, ctx):
         inputs = types.Object()
         problem = ui.dependency_problem()
-        return inputs, (ui.invalid(inputs, problem) if problem else None)
+        return ui.invalid(inputs, problem) if problem else self.form(inputs, ctx)
+
+    def form(self, inputs, ctx):
+        """The operator's form on ``inputs`` (called only when ntt is usable)."""
+        raise NotImplementedError
 
 
 class BackgroundOperator(NTTOperator):

@@ -23,10 +23,7 @@ class EvaluatePredictions(NTTOperator):
             dynamic=True,
         )
 
-    def resolve_input(self, ctx):
-        inputs, broken = self.start_form()
-        if broken:
-            return broken
+    def form(self, inputs, ctx):
         if not ui.sdk().list_banks(ctx.dataset):
             return ui.invalid(inputs, "This dataset has no NTT bank yet: build one and segment with it first.")
         fields = ui.detections_fields(ctx.dataset)

@@ -28,10 +28,7 @@ class ManageBanks(NTTOperator):
             dynamic=True,
         )
 
-    def resolve_input(self, ctx):
-        inputs, broken = self.start_form()
-        if broken:
-            return broken
+    def form(self, inputs, ctx):
         actions = types.RadioGroup()
         for key, label in ACTIONS.items():
             actions.add_choice(key, label=label)

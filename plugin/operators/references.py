@@ -26,10 +26,7 @@ class MarkReferences(NTTOperator):
             icon="/assets/icon.svg",
         )
 
-    def resolve_input(self, ctx):
-        inputs, broken = self.start_form()
-        if broken:
-            return broken
+    def form(self, inputs, ctx):
         if ctx.dataset is not None and ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT works on images; this dataset's media type is {ctx.dataset.media_type}.")
         modes = types.RadioGroup()
@@ -98,10 +95,7 @@ class UnmarkReferences(NTTOperator):
             dynamic=True,
         )
 
-    def resolve_input(self, ctx):
-        inputs, broken = self.start_form()
-        if broken:
-            return broken
+    def form(self, inputs, ctx):
         view = ui.target_input(inputs, ctx, "Unmark")
         tag = ui.tag_input(inputs, ctx)
         count = len(ui.sdk().reference_ids(view, tag))

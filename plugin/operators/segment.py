@@ -22,10 +22,7 @@ class SegmentWithBank(BackgroundOperator):
             "Find every instance of a bank's classes in a view and write them to a Detections field",
         )
 
-    def resolve_input(self, ctx):
-        inputs, broken = self.start_form()
-        if broken:
-            return broken
+    def form(self, inputs, ctx):
         if ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT segments images; this dataset's media type is {ctx.dataset.media_type}.")
         bank = ui.bank_input(inputs, ctx)
