@@ -1,8 +1,9 @@
 """The memory bank: one prototype per reference shot, grouped into classes; saved as safetensors + JSON.
 
 A bank file is a single ``.safetensors`` file: tensors ``shot_features`` (S, D) float32 and
-``shot_class_ids`` (S,) int64, and a JSON header (format version, classes, encoder id and
-preprocessing, per-shot provenance, checksum of the tensors). Nothing in it is ever unpickled.
+``shot_class_ids`` (S,) int64, and a JSON header (format version, classes, encoder id, weights
+fingerprint and preprocessing, per-shot provenance, and a sha256 checksum over the header and the
+tensors, so an edited class name is caught like a flipped feature bit). Nothing in it is ever unpickled.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from .atomic import write_bytes_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _META_KEY = "ntt_bank"
 
 
@@ -36,8 +37,9 @@ class MemoryBank:
         shot_class_ids: int64 (S,): the category id of each shot.
         shots: per-shot provenance dicts (``image_id``, ``image_path``, ``annotation_id``, ``class_id``).
         encoder: the DINOv2 encoder and preprocessing the features come from (``name``,
-            ``image_size``, ``weights``, ``dim``, ``context_ratio``). Target features must come from
-            the same encoder.
+            ``image_size``, ``weights`` (where they came from, for messages), ``fingerprint`` (a hash of
+            the loaded weights: the same weights in another file format give the same one), ``dim``,
+            ``context_ratio``). Target features must come from the same encoder.
     """
 
     classes: list[dict[str, Any]]
@@ -78,6 +80,8 @@ class MemoryBank:
 
     def class_prototypes(self) -> np.ndarray:
         """float32 (C, D): per class, the L2-normalised mean of its shot prototypes (equal shot weights)."""
+        if not self.classes:
+            raise BankError("the bank is empty (every class was removed): add references to it first")
         protos = []
         for c in self.classes:
             feats = self.shot_features[self.shot_class_ids == c["id"]]
@@ -136,16 +140,26 @@ class MemoryBank:
             info=dict(self.info),
         )
 
-    def check_encoder(self, name: str, image_size: int, weights: str) -> None:
-        """Raise BankError unless target features will come from the bank's encoder and preprocessing."""
-        want = {"name": name, "image_size": int(image_size), "weights": weights}
-        have = _encoder_key(self.encoder)
-        if have != tuple(want.values()):
+    def check_encoder(self, encoder: dict[str, Any]) -> None:
+        """Raise BankError unless target features will come from the bank's encoder, input size and weights.
+
+        ``encoder`` is the ``encoder`` dict the segmenter's DINOv2 would write into a bank. Weights are
+        compared by fingerprint, so the same weights loaded from another file (Meta's ``.pth`` or timm's
+        safetensors) are accepted and different weights under the same file name are not.
+        """
+        have, want = _encoder_key(self.encoder), _encoder_key(encoder)
+        if have != want:
             raise BankError(
-                f"bank was built with DINOv2 {have[0]} at {have[1]}px with {have[2]} weights, but the "
-                f"segmenter uses {name} at {image_size}px with {weights} weights; use the same encoder "
+                f"bank was built with DINOv2 {_describe(self.encoder)}, but the segmenter uses "
+                f"{_describe(encoder)}; use the same encoder and weights "
                 "(a random-weights bank needs --random-weights with the same seed)"
             )
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (hex) of what predictions depend on: classes, shot features and class ids, encoder."""
+        content = {"classes": self.classes, "encoder": self.encoder}
+        return _digest(content, self.shot_features, self.shot_class_ids)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -158,9 +172,15 @@ class MemoryBank:
     # ---- persistence -------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the bank atomically (temp file + rename) and return its path."""
+        """Write the bank atomically (temp file + rename) and return its path.
+
+        Raises:
+            BankError: the bank has no shot left (an empty bank cannot segment anything).
+        """
         from safetensors.numpy import save
 
+        if not self.shots:
+            raise BankError("refusing to write an empty bank (no shot left): keep at least one class")
         tensors = {"shot_features": self.shot_features, "shot_class_ids": self.shot_class_ids}
         meta = {
             "format_version": FORMAT_VERSION,
@@ -168,9 +188,10 @@ class MemoryBank:
             "shots": self.shots,
             "encoder": self.encoder,
             "info": self.info,
-            "checksum": _checksum(self.shot_features, self.shot_class_ids),
         }
-        data = save(tensors, metadata={_META_KEY: json.dumps(meta, default=str)})
+        meta = json.loads(json.dumps(meta, default=str))  # what the file will hold, for the checksum
+        meta["checksum"] = _digest(meta, self.shot_features, self.shot_class_ids)
+        data = save(tensors, metadata={_META_KEY: json.dumps(meta)})
         return write_bytes_atomic(path, data)
 
     @classmethod
@@ -183,7 +204,8 @@ class MemoryBank:
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise BankError(f"{path}: bank format version {version}, this ntt reads {FORMAT_VERSION}")
-        if meta.get("checksum") != _checksum(tensors["shot_features"], tensors["shot_class_ids"]):
+        signed = {k: v for k, v in meta.items() if k != "checksum"}
+        if meta.get("checksum") != _digest(signed, tensors["shot_features"], tensors["shot_class_ids"]):
             raise BankError(f"{path}: checksum mismatch, the bank file was modified or corrupted")
         try:
             return cls(
@@ -217,8 +239,10 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return tensors, meta
 
 
-def _checksum(features: np.ndarray, class_ids: np.ndarray) -> str:
+def _digest(meta: dict[str, Any], features: np.ndarray, class_ids: np.ndarray) -> str:
+    """sha256 of a JSON header (canonical form: sorted keys, no spaces) and the two tensors."""
     digest = hashlib.sha256()
+    digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":"), default=str).encode())
     digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
     digest.update(np.ascontiguousarray(class_ids, dtype=np.int64).tobytes())
     return digest.hexdigest()
@@ -229,4 +253,11 @@ def _shot_key(shot: dict[str, Any]) -> tuple[str, str]:
 
 
 def _encoder_key(encoder: dict[str, Any]) -> tuple:
-    return (encoder.get("name"), int(encoder.get("image_size", 0)), encoder.get("weights"))
+    fingerprint = encoder.get("fingerprint") or encoder.get("weights")
+    return (encoder.get("name"), int(encoder.get("image_size", 0)), fingerprint)
+
+
+def _describe(encoder: dict[str, Any]) -> str:
+    fingerprint = str(encoder.get("fingerprint"))[:12]
+    where = f"{encoder.get('name')} at {encoder.get('image_size')}px"
+    return f"{where} with {encoder.get('weights')} weights ({fingerprint})"

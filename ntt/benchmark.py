@@ -17,7 +17,7 @@ from . import coco
 from .bank import MemoryBank
 from .config import NTTConfig
 from .images import load_image
-from .models import get_dinov2, resolve_device, weights_id
+from .models import encoder_identity, get_dinov2, resolve_device
 from .segmenter import Segmenter
 from .timing import StageTimer
 from .types import Instances
@@ -69,12 +69,7 @@ def random_bank(cfg: NTTConfig, classes: int = 20, seed: int = 0) -> MemoryBank:
         shot_features=rng.standard_normal((classes, enc.dim)).astype(np.float32),
         shot_class_ids=np.array(ids),
         shots=[{"annotation_id": i} for i in ids],
-        encoder={
-            "name": cfg.model.dinov2,
-            "image_size": cfg.model.dinov2_image_size,
-            "weights": weights_id(cfg.model, "dinov2"),
-            "dim": enc.dim,
-        },
+        encoder=encoder_identity(enc, cfg.model),
     )
 
 

@@ -109,6 +109,8 @@ class ModelConfig:
             raise ConfigError(f"unknown sam2 model {self.sam2!r}; choose one of {sorted(SAM2_MODELS)}")
         if self.dinov2 not in DINOV2_MODELS:
             raise ConfigError(f"unknown dinov2 model {self.dinov2!r}; choose one of {sorted(DINOV2_MODELS)}")
+        if self.dinov2_image_size < 14 or self.sam2_image_size < 64:
+            raise ConfigError("dinov2_image_size must be >= 14 and sam2_image_size >= 64")
         if self.dinov2_image_size % 14:
             raise ConfigError(f"dinov2_image_size must be a multiple of 14, got {self.dinov2_image_size}")
         if self.sam2_image_size % 64:
@@ -190,6 +192,20 @@ class SegmentConfig:
             raise ConfigError(f"merge_resolution must be 'full' or 'low', got {self.merge_resolution!r}")
         if self.max_instances < 1 or self.nms_max_keep < 1:
             raise ConfigError("max_instances and nms_max_keep must be >= 1")
+        for name in ("score_thresh", "nms_thresh"):
+            _check_unit(name, getattr(self, name))
+        if not isinstance(self.class_thresholds, dict):
+            raise ConfigError("class_thresholds must map class names to thresholds")
+        for cls_name, value in self.class_thresholds.items():
+            _check_unit(f"class_thresholds[{cls_name!r}]", value)
+        if self.soft_merge_exponent < 0 or self.guided_points < 0 or self.guided_grid < 0:
+            raise ConfigError("soft_merge_exponent, guided_points and guided_grid must be >= 0")
+
+
+def _check_unit(name: str, value) -> None:
+    """A threshold in [0, 1] (a bool or a string is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
 @dataclass
@@ -210,6 +226,13 @@ class NTTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NTTConfig:
+        """A config from ``{"model": {...}, "bank": {...}, "segment": {...}}``; an unknown section or field
+        is an error (a typo must not be silently ignored)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config is an object of sections, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config sections: {sorted(unknown)} (known: model, bank, segment)")
         return cls(
             model=_build(ModelConfig, data.get("model", {})),
             bank=_build(BankConfig, data.get("bank", {})),
@@ -218,11 +241,33 @@ class NTTConfig:
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = set(values) - known
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {kind.__name__} must be an object, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = set(values) - set(fields)
     if unknown:
         raise ConfigError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+    for name, value in values.items():
+        _check_type(kind.__name__, fields[name], value)
     return kind(**values)
+
+
+def _check_type(section: str, spec: dataclasses.Field, value: Any) -> None:
+    """A value of the same kind as the field's default (ints for ints, numbers for floats, ...)."""
+    default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+    if default is None:  # optional paths
+        ok = value is None or isinstance(value, str)
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        want = "a path or null" if default is None else type(default).__name__
+        raise ConfigError(f"{section}.{spec.name} must be {want}, got {value!r}")
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

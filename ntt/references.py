@@ -15,7 +15,7 @@ from .bank import MemoryBank
 from .config import NTTConfig
 from .geometry import context_crop_box, mask_tight_box_xywh
 from .images import ImageLoadError, load_image
-from .models import autocast, encoder_weights, get_dinov2, get_sam2, resolve_device
+from .models import autocast, encoder_identity, get_dinov2, get_sam2, resolve_device
 from .types import Reference
 
 log = logging.getLogger(__name__)
@@ -216,11 +216,5 @@ def _assemble(refs: list[Reference], feats: np.ndarray, cfg: NTTConfig, encoder)
         shot_features=feats,
         shot_class_ids=np.array([int(r.class_id) for r in refs], dtype=np.int64),
         shots=shots,
-        encoder={
-            "name": encoder.name,
-            "image_size": encoder.image_size,
-            "weights": encoder_weights(encoder, cfg.model),
-            "dim": encoder.dim,
-            "context_ratio": cfg.bank.context_ratio,
-        },
+        encoder={**encoder_identity(encoder, cfg.model), "context_ratio": cfg.bank.context_ratio},
     )

@@ -17,7 +17,7 @@ from .config import NTTConfig
 from .geometry import mask_boxes_inclusive, point_grid
 from .images import load_image
 from .loader import prefetch
-from .models import autocast, encoder_weights, get_dinov2, get_sam2, resolve_device
+from .models import autocast, encoder_identity, get_dinov2, get_sam2, resolve_device
 from .prompts import guided_points
 from .timing import NullTimer
 from .types import Instances
@@ -83,7 +83,7 @@ class Segmenter:
         if self.device.type == "cpu" and cfg.model.dtype == "bf16":
             log.warning("bf16 on a CPU is often slower than fp32 (many have no native bf16): consider the lite preset")
         self.dinov2 = encoder if encoder is not None else get_dinov2(cfg.model)
-        bank.check_encoder(self.dinov2.name, self.dinov2.image_size, encoder_weights(self.dinov2, cfg.model))
+        bank.check_encoder(encoder_identity(self.dinov2, cfg.model))
         self.sam = proposer if proposer is not None else get_sam2(cfg.model, cfg.segment.add_no_mem_embed)
         self.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
         self.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)

@@ -24,6 +24,56 @@ class WeightsNotFoundError(FileNotFoundError):
     """No checkpoint could be found for a model; the message says which file and where it goes."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be used: unsafe (pickled code), corrupted, or of another model."""
+
+
+def read_state_dict(path: str | Path, key: str | None = None) -> dict:
+    """Tensors of a checkpoint, never unpickling code: safetensors, or ``torch.load(weights_only=True)``.
+
+    Args:
+        key: the entry holding the state dict (SAM2's ``"model"``); None unwraps a ``model`` /
+            ``state_dict`` / ``teacher`` entry when there is one (DINOv2 files come both ways).
+    Raises:
+        CheckpointError: the file holds more than tensors (refused for safety), is truncated or corrupted,
+            or lacks ``key``.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused for safety: the file is not plain tensors (it may contain code, or not be a "
+            "checkpoint at all); ntt never unpickles code. Use the official release file."
+        ) from err
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from err
+    return _unwrap(path, state, key)
+
+
+def _unwrap(path: Path, state, key: str | None) -> dict:
+    if key is not None:
+        if not isinstance(state, dict) or not isinstance(state.get(key), dict):
+            raise CheckpointError(f"{path}: not the expected checkpoint (no {key!r} entry of tensors)")
+        return state[key]
+    for name in ("model", "state_dict", "teacher"):
+        if isinstance(state, dict) and isinstance(state.get(name), dict):
+            return state[name]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of tensors")
+    return state
+
+
 def cache_dir() -> Path:
     """Directory for downloaded checkpoints (``$NTT_CACHE_DIR/checkpoints``, default ~/.cache/ntt)."""
     root = os.environ.get("NTT_CACHE_DIR") or Path.home() / ".cache" / "ntt"

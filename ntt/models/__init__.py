@@ -7,11 +7,20 @@ import logging
 import torch
 
 from ..config import DINOV2_MODELS, SAM2_MODELS, ModelConfig
+from ..devices import resolve_device
 from ..weights import WeightsNotFoundError, resolve_checkpoint
 from .dinov2 import DinoV2Encoder, build_dinov2
 from .sam2 import SAM2Proposer, build_sam2_model
 
-__all__ = ["DinoV2Encoder", "SAM2Proposer", "get_dinov2", "get_sam2", "resolve_device", "weights_id"]
+__all__ = [
+    "DinoV2Encoder",
+    "SAM2Proposer",
+    "encoder_identity",
+    "get_dinov2",
+    "get_sam2",
+    "resolve_device",
+    "weights_id",
+]
 
 log = logging.getLogger(__name__)
 _CACHE: dict[tuple, torch.nn.Module] = {}
@@ -20,16 +29,6 @@ RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: models are randomly initialised (--random-weights); predictions are meaningless. "
     "Use this only for smoke runs, tests and benchmarks."
 )
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> CUDA when available else CPU; otherwise ``torch.device(device)`` (checked to exist)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def weights_id(cfg: ModelConfig, kind: str) -> str:
@@ -53,9 +52,22 @@ def ensure_weights(cfg: ModelConfig, kinds=("sam2", "dinov2")) -> None:
         raise WeightsNotFoundError("\n".join(missing))
 
 
-def encoder_weights(encoder, cfg: ModelConfig) -> str:
-    """The weights id of an encoder: its own ``weights_id`` attribute if set (custom encoders), else the config's."""
-    return getattr(encoder, "weights_id", None) or weights_id(cfg, "dinov2")
+def encoder_identity(encoder, cfg: ModelConfig) -> dict:
+    """What a bank records about the encoder its features come from, and what a segmenter must match.
+
+    ``weights`` says where the weights came from (for messages); ``fingerprint`` identifies them by
+    content (``DinoV2Encoder.fingerprint``), so the same weights read from Meta's ``.pth`` or timm's
+    safetensors match and two different files of the same name do not. Custom encoders may set
+    ``weights_id`` / ``fingerprint`` attributes; the fingerprint falls back to ``weights``.
+    """
+    weights = getattr(encoder, "weights_id", None) or weights_id(cfg, "dinov2")
+    return {
+        "name": encoder.name,
+        "image_size": int(encoder.image_size),
+        "weights": weights,
+        "fingerprint": getattr(encoder, "fingerprint", None) or weights,
+        "dim": int(encoder.dim),
+    }
 
 
 def _checkpoint(cfg: ModelConfig, kind: str):
@@ -72,10 +84,7 @@ def get_sam2(cfg: ModelConfig, add_no_mem_embed: bool = False) -> SAM2Proposer:
     key = ("sam2", cfg.sam2, str(ckpt), cfg.device, cfg.sam2_image_size, cfg.seed, add_no_mem_embed)
     if key not in _CACHE:
         _warn_if_random(cfg)
-        try:
-            model = build_sam2_model(cfg.sam2, cfg.sam2_image_size, ckpt, cfg.seed, add_no_mem_embed)
-        except RuntimeError as err:
-            raise RuntimeError(f"could not load SAM2 {cfg.sam2} from {ckpt}: {err or 'key mismatch'}") from err
+        model = build_sam2_model(cfg.sam2, cfg.sam2_image_size, ckpt, cfg.seed, add_no_mem_embed)
         _CACHE[key] = model.to(resolve_device(cfg.device))
     return _CACHE[key]
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..config import DINOV2_MODELS
+from ..weights import CheckpointError, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,20 +72,34 @@ def build_dinov2(name: str, image_size: int, checkpoint: Path | None, seed: int 
         torch.manual_seed(seed)
         vit = timm.create_model(arch, pretrained=False, img_size=image_size, num_classes=0)
     if checkpoint is not None:
-        state = load_state_dict(checkpoint)
-        vit.load_state_dict(checkpoint_filter_fn(state, vit), strict=True)
-    return DinoV2Encoder(vit.eval(), name, image_size).eval()
+        state = read_state_dict(checkpoint)
+        try:
+            vit.load_state_dict(checkpoint_filter_fn(state, vit), strict=True)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"{checkpoint}: not a {name} checkpoint ({_first_line(err)})") from err
+    encoder = DinoV2Encoder(vit.eval(), name, image_size).eval()
+    encoder.weights_id = f"checkpoint:{Path(checkpoint).name}" if checkpoint is not None else f"random:seed={seed}"
+    encoder.fingerprint = weights_fingerprint(vit)
+    return encoder
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without unpickling code: safetensors, or torch.load(weights_only=True)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def weights_fingerprint(vit: torch.nn.Module) -> str:
+    """A short sha256 of a few weight tensors that no input size or file format changes.
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict", "teacher"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return state
+    The patch embedding, the first block's qkv, the last block's MLP and the final norm: the same weights
+    loaded from Meta's ``.pth`` or timm's safetensors hash alike, different weights do not. (The position
+    embedding is left out: it is resampled to the input size.)
+    """
+    state = vit.state_dict()
+    last = len(vit.blocks) - 1
+    names = ["patch_embed.proj.weight", "blocks.0.attn.qkv.weight", f"blocks.{last}.mlp.fc2.weight", "norm.weight"]
+    digest = hashlib.sha256()
+    for key in names:
+        digest.update(key.encode())
+        digest.update(state[key].detach().float().cpu().contiguous().numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__

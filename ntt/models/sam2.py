@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ..config import SAM2_MODELS
+from ..weights import CheckpointError, read_state_dict
 from .dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -179,20 +180,29 @@ def build_sam2_model(
     Args:
         name: ``SAM2_MODELS`` key (SAM2.0 or SAM2.1 config, hiera t/s/b+/l).
         image_size: input side (1024 for the released weights; smaller sizes for fast tests).
-        checkpoint: Meta's ``.pt`` file (``{"model": state_dict}``, loaded with weights_only=True);
+        checkpoint: Meta's ``.pt`` file (``{"model": state_dict}``, read without unpickling code);
             None builds a random-init model seeded with ``seed``.
+    Raises:
+        CheckpointError: the checkpoint is unsafe, corrupted, or of another SAM2 variant.
     """
     from sam2.build_sam import build_sam2
 
     config = SAM2_MODELS[name][0]
     overrides = [] if image_size == 1024 else [f"++model.image_size={image_size}"]
+    state = read_state_dict(checkpoint, key="model") if checkpoint else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_sam2(
-            config,
-            ckpt_path=str(checkpoint) if checkpoint else None,
-            device="cpu",
-            apply_postprocessing=False,
-            hydra_overrides_extra=overrides,
+            config, ckpt_path=None, device="cpu", apply_postprocessing=False, hydra_overrides_extra=overrides
         )
+    if state is not None:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"could not load SAM2 {name} from {checkpoint}: {_mismatch(err)}") from err
     return SAM2Proposer(model.eval(), name, add_no_mem_embed).eval()
+
+
+def _mismatch(err: RuntimeError) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "its tensors do not fit this model (another SAM2 variant?): " + (lines[1][:200] if len(lines) > 1 else "")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as st_save
 
-from ntt.bank import FORMAT_VERSION, BankError, MemoryBank
+from ntt.bank import FORMAT_VERSION, BankError, MemoryBank, _digest
 
 ENCODER = {"name": "vit_large_patch14_dinov2", "image_size": 518, "weights": "official", "dim": 3, "context_ratio": 0.2}
 
@@ -171,22 +171,26 @@ def test_remove_keeps_features_aligned():
 
 
 @pytest.mark.parametrize(
-    "name, size, weights, ok",
+    "name, size, weights, fingerprint, ok",
     [
-        ("vit_large_patch14_dinov2", 518, "official", True),
-        ("vit_large_patch14_dinov2", "518", "official", True),
-        ("vit_small_patch14_dinov2", 518, "official", False),
-        ("vit_large_patch14_dinov2", 224, "official", False),
-        ("vit_large_patch14_dinov2", 518, "random:0", False),
+        ("vit_large_patch14_dinov2", 518, "official", "sha256:aa", True),
+        ("vit_large_patch14_dinov2", "518", "official", "sha256:aa", True),
+        # the same weights read from another file format: same fingerprint, accepted
+        ("vit_large_patch14_dinov2", 518, "checkpoint:model.safetensors", "sha256:aa", True),
+        ("vit_small_patch14_dinov2", 518, "official", "sha256:aa", False),
+        ("vit_large_patch14_dinov2", 224, "official", "sha256:aa", False),
+        # a file of the same name holding other weights: refused
+        ("vit_large_patch14_dinov2", 518, "official", "sha256:bb", False),
     ],
 )
-def test_check_encoder(name, size, weights, ok):
-    bank = _bank()
+def test_check_encoder(name, size, weights, fingerprint, ok):
+    bank = _bank(encoder={**ENCODER, "fingerprint": "sha256:aa"})
+    target = {"name": name, "image_size": size, "weights": weights, "fingerprint": fingerprint}
     if ok:
-        bank.check_encoder(name, size, weights)
+        bank.check_encoder(target)
     else:
-        with pytest.raises(BankError):
-            bank.check_encoder(name, size, weights)
+        with pytest.raises(BankError, match=f"{weights}.*{fingerprint[:12]}"):
+            bank.check_encoder(target)
 
 
 # ---- persistence -----------------------------------------------------------------------------------
@@ -326,12 +330,17 @@ def test_not_an_ntt_bank(tmp_path, tensors, metadata):
         MemoryBank.load(path)
 
 
-def _rewrite_meta(path, edit):
+def _rewrite_meta(path, edit, sign=True):
+    """Rewrite a bank file's JSON header after ``edit``; ``sign``: with a checksum that matches the edit
+    (so the structural checks are what is tested), else with the old one (a tampered file)."""
     raw = path.read_bytes()
     _, header = _split(raw)
     meta = json.loads(header["__metadata__"]["ntt_bank"])
     edit(meta)
     bank = _bank()
+    if sign:
+        unsigned = {k: v for k, v in meta.items() if k != "checksum"}
+        meta["checksum"] = _digest(unsigned, bank.shot_features, bank.shot_class_ids)
     path.write_bytes(
         st_save(
             {"shot_features": bank.shot_features, "shot_class_ids": bank.shot_class_ids},
@@ -388,3 +397,53 @@ def test_checksum_of_other_tensors(tmp_path):
     )
     with pytest.raises(BankError, match="checksum"):
         MemoryBank.load(path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda meta: meta["classes"][0].update(name="lion"), id="class-name"),
+        pytest.param(lambda meta: meta["encoder"].update(name="dinov2_vits14"), id="encoder-name"),
+        pytest.param(lambda meta: meta["encoder"].update(fingerprint="sha256:other"), id="encoder-weights"),
+        pytest.param(lambda meta: meta["shots"][0].update(annotation_id=999), id="shot-provenance"),
+        pytest.param(lambda meta: meta["info"].update(seed=1), id="info"),
+    ],
+)
+def test_edited_header_fails_checksum(tmp_path, edit):
+    # Before format 2 the checksum covered the tensors only: an edited class name loaded silently.
+    path = _bank().save(tmp_path / "bank.safetensors")
+    _rewrite_meta(path, edit, sign=False)
+    with pytest.raises(BankError, match="checksum"):
+        MemoryBank.load(path)
+
+
+def test_header_whitespace_and_key_order_do_not_matter(tmp_path):
+    path = _bank().save(tmp_path / "bank.safetensors")
+    raw = path.read_bytes()
+    _, header = _split(raw)
+    meta = json.loads(header["__metadata__"]["ntt_bank"])
+    reordered = json.dumps(dict(reversed(list(meta.items()))), indent=3)
+    bank = _bank()
+    tensors = {"shot_features": bank.shot_features, "shot_class_ids": bank.shot_class_ids}
+    path.write_bytes(st_save(tensors, metadata={"ntt_bank": reordered}))
+    assert MemoryBank.load(path).class_names == ["cat", "dog"]
+
+
+def test_empty_bank_is_refused_when_written_and_explained_when_used(tmp_path):
+    empty = _bank().remove(class_names=["cat", "dog"])
+    assert len(empty.shots) == 0 and empty.classes == []
+    with pytest.raises(BankError, match="empty bank"):
+        empty.save(tmp_path / "empty.safetensors")
+    assert not (tmp_path / "empty.safetensors").exists()
+    with pytest.raises(BankError, match="bank is empty"):
+        empty.class_prototypes()
+
+
+def test_fingerprint_follows_content_not_provenance(tmp_path):
+    bank = _bank()
+    loaded = MemoryBank.load(bank.save(tmp_path / "bank.safetensors"))
+    assert loaded.fingerprint == bank.fingerprint and len(bank.fingerprint) == 64
+    assert _bank(info={"other": 1}).fingerprint == bank.fingerprint
+    assert bank.remove(annotation_ids=[103]).fingerprint != bank.fingerprint
+    renamed = _bank(classes=[dict(CAT), {"id": 18, "name": "puppy"}])
+    assert renamed.fingerprint != bank.fingerprint

@@ -10,11 +10,12 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from ntt.bank import BankError, MemoryBank
 from ntt.config import get_config
-from ntt.models import clear_cache, get_dinov2, get_sam2
-from ntt.models.dinov2 import build_dinov2, load_state_dict
+from ntt.models import clear_cache, encoder_identity, get_dinov2, get_sam2
+from ntt.models.dinov2 import build_dinov2
 from ntt.models.sam2 import build_sam2_model
-from ntt.weights import WeightsNotFoundError, resolve_checkpoint
+from ntt.weights import CheckpointError, WeightsNotFoundError, read_state_dict, resolve_checkpoint
 
 
 def _cfg(**model):
@@ -78,7 +79,7 @@ def test_sam2_rejects_checkpoint_of_another_variant(tmp_path):
     small = build_sam2_model("sam2_hiera_t", 256, None, seed=0)
     path = tmp_path / "sam2_hiera_small.pt"
     torch.save({"model": small.model.state_dict()}, path)
-    with pytest.raises(RuntimeError, match="could not load SAM2 sam2_hiera_s"):
+    with pytest.raises(CheckpointError, match="could not load SAM2 sam2_hiera_s"):
         get_sam2(_cfg(sam2="sam2_hiera_s", sam2_checkpoint=str(path)).model)
 
 
@@ -114,8 +115,58 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"weights": _Evil()}, f)
-    with pytest.raises(pickle.UnpicklingError):
-        load_state_dict(path)
+    with pytest.raises(CheckpointError, match="refused for safety") as err:
+        read_state_dict(path)
+    assert "weights_only=False" not in str(err.value)  # never suggest the unsafe way
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        build_dinov2("dinov2_vits14", 224, path)
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        build_sam2_model("sam2_hiera_t", 256, path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.1])
+def test_truncated_checkpoint_is_one_clear_error(sam2_ckpt, tmp_path, keep):
+    _, path = sam2_ckpt
+    raw = path.read_bytes()
+    cut = tmp_path / "sam2_hiera_tiny.pt"
+    cut.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(CheckpointError, match=str(cut)):
+        build_sam2_model("sam2_hiera_t", 256, cut)
+
+
+def test_dinov2_checkpoint_of_another_size_is_one_clear_error(dinov2_ckpt):
+    _, path = dinov2_ckpt
+    with pytest.raises(CheckpointError, match="not a dinov2_vitb14 checkpoint"):
+        build_dinov2("dinov2_vitb14", 224, path)
+
+
+def test_same_weights_in_both_formats_share_a_fingerprint(dinov2_ckpt, tmp_path):
+    # A bank built from Meta's .pth must be usable with the same weights loaded as timm's safetensors,
+    # and a different file under the same name must be refused, naming both.
+    source, meta_path = dinov2_ckpt
+    timm_path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(timm_path))
+    cfg = _cfg(dinov2="dinov2_vits14").model
+    from_meta = encoder_identity(build_dinov2("dinov2_vits14", 224, meta_path), cfg)
+    from_timm = encoder_identity(build_dinov2("dinov2_vits14", 224, timm_path), cfg)
+    assert from_meta["fingerprint"] == from_timm["fingerprint"]
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    impostor = other_dir / meta_path.name
+    torch.save({k: v + 0.01 for k, v in source.state_dict().items()}, impostor)
+    other = encoder_identity(build_dinov2("dinov2_vits14", 224, impostor), cfg)
+    assert other["fingerprint"] != from_meta["fingerprint"]
+    bank = MemoryBank(
+        classes=[{"id": 1, "name": "a"}],
+        shot_features=torch.zeros(1, 384).numpy(),
+        shot_class_ids=[1],
+        shots=[{"annotation_id": 1}],
+        encoder=from_meta,
+    )
+    bank.check_encoder(from_timm)
+    with pytest.raises(BankError, match=from_meta["fingerprint"][:12]) as err:
+        bank.check_encoder(other)
+    assert other["fingerprint"][:12] in str(err.value)
 
 
 class _Evil:
