@@ -9,6 +9,7 @@ import sys
 import time
 
 from .config import PRESETS, ConfigError, NTTConfig, get_config
+from .sampling import SPLITS, parse_class_list
 
 log = logging.getLogger("ntt")
 
@@ -38,6 +39,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
+    """The preset with the flags given on top; the device is checked to exist before any work starts."""
+    cfg = _flags_config(args, segment)
+    from .devices import resolve_device
+
+    resolve_device(cfg.model.device)
+    return cfg
+
+
+def _flags_config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
     model = {
         "device": args.device,
         "dtype": args.dtype,
@@ -53,12 +63,46 @@ def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
     return get_config(args.preset, {"model": model, "segment": seg})
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of --shots: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 reference per class (got {value})")
+    return value
+
+
+class _ClassList(argparse.Action):
+    """--classes: names or ids, space- and/or comma-separated (``boat,bird``, ``boat bird``, ``"dining table"``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = parse_class_list(values)
+        if not names:
+            parser.error(f"argument {option_string}: no class name given")
+        setattr(namespace, self.dest, names)
+
+
 def _reference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("refs", help="COCO instance JSON with the reference annotations")
     p.add_argument("--images", default=None, help="folder of the reference images (default: found from the JSON)")
-    p.add_argument("--shots", type=int, default=None, help="sample N shots per class (paper protocol)")
+    p.add_argument("--shots", type=_positive_int, default=None, help="sample N shots per class (paper protocol)")
     p.add_argument("--seed", type=int, default=33, help="sampling seed for --shots (default 33, as the paper)")
-    p.add_argument("--classes", nargs="+", default=None, help="class names or ids to include (default: all)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--classes",
+        nargs="+",
+        action=_ClassList,
+        default=None,
+        help="class names or ids to include, space- or comma-separated (default: all)",
+    )
+    which.add_argument(
+        "--split",
+        default=None,
+        choices=sorted(SPLITS),
+        help="a named class split: coco-novel (COCO-FSOD's 20 VOC classes) or the PASCAL VOC novel splits",
+    )
     p.add_argument("--box-refs", action="store_true", help="ignore masks: get them from SAM2 box prompts")
     _model_args(p)
 
@@ -81,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = bank.add_parser("remove", help="remove shots (by annotation id) or whole classes from a bank")
     r.add_argument("bank", help="bank file")
     r.add_argument("--annotations", nargs="+", default=(), help="annotation ids of the shots to remove")
-    r.add_argument("--classes", nargs="+", default=(), help="class names to remove")
+    r.add_argument("--classes", nargs="+", action=_ClassList, default=(), help="class names to remove")
     r.add_argument("-o", "--output", default=None, help="write here instead of updating the bank in place")
 
     s = sub.add_parser("segment", help="segment target images with a bank; writes COCO results JSON")
@@ -89,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True, help="folder of images, or a COCO JSON listing the targets")
     s.add_argument("--image-root", default=None, help="folder of the JSON's images (default: found from the JSON)")
     s.add_argument("-o", "--output", required=True, help="COCO results JSON to write")
-    s.add_argument("--max-images", type=int, default=None, help="only the first N targets")
+    s.add_argument("--max-images", type=_count, default=None, help="only the first N targets")
     s.add_argument("--score-thresh", type=float, default=None, help="drop detections below this score")
     s.add_argument("--max-instances", type=int, default=None, help="detections per image (default 100)")
     s.add_argument("--points-per-side", type=int, default=None, help="prompt grid side (default 32)")
@@ -99,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("benchmark", help="time every stage on real images (optionally vs the faithful mode)")
     k.add_argument("--images", default=None, help="folder of images (default: COCO128 val of the shared data)")
-    k.add_argument("--max-images", type=int, default=10, help="images to time (default 10)")
-    k.add_argument("--classes", type=int, default=20, help="classes in the (random) bank (default 20)")
+    k.add_argument("--max-images", type=_count, default=10, help="images to time (default 10)")
+    k.add_argument("--classes", type=_count, default=20, help="classes in the (random) bank (default 20)")
     k.add_argument("--points-per-side", type=int, default=None, help="prompt grid side")
     k.add_argument("--prompt-mode", default=None, choices=["grid", "guided"], help="dense grid or DINOv2-guided")
     k.add_argument("--force-candidates", action="store_true", help="also run the worst case: every mask kept")
@@ -112,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("gt", help="ground-truth COCO instance JSON")
     e.add_argument("preds", help="results JSON written by `ntt segment`")
     e.add_argument("--bank", default=None, help="restrict to this bank's classes (default: from the results' sidecar)")
-    e.add_argument("--classes", nargs="+", default=None, help="restrict to these class names or ids")
+    e.add_argument(
+        "--classes", nargs="+", action=_ClassList, default=None, help="restrict to these class names or ids"
+    )
     e.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
     return parser
 
@@ -124,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     from .references import InvalidReferenceError
     from .weights import WeightsNotFoundError
 
-    known = (ConfigError, BankError, InvalidReferenceError, WeightsNotFoundError, FileNotFoundError, ValueError)
+    # Bad input of every kind (files, values, devices, checkpoints, disk full) is one line and exit code 2.
+    known = (ConfigError, BankError, InvalidReferenceError, WeightsNotFoundError, ValueError, OSError)
     try:
+        _check_outputs(args)
         return _dispatch(args)
     except known as err:
         print(f"error: {err}", file=sys.stderr)
@@ -133,6 +181,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _count(text: str) -> int:
+    """argparse type of counts such as --max-images: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output that would overwrite one of the command's inputs (or is a folder)."""
+    from .outputs import check_output
+    from .pipeline import sidecar_path
+
+    command = args.command if args.command != "bank" else f"bank {args.bank_cmd}"
+    if command in ("bank build", "bank add", "bank remove"):
+        check_output(args.output or args.bank, [getattr(args, "refs", None)], "bank file")
+    elif command == "segment":
+        inputs = [args.bank, args.images]
+        check_output(args.output, inputs, "results file")
+        check_output(sidecar_path(args.output), [*inputs, args.output], "results sidecar")
+    elif getattr(args, "json_out", None) is not None:
+        inputs = [args.gt, args.preds, sidecar_path(args.preds), args.bank] if command == "evaluate" else []
+        check_output(args.json_out, inputs, "metrics file")
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -1,17 +1,17 @@
-"""COCO files at the edges: references from instance JSONs, the paper's shot sampling, results export."""
+"""COCO files at the edges: instance JSONs, categories, references, targets, results export.
+
+The paper's shot sampling and the named class splits live in ``ntt.sampling``."""
 
 from __future__ import annotations
 
-import json
 import logging
-import random
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .coco_check import check_instances, check_results, read_json
 from .geometry import xyxy_to_xywh
 from .images import list_images
 from .references import InvalidReferenceError
@@ -20,20 +20,26 @@ from .types import Instances, Reference
 log = logging.getLogger(__name__)
 
 
-def load_json(path: str | Path) -> dict[str, Any]:
-    """Read a COCO instance JSON, with a clear error for a missing or malformed file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(data, dict) or "images" not in data:
-        raise ValueError(f"{path}: not a COCO file (no 'images' list)")
-    data.setdefault("annotations", [])
-    data.setdefault("categories", [])
-    return data
+def load_json(path: str | Path, kind: str = "targets") -> dict[str, Any]:
+    """Read and check a COCO instance JSON (``ntt.coco_check``): one ``CocoFormatError`` naming the file,
+    entry and field for anything malformed.
+
+    Args:
+        kind: "references" or "ground truth" need image sizes; "targets" only ids and file names. Repeated
+            annotation ids are an error in references (they name shots) and renumbered otherwise.
+    """
+    data = read_json(path)
+    return check_instances(data, path, need_sizes=kind != "targets", renumber_duplicates=kind != "references")
+
+
+def load_json_file(path: str | Path) -> Any:
+    """Any JSON file (e.g. a sidecar), with the same clear errors as ``load_json``."""
+    return read_json(path)
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check a COCO results file (a JSON list of detections)."""
+    return check_results(read_json(path), path)
 
 
 def resolve_image_root(json_path: str | Path, image_root: str | Path | None, data: dict) -> Path:
@@ -75,71 +81,6 @@ def select_categories(data: dict, classes: list[str] | None) -> list[int]:
         else:
             raise InvalidReferenceError(f"class {item!r} is not a category of this file")
     return sorted(set(out))
-
-
-def is_valid_shot(ann: dict, image: dict, min_size: float = 32, border: float = 10) -> bool:
-    """The paper's sampling filter: not crowd, box at least 32x32 px, at least 10 px from every border."""
-    x, y, w, h = ann["bbox"]
-    return (
-        not ann.get("iscrowd", 0)
-        and w >= min_size
-        and h >= min_size
-        and x >= border
-        and y >= border
-        and x + w <= image["width"] - border
-        and y + h <= image["height"] - border
-    )
-
-
-def sample_shots(data: dict, cat_ids: list[int], shots: int, seed: int, explicit: bool) -> list[dict]:
-    """Annotations drawn by the paper's protocol: per class, shuffle with the seed, keep valid ones,
-    one instance per image, stop at ``shots``. Fewer valid instances than ``shots`` gives a warning; none
-    gives an error for explicitly requested classes and a warning (class dropped) otherwise."""
-    rng = random.Random(seed)
-    images = {img["id"]: img for img in data["images"]}
-    by_cat: dict[int, list[dict]] = defaultdict(list)
-    for ann in data["annotations"]:
-        by_cat[int(ann["category_id"])].append(ann)
-    names = category_names(data)
-    picked, counts = [], {}
-    for cat in cat_ids:
-        pool = list(by_cat[cat])
-        rng.shuffle(pool)
-        chosen, seen = [], set()
-        for ann in pool:
-            if ann["image_id"] in seen or not is_valid_shot(ann, images[ann["image_id"]]):
-                continue
-            chosen.append(ann)
-            seen.add(ann["image_id"])
-            if len(chosen) == shots:
-                break
-        counts[names[cat]] = len(chosen)
-        picked.extend(chosen)
-    _report_shortfall(counts, shots, explicit)
-    return picked
-
-
-def _report_shortfall(counts: dict[str, int], wanted: int, explicit: bool) -> None:
-    missing = [name for name, got in counts.items() if got == 0]
-    if missing and explicit:
-        raise InvalidReferenceError(
-            f"class {missing[0]!r} has no valid reference (non-crowd, box >= 32 px, >= 10 px from the border)"
-        )
-    if missing:
-        log.warning("%d class(es) have no valid reference and are left out: %s", len(missing), ", ".join(missing))
-    short = [f"{name} ({got})" for name, got in counts.items() if 0 < got < wanted]
-    if short:
-        log.warning("%d class(es) have fewer than %d valid references: %s", len(short), wanted, ", ".join(short))
-
-
-def all_annotations(data: dict, cat_ids: list[int], explicit: bool) -> list[dict]:
-    """Every non-crowd annotation of the chosen categories (each one is a shot)."""
-    names = category_names(data)
-    wanted = set(cat_ids)
-    anns = [a for a in data["annotations"] if a["category_id"] in wanted and not a.get("iscrowd", 0)]
-    present = {a["category_id"] for a in anns}
-    _report_shortfall({names[c]: int(c in present) for c in cat_ids}, 1, explicit)
-    return anns
 
 
 def references_from_coco(data: dict, image_root: Path, anns: list[dict], box_only: bool) -> list[Reference]:
@@ -186,12 +127,23 @@ def annotation_mask(ann: dict, image: dict) -> np.ndarray:
 
 
 def targets_from_dir(directory: str | Path) -> list[tuple[int, Path]]:
-    """(image id, path) for the images of a folder: numeric file stems are the ids, else 1..N."""
+    """(image id, path) for the images of a folder, sorted by name.
+
+    A numeric file stem is the image's id (COCO's ``000000000139.jpg`` -> 139); other files, and a second
+    file with the same number, get the next ids after the largest one, so one odd file name never renumbers
+    the others. The sidecar of ``ntt segment`` records this map.
+    """
     paths = list_images(directory)
-    stems = [p.stem for p in paths]
-    if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
-        return [(int(p.stem), p) for p in paths]
-    return [(i + 1, p) for i, p in enumerate(paths)]
+    numbered = {int(p.stem): p for p in reversed(paths) if p.stem.isdigit()}  # first file of a number wins
+    next_id = max(numbered, default=0) + 1
+    out = []
+    for path in paths:
+        if path.stem.isdigit() and numbered[int(path.stem)] == path:
+            out.append((int(path.stem), path))
+        else:
+            out.append((next_id, path))
+            next_id += 1
+    return out
 
 
 def targets_from_json(data: dict, image_root: Path) -> list[tuple[int, Path]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -54,11 +53,13 @@ def bank_remove(args: argparse.Namespace) -> int:
 
 def _bank_from_args(args: argparse.Namespace, cfg: NTTConfig) -> MemoryBank:
     ensure_weights(cfg.model, ("dinov2", "sam2") if args.box_refs else ("dinov2",))
-    bar = tqdm(total=1.0, desc="references", unit="", bar_format="{desc}: {percentage:3.0f}% {elapsed}")
+    bars = []  # opened at the first progress call: input errors come before it, on a clean line
 
     def progress(fraction: float, _label: str) -> None:
-        bar.n = fraction
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=1.0, desc="references", unit="", bar_format="{desc}: {percentage:3.0f}% {elapsed}"))
+        bars[0].n = fraction
+        bars[0].refresh()
 
     bank = pipeline.bank_from_coco(
         args.refs,
@@ -69,8 +70,10 @@ def _bank_from_args(args: argparse.Namespace, cfg: NTTConfig) -> MemoryBank:
         classes=args.classes,
         box_refs=args.box_refs,
         progress=progress,
+        split=args.split,
     )
-    bar.close()
+    for bar in bars:
+        bar.close()
     return bank
 
 
@@ -89,12 +92,12 @@ def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
     bank = MemoryBank.load(args.bank)
     bank.info["path"] = str(args.bank)
     cfg = pipeline.adopt_bank_encoder(cfg, bank, explicit_dinov2=args.dinov2 is not None)
-    ensure_weights(cfg.model)
-    targets = _targets(args.images, args.image_root)
+    targets = _targets(args.images, args.image_root)  # checked before the weights: the cheaper mistake first
     if args.max_images is not None:
         targets = targets[: args.max_images]
     if not targets:
         raise ValueError(f"no target images found in {args.images}")
+    ensure_weights(cfg.model)
     bar = tqdm(total=len(targets), desc="segmenting", unit="img")
     meta = pipeline.segment_targets(
         bank, targets, cfg, args.output, args.box_inclusive, on_image=lambda _res: bar.update(1)
@@ -124,11 +127,11 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.bank:
         cat_ids = MemoryBank.load(args.bank).class_ids
     if args.classes:
-        cat_ids = coco.select_categories(coco.load_json(args.gt), args.classes)
+        cat_ids = coco.select_categories(coco.load_json(args.gt, kind="ground truth"), args.classes)
     metrics = pipeline.evaluate_files(args.gt, args.preds, cat_ids)
     print(format_metrics(metrics))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(metrics, indent=2))
+        pipeline.write_json_atomic(Path(args.json_out), metrics)
     return 0
 
 
@@ -161,7 +164,7 @@ def benchmark(args: argparse.Namespace, cfg: NTTConfig) -> int:
             f"fast / reference: {ratio:.2f}x; reference detections matched by fast (same class, IoU>=0.9): {agree:.1%}"
         )
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
+        pipeline.write_json_atomic(Path(args.json_out), out)
     return 0
 
 

@@ -17,7 +17,7 @@ class ImageLoadError(Exception):
 def load_image(path: str | Path) -> np.ndarray:
     """Decode an image file to RGB uint8 (H, W, 3), upright as viewers show it (EXIF orientation applied).
 
-    Grayscale, palette, alpha (dropped), CMYK and 16-bit images are converted to 8-bit RGB.
+    Grayscale, palette, alpha (dropped), CMYK and 16-bit images (scaled by 255/65535) are converted to 8-bit RGB.
 
     Raises:
         ImageLoadError: missing, empty, truncated or non-image files, with the reason.
@@ -48,9 +48,10 @@ def _local_path(path: str | Path) -> Path:
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Integer modes hold 16-bit data (Pillow reads 16-bit PNGs as "I" in some versions): always scale by
+        # 255/65535, decided by the mode, never by the values (a dark 16-bit image must stay dark).
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        arr = np.clip(arr / 65535.0 * 255.0, 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)

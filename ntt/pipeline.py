@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import coco
-from .atomic import write_bytes_atomic
+from . import coco, sampling
+from .atomic import AtomicWriter, write_bytes_atomic
 from .bank import MemoryBank
 from .config import DINOV2_MODELS, NTTConfig
 from .evaluation import evaluate_results
@@ -30,24 +29,37 @@ def bank_from_coco(
     classes: list[str] | None = None,
     box_refs: bool = False,
     progress=None,
+    split: str | None = None,
 ) -> MemoryBank:
     """Build a bank from a COCO instance JSON.
 
-    With ``shots``, references are sampled by the paper's protocol (seeded); otherwise every non-crowd
-    annotation of the chosen classes is a shot. ``box_refs`` ignores masks and prompts SAM2 with boxes.
+    With ``shots``, references are sampled by the paper's protocol (``ntt.sampling``, seeded); otherwise
+    every non-crowd annotation of the chosen classes is a shot. Classes: ``classes`` (names or ids, comma
+    lists expanded) or a named ``split`` (``ntt.sampling.SPLITS``), not both; default all. ``box_refs``
+    ignores masks and prompts SAM2 with boxes.
     """
-    data = coco.load_json(refs_json)
+    data = coco.load_json(refs_json, kind="references")
     root = coco.resolve_image_root(refs_json, image_root, data)
-    cat_ids = coco.select_categories(data, classes)
-    explicit = bool(classes)
+    cat_ids, explicit = _chosen_categories(data, classes, split)
     if shots is not None:
-        anns = coco.sample_shots(data, cat_ids, shots, seed, explicit)
+        anns = sampling.sample_shots(data, cat_ids, shots, seed, explicit)
     else:
-        anns = coco.all_annotations(data, cat_ids, explicit)
+        anns = sampling.all_annotations(data, cat_ids, explicit)
     refs = coco.references_from_coco(data, root, anns, box_refs)
     bank = build_bank(refs, cfg, progress=progress)
-    bank.info.update({"source": str(refs_json), "shots_arg": shots, "seed": seed})
+    bank.info.update({"source": str(refs_json), "shots_arg": shots, "seed": seed, "split": split})
     return bank
+
+
+def _chosen_categories(data: dict, classes: list[str] | None, split: str | None) -> tuple[list[int], bool]:
+    """Category ids to build from, and whether the user named them (then a class without any valid
+    reference is an error; a split's or the default's empty classes are only warned about)."""
+    classes = sampling.parse_class_list(classes)
+    if split and classes:
+        raise ValueError("give either --split or --classes, not both")
+    if split:
+        return sampling.split_category_ids(data, split), False
+    return coco.select_categories(data, classes), bool(classes)
 
 
 def adopt_bank_encoder(cfg: NTTConfig, bank: MemoryBank, explicit_dinov2: bool = False) -> NTTConfig:
@@ -71,7 +83,8 @@ def segment_targets(
     segmenter: Segmenter | None = None,
 ) -> dict[str, Any]:
     """Segment (image id, path) targets and write COCO results to ``output`` plus a sidecar
-    ``<output stem>.meta.json`` (bank classes, segmented and skipped images, config).
+    ``<output stem>.meta.json`` (bank classes, segmented and skipped images, file -> image id map, config,
+    and the sha256 of the results it describes, so a results file is never paired with another run's sidecar).
 
     Unreadable images are skipped with their reason; the run goes on with the rest.
     Returns the sidecar's content.
@@ -94,11 +107,14 @@ def segment_targets(
                 on_image(res)
     meta = {
         "bank": bank.info.get("path"),
+        "bank_fingerprint": bank.fingerprint,
         "category_ids": bank.class_ids,
         "classes": bank.classes,
         "image_ids": done,
+        "files": {str(path): image_id for image_id, path in targets},
         "skipped": skipped,
         "detections": count,
+        "results_sha256": writer.sha256,
         "config": cfg.to_dict(),
     }
     write_json_atomic(sidecar_path(output), meta)
@@ -116,19 +132,19 @@ def evaluate_files(
     cat_ids: list[int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """bbox and segm AP of a results file; restricted to the bank's classes and the segmented images
-    recorded in the results' sidecar when present (``cat_ids`` overrides the classes)."""
-    gt = coco.load_json(gt_json)
-    try:
-        results = json.loads(Path(preds_json).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{preds_json}: file not found") from None
-    if not isinstance(results, list):
-        raise ValueError(f"{preds_json}: a COCO results file is a JSON list")
+    recorded in the results' sidecar when present (``cat_ids`` overrides the classes).
+
+    Images segmented from a folder are matched to the ground truth by file name (the sidecar's file -> id
+    map), so a folder whose file names are not COCO ids is still evaluated against the right images.
+    """
+    gt = coco.load_json(gt_json, kind="ground truth")
+    results = coco.load_results(preds_json)
+    meta = _sidecar_for(preds_json)
     img_ids = None
-    meta_path = sidecar_path(preds_json)
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        img_ids = meta.get("image_ids")
+    if meta is not None:
+        remap = _ids_by_file_name(meta.get("files") or {}, gt)
+        results = [{**r, "image_id": remap.get(r["image_id"], r["image_id"])} for r in results]
+        img_ids = [remap.get(i, i) for i in meta.get("image_ids", [])]
         cat_ids = cat_ids if cat_ids is not None else meta.get("category_ids")
     if cat_ids is None:
         cat_ids = sorted({r["category_id"] for r in results})
@@ -136,32 +152,68 @@ def evaluate_files(
     return evaluate_results(gt, results, cat_ids=cat_ids, img_ids=img_ids)
 
 
+def _sidecar_for(preds_json: str | Path) -> dict | None:
+    """The results' sidecar, checked to describe exactly these results; None when there is none."""
+    path = sidecar_path(preds_json)
+    if not path.is_file():
+        return None
+    meta = coco.load_json_file(path)
+    want = meta.get("results_sha256") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or (want and want != _sha256(Path(preds_json))):
+        raise ValueError(
+            f"{path} does not describe {preds_json} (a run was stopped while writing them, or one of them was "
+            "replaced): run `ntt segment` again, or move the sidecar away to evaluate without it"
+        )
+    return meta
+
+
+def _ids_by_file_name(files: dict[str, int], gt: dict) -> dict[int, int]:
+    """Sidecar image id -> ground-truth image id, for files whose name is one (unique) GT ``file_name``."""
+    by_name: dict[str, list[int]] = {}
+    for img in gt["images"]:
+        by_name.setdefault(Path(img["file_name"]).name, []).append(img["id"])
+    remap = {}
+    for path, image_id in files.items():
+        found = by_name.get(Path(path).name, [])
+        if len(found) == 1:
+            remap[image_id] = found[0]
+    return remap
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class JsonListWriter:
-    """Writes a JSON list item by item into a temp file, renamed over ``path`` only when complete."""
+    """Writes a JSON list item by item into a temp file, renamed over ``path`` only when complete.
+
+    ``sha256`` is the digest of the file as written."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self.file = os.fdopen(fd, "w")
+        self._out = AtomicWriter(path)
         self.first = True
 
+    @property
+    def sha256(self) -> str:
+        return self._out.sha256
+
     def write(self, item: Any) -> None:
-        self.file.write(("[" if self.first else ",") + json.dumps(item))
+        self._out.write((("[" if self.first else ",") + json.dumps(item)).encode())
         self.first = False
 
     def __enter__(self) -> JsonListWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.file.write("[]" if self.first else "]")
-            self.file.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+        if exc_type is not None:
+            self._out.abort()
+            return
+        self._out.write(b"[]" if self.first else b"]")
+        self._out.commit()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -62,11 +62,22 @@ def class_aware_nms(
 ) -> torch.Tensor:
     """Box NMS within each class, ranked by ``ranking`` (SAM's predicted IoU in NTT).
 
+    Ties in ``ranking`` (common when SAM2's IoU head runs in bf16) are broken by candidate index, the lower
+    (earlier prompt) first, so the kept set and its order never depend on the sort's implementation.
+
     Returns:
         int64 indices of the kept candidates in descending ``ranking`` order, at most ``max_keep``.
     """
-    keep = batched_nms(boxes.float(), ranking.float(), labels, iou_thresh)
+    keep = batched_nms(boxes.float(), strict_ranks(ranking), labels, iou_thresh)
     return keep[:max_keep]
+
+
+def strict_ranks(ranking: torch.Tensor) -> torch.Tensor:
+    """Float scores with the order of ``ranking`` (descending) and ties broken by index: n - rank."""
+    order = torch.argsort(ranking.float(), descending=True, stable=True)
+    ranks = torch.empty(len(order), dtype=torch.float32, device=ranking.device)
+    ranks[order] = torch.arange(len(order), 0, -1, dtype=torch.float32, device=ranking.device)
+    return ranks
 
 
 def soft_merge_decay(

@@ -207,9 +207,18 @@ class Segmenter:
         seg = self.cfg.segment
         if seg.merge_resolution == "full" and len(cand.scores):
             # Faithful: IoS on full-resolution masks (scaled down only past a memory budget).
-            merge_masks = pp.upsample_logits(cand.logits, pp.merge_size(len(cand.scores), size))
-            nonempty = merge_masks.flatten(1).any(1)
-            cand, merge_masks = cand.take(nonempty), merge_masks[nonempty]
+            merge_at = pp.merge_size(len(cand.scores), size)
+            merge_masks = pp.upsample_logits(cand.logits, merge_at)
+            if merge_at == tuple(size):  # truly empty at full resolution: nothing to keep
+                nonempty = merge_masks.flatten(1).any(1)
+                cand, merge_masks = cand.take(nonempty), merge_masks[nonempty]
+            else:  # a mask that vanishes when scaled down is kept (IoS 0); its full-res crop decides
+                log.info(
+                    "soft merge of %d masks at %dx%d instead of %dx%d (memory budget)",
+                    len(cand.scores),
+                    *merge_at,
+                    *size,
+                )
         else:
             merge_masks = cand.logits > 0
         scores = cand.scores

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,45 @@ def test_runtime_flags_reach_the_config():
     assert (cfg.segment.batch_size, cfg.segment.points_batch_size, cfg.segment.prompt_mode) == (0, 64, "guided")
     plain = _config(build_parser().parse_args(["segment", "--bank", "b", "--images", "i", "-o", "o"]))
     assert (plain.model.compile, plain.segment.batch_size, plain.segment.points_batch_size) == (False, 1, 256)
+
+
+def test_results_never_pair_with_another_runs_sidecar(coco128, bank_path, tmp_path, capsys):
+    # A crash between writing the results and their sidecar must not let evaluate use a stale sidecar.
+    gt = coco128 / "annotations" / "instances_val2017.json"
+    preds = tmp_path / "preds.json"
+    args = ["segment", "--bank", str(bank_path), "--images", str(gt), "-o", str(preds)]
+    assert main(args + ["--max-images", "2"] + SMOKE) == 0
+    sidecar = tmp_path / "preds.meta.json"
+    old_sidecar = sidecar.read_bytes()
+    assert main(args + ["--max-images", "1"] + SMOKE) == 0
+    assert main(["evaluate", str(gt), str(preds)]) == 0
+    sidecar.write_bytes(old_sidecar)  # new results, old sidecar
+    capsys.readouterr()
+    assert main(["evaluate", str(gt), str(preds)]) == 2
+    assert "does not describe" in capsys.readouterr().err
+
+
+def test_folder_targets_keep_their_ids_and_evaluate_by_file_name(coco128, bank_path, tmp_path, monkeypatch):
+    import ntt.pipeline as pipeline
+
+    gt_data = json.loads((coco128 / "annotations" / "instances_val2017.json").read_text())
+    first, second, third = gt_data["images"][:3]
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    for img in (first, second):
+        shutil.copy(coco128 / "images" / "val2017" / img["file_name"], folder / img["file_name"])
+    shutil.copy(coco128 / "images" / "val2017" / third["file_name"], folder / "street.jpg")
+    third["file_name"] = "street.jpg"  # the ground truth knows that image by this name
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(gt_data))
+    preds = tmp_path / "preds.json"
+    assert main(["segment", "--bank", str(bank_path), "--images", str(folder), "-o", str(preds)] + SMOKE) == 0
+    meta = json.loads((tmp_path / "preds.meta.json").read_text())
+    # one odd name no longer renumbers the COCO-named files 1..N
+    by_name = {Path(p).name: i for p, i in meta["files"].items()}
+    assert by_name[first["file_name"]] == first["id"] and by_name[second["file_name"]] == second["id"]
+    assert by_name["street.jpg"] == max(first["id"], second["id"]) + 1
+    seen = {}
+    monkeypatch.setattr(pipeline, "evaluate_results", lambda g, r, cat_ids, img_ids: seen.update(ids=img_ids) or {})
+    pipeline.evaluate_files(gt, preds)
+    assert sorted(seen["ids"]) == sorted([first["id"], second["id"], third["id"]])

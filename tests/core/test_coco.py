@@ -1,4 +1,4 @@
-"""COCO edges: shot sampling, categories, mask decoding, results export, evaluation."""
+"""COCO edges: categories, mask decoding, results export, evaluation (shot sampling: test_sampling.py)."""
 
 from __future__ import annotations
 
@@ -12,144 +12,13 @@ from pycocotools import mask as mask_utils
 from ntt.coco import (
     annotation_mask,
     instances_to_results,
-    is_valid_shot,
     load_json,
-    sample_shots,
     select_categories,
     targets_from_dir,
 )
-from ntt.evaluation import METRICS, evaluate_results
+from ntt.evaluation import METRICS, evaluate_results, format_metrics
 from ntt.references import InvalidReferenceError
 from ntt.types import Instances
-
-# ---- is_valid_shot ---------------------------------------------------------------------------------
-
-IMAGE = {"id": 1, "width": 200, "height": 100}
-
-
-@pytest.mark.parametrize(
-    "bbox, iscrowd, valid",
-    [
-        pytest.param([10, 10, 32, 32], 0, True, id="smallest-valid-at-top-left-limits"),
-        pytest.param([50, 30, 60, 40], 0, True, id="valid"),
-        pytest.param([158, 58, 32, 32], 0, True, id="right-bottom-limits"),  # 190 = 200 - 10, 90 = 100 - 10
-        pytest.param([50, 30, 60, 40], 1, False, id="crowd"),
-        pytest.param([50, 30, 31.9, 40], 0, False, id="narrow"),
-        pytest.param([50, 30, 60, 31], 0, False, id="short"),
-        pytest.param([9.9, 30, 60, 40], 0, False, id="left-border"),
-        pytest.param([50, 9, 60, 40], 0, False, id="top-border"),
-        pytest.param([158.1, 30, 32, 40], 0, False, id="right-border"),  # x + w = 190.1
-        pytest.param([50, 58.5, 60, 32], 0, False, id="bottom-border"),  # y + h = 90.5
-        pytest.param([0, 0, 200, 100], 0, False, id="whole-image"),
-    ],
-)
-def test_is_valid_shot(bbox, iscrowd, valid):
-    assert bool(is_valid_shot({"bbox": bbox, "iscrowd": iscrowd}, IMAGE)) is valid
-
-
-def test_is_valid_shot_without_iscrowd_key():
-    assert is_valid_shot({"bbox": [50, 30, 60, 40]}, IMAGE)
-
-
-# ---- sample_shots ----------------------------------------------------------------------------------
-
-GOOD, BAD = [100, 100, 64, 64], [[100, 100, 20, 64], [2, 100, 64, 64], [100, 100, 64, 64]]
-
-
-def _coco():
-    """40 images of 640x480. cat (1): one valid annotation per image, two in images 0-9, plus invalid ones;
-    dog (2): 2 valid instances in 2 images; bird (3): only invalid instances; horse (4): no annotations."""
-    images = [{"id": i, "width": 640, "height": 480, "file_name": f"{i:06d}.jpg"} for i in range(40)]
-    anns = []
-
-    def add(image_id, cat, bbox, crowd=0):
-        anns.append(
-            {
-                "id": len(anns) + 1,
-                "image_id": image_id,
-                "category_id": cat,
-                "bbox": bbox,
-                "iscrowd": crowd,
-                "area": bbox[2] * bbox[3],
-            }
-        )
-
-    for i in range(40):
-        add(i, 1, GOOD)
-        if i < 10:
-            add(i, 1, [300, 200, 50, 50])  # a second valid cat in the same image
-        add(i, 1, BAD[i % 2])  # too narrow / at the border
-        add(i, 3, BAD[i % 2])
-    add(5, 1, GOOD, crowd=1)
-    add(7, 3, GOOD, crowd=1)
-    add(3, 2, GOOD)
-    add(4, 2, GOOD)
-    add(4, 2, [300, 200, 50, 50])  # same image as the previous dog
-    add(6, 2, BAD[0])
-    cats = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}, {"id": 4, "name": "horse"}]
-    return {"images": images, "annotations": anns, "categories": cats}
-
-
-def _valid(data, ann):
-    return is_valid_shot(ann, {im["id"]: im for im in data["images"]}[ann["image_id"]])
-
-
-def test_sample_shots_deterministic_and_seed_dependent():
-    data = _coco()
-    a = [x["id"] for x in sample_shots(data, [1], 5, seed=33, explicit=True)]
-    b = [x["id"] for x in sample_shots(data, [1], 5, seed=33, explicit=True)]
-    c = [x["id"] for x in sample_shots(data, [1], 5, seed=34, explicit=True)]
-    assert a == b
-    assert a != c  # 50 valid cats: two seeds giving the same 5 in the same order is ~1e-8
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_sample_shots_valid_one_per_image_stops_at_n(seed):
-    data = _coco()
-    picked = sample_shots(data, [1], 8, seed=seed, explicit=True)
-    assert len(picked) == 8
-    assert all(a["category_id"] == 1 for a in picked)
-    assert all(_valid(data, a) for a in picked)
-    assert len({a["image_id"] for a in picked}) == 8
-
-
-def test_sample_shots_one_per_image_even_when_asking_for_everything():
-    data = _coco()
-    picked = sample_shots(data, [1], 1000, seed=0, explicit=True)
-    # 50 valid cats in 40 images: at most one per image
-    assert len(picked) == 40
-    assert sorted(a["image_id"] for a in picked) == list(range(40))
-
-
-def test_sample_shots_several_classes_in_order():
-    data = _coco()
-    picked = sample_shots(data, [2, 1], 2, seed=1, explicit=True)
-    assert [a["category_id"] for a in picked] == [2, 2, 1, 1]
-    dogs = picked[:2]
-    assert {a["image_id"] for a in dogs} == {3, 4}
-
-
-def test_sample_shots_warns_when_short(caplog):
-    data = _coco()
-    with caplog.at_level(logging.WARNING):
-        picked = sample_shots(data, [2], 5, seed=0, explicit=True)
-    # dog: 3 valid annotations but two share image 4
-    assert len(picked) == 2
-    assert "dog (2)" in caplog.text and "fewer than 5" in caplog.text
-
-
-@pytest.mark.parametrize("cat, name", [(3, "bird"), (4, "horse")])
-def test_sample_shots_explicit_class_without_valid_instance_raises(cat, name):
-    with pytest.raises(InvalidReferenceError, match=name):
-        sample_shots(_coco(), [1, cat], 3, seed=0, explicit=True)
-
-
-def test_sample_shots_implicit_class_without_valid_instance_is_dropped(caplog):
-    with caplog.at_level(logging.WARNING):
-        picked = sample_shots(_coco(), [1, 3], 3, seed=0, explicit=False)
-    assert [a["category_id"] for a in picked] == [1, 1, 1]
-    assert "bird" in caplog.text
-
 
 # ---- select_categories -----------------------------------------------------------------------------
 
@@ -287,8 +156,9 @@ def test_instances_to_results_empty():
     "names, expected",
     [
         (["12.jpg", "3.png", "007.jpg", "notes.txt"], [(7, "007.jpg"), (12, "12.jpg"), (3, "3.png")]),
-        (["10.jpg", "a.jpg"], [(1, "10.jpg"), (2, "a.jpg")]),  # not all numeric: 1..N in name order
-        (["1.jpg", "01.png"], [(1, "01.png"), (2, "1.jpg")]),  # duplicate numeric ids: 1..N
+        # one odd file name must not renumber the others: it gets the next id after the largest
+        (["10.jpg", "a.jpg", "4.jpg"], [(10, "10.jpg"), (4, "4.jpg"), (11, "a.jpg")]),
+        (["1.jpg", "01.png"], [(1, "01.png"), (2, "1.jpg")]),  # a number taken twice: the second one gets a new id
         (["b.JPG", "a.webp"], [(1, "a.webp"), (2, "b.JPG")]),
         ([], []),
     ],
@@ -303,9 +173,10 @@ def test_targets_from_dir(tmp_path, names, expected):
 
 def test_load_json_ok(tmp_path):
     path = tmp_path / "a.json"
-    path.write_text(json.dumps({"images": [{"id": 1}]}))
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}]}))
     data = load_json(path)
-    assert data["images"] == [{"id": 1}] and data["annotations"] == [] and data["categories"] == []
+    assert data["images"] == [{"id": 1, "file_name": "a.jpg"}]
+    assert data["annotations"] == [] and data["categories"] == []
 
 
 @pytest.mark.parametrize(
@@ -432,3 +303,48 @@ def test_json_list_writer_leaves_nothing_when_interrupted(tmp_path):
             raise RuntimeError("killed")
     assert json.loads(path.read_text()) == [1], "the previous complete file is kept"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_evaluate_without_ground_truth_of_the_classes_warns_instead_of_zero(caplog):
+    gt, masks = _gt()
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluate_results(gt, _perfect(gt, masks), cat_ids=[99])
+    assert metrics == {t: dict.fromkeys(METRICS) for t in ("bbox", "segm")}
+    assert "no ground truth" in caplog.text
+    assert "n/a" in format_metrics(metrics)
+
+
+def test_evaluate_leaves_out_images_the_ground_truth_lacks(caplog):
+    gt, masks = _gt()
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluate_results(gt, _perfect(gt, masks), img_ids=[1, 2, 777])
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+    assert "1 segmented image(s) are not in the ground truth" in caplog.text
+
+
+def test_evaluate_loads_the_results_once(monkeypatch):
+    # Loading results is the costly part at COCO scale: one loadRes for both IoU types.
+    from pycocotools.coco import COCO
+
+    calls = []
+    original = COCO.loadRes
+    monkeypatch.setattr(COCO, "loadRes", lambda self, res: calls.append(1) or original(self, res))
+    gt, masks = _gt()
+    evaluate_results(gt, _perfect(gt, masks))
+    assert len(calls) == 1
+
+
+def test_repeated_annotation_ids_in_ground_truth_are_renumbered(tmp_path, caplog):
+    # COCO128's val file repeats some annotation ids across images; pycocotools indexes annotations by id,
+    # so without renumbering one image's cat is silently replaced by another's and perfect results lose AP.
+    gt, masks = _gt()
+    gt["annotations"][2]["id"] = gt["annotations"][0]["id"]  # image 2's cat reuses image 1's id
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    with caplog.at_level(logging.WARNING):
+        loaded = load_json(path, kind="ground truth")
+    assert "1 annotation id(s) repeat" in caplog.text
+    assert len({a["id"] for a in loaded["annotations"]}) == 4
+    assert evaluate_results(loaded, _perfect(gt, masks))["segm"]["AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="duplicate annotation id"):
+        load_json(path, kind="references")

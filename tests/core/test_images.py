@@ -56,6 +56,14 @@ def test_sixteen_bit_keeps_its_dynamic_range(odd_images):
     assert np.array_equal(arr[..., 0], arr[..., 2])
 
 
+@pytest.mark.parametrize("suffix", ["png", "tif"])
+def test_dark_sixteen_bit_image_is_scaled_as_sixteen_bit(tmp_path, suffix):
+    # Every value fits in 8 bits, but the file is 16-bit: 0..200 of 65535 is nearly black, not 0..200 of 255.
+    g16 = Image.fromarray(np.linspace(0, 200, 600).astype(np.uint16).reshape(20, 30))
+    arr = load_image(_save(tmp_path / f"dark16.{suffix}", g16))
+    assert arr.max() == 0
+
+
 def test_exif_rotation_is_applied(tmp_path):
     img = np.zeros((10, 40, 3), np.uint8)
     img[:, :5] = 255  # a white stripe on the left

@@ -13,6 +13,7 @@ MODULES = [
     "ntt.segmenter",
     "ntt.references",
     "ntt.coco",
+    "ntt.sampling",
     "ntt.evaluation",
     "ntt.pipeline",
     "ntt.cli",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from oracle_scenes import CATEGORIES, OracleEncoder, OracleProposer, draw_scene, write_coco
 
-from ntt import coco, pipeline
+from ntt import coco, pipeline, sampling
 from ntt.bank import MemoryBank
 from ntt.cli import main
 from ntt.config import get_config
@@ -45,7 +45,7 @@ def _run(scenes, tmp_path, **segment):
     cfg = get_config("paper", {"model": {"device": "cpu"}, "segment": segment})
     encoder, proposer = OracleEncoder(), OracleProposer()
     data = coco.load_json(scenes["refs"])
-    anns = coco.all_annotations(data, coco.select_categories(data, None), explicit=False)
+    anns = sampling.all_annotations(data, coco.select_categories(data, None), explicit=False)
     refs = coco.references_from_coco(data, scenes["root"], anns, box_only=False)
     bank = build_bank(refs, cfg, encoder=encoder)
     bank = MemoryBank.load(bank.save(tmp_path / "bank.safetensors"))

@@ -98,3 +98,32 @@ def test_postprocessing_invariants(scene):
     assert ((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all()
     for crop in inst.crops:
         assert crop.any(axis=0)[[0, -1]].all() and crop.any(axis=1)[[0, -1]].all(), "tight, non-empty masks"
+
+
+def test_reduced_merge_resolution_never_drops_a_small_mask(monkeypatch):
+    # Past the memory budget the soft merge runs at a reduced resolution; a small mask that vanishes there
+    # must still reach the output (its full-resolution crop decides), as it does without the budget.
+    import ntt.postprocess as pp
+
+    m = 16
+    logits = torch.full((2, m, m), -10.0)
+    logits[0, 2:14, 2:14] = 10.0  # a large mask
+    logits[1, 7, 7] = 10.0  # one low-res cell: a few pixels at full resolution, nothing at 1/8
+    ious = torch.tensor([0.9, 0.8])
+    tokens = torch.ones(4, 4, DIM)
+    bank = MemoryBank(
+        classes=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        shot_features=np.stack([np.ones(DIM), -np.ones(DIM)]).astype(np.float32),
+        shot_class_ids=[1, 2],
+        shots=[{"annotation_id": 1}, {"annotation_id": 2}],
+        encoder={"name": "fake", "image_size": 56, "weights": "fake", "dim": DIM},
+    )
+    cfg = get_config("paper", {"model": {"device": "cpu"}, "segment": {"nms_thresh": 1.0}})
+    seg = Segmenter(bank, cfg, proposer=_Proposer(logits, ious, m), encoder=_Encoder(tokens))
+    image = np.zeros((160, 160, 3), np.uint8)
+    full = seg.predict([image])[0]
+    monkeypatch.setattr(pp, "merge_size", lambda n, size: (size[0] // 8, size[1] // 8))
+    reduced = seg.predict([image])[0]
+    assert len(full) == 2
+    assert len(reduced) == len(full)
+    np.testing.assert_array_equal(np.sort(reduced.boxes, axis=0), np.sort(full.boxes, axis=0))
