@@ -20,16 +20,14 @@ from .types import Instances, Reference
 log = logging.getLogger(__name__)
 
 
-def load_json(path: str | Path, kind: str = "targets") -> dict[str, Any]:
-    """Read and check a COCO instance JSON (``ntt.coco_check``): one ``CocoFormatError`` naming the file,
-    entry and field for anything malformed.
+def load_json(path: str | Path, kind: str = "references") -> dict[str, Any]:
+    """Read and check a COCO instance JSON (``ntt.coco_check.check_instances``): one ``CocoFormatError``
+    naming the file, entry and field for anything malformed.
 
     Args:
-        kind: "references" or "ground truth" need image sizes; "targets" only ids and file names. Repeated
-            annotation ids are an error in references (they name shots) and renumbered otherwise.
+        kind: "references", "ground truth" or "targets" (only the images are checked and used).
     """
-    data = read_json(path)
-    return check_instances(data, path, need_sizes=kind != "targets", renumber_duplicates=kind != "references")
+    return check_instances(read_json(path), path, kind)
 
 
 def load_json_file(path: str | Path) -> Any:

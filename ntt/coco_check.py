@@ -37,14 +37,16 @@ def read_json(path: str | Path) -> Any:
         raise CocoFormatError(f"{path}: JSON nested too deeply to be a COCO file") from err
 
 
-def check_instances(data: Any, path: str | Path, need_sizes: bool, renumber_duplicates: bool = False) -> dict[str, Any]:
+def check_instances(data: Any, path: str | Path, kind: str = "references") -> dict[str, Any]:
     """Check a COCO instance JSON and return it with ``annotations`` / ``categories`` defaulted to [].
 
     Args:
-        need_sizes: images must carry ``width`` and ``height`` (references and ground truth need them).
-        renumber_duplicates: give annotations whose id repeats a new id (with a warning) instead of
-            refusing the file. Right for ground truth: pycocotools indexes annotations by id, so a repeated
-            id silently swaps one image's object for another's; wrong for references, whose ids name shots.
+        kind: what the file is used for.
+            "references": everything is checked; a repeated annotation id is an error (ids name shots).
+            "ground truth": the same, but an annotation whose id repeats an earlier one gets a new id (with a
+            warning): pycocotools indexes annotations by id, so a repeated id silently swaps one image's
+            object for another's.
+            "targets": only the images are read (ids, file names), so only they are checked.
     Raises:
         CocoFormatError: the first problem found, e.g. ``annotations[12] (id 7): category_id must be an
             integer, got '3'``.
@@ -56,9 +58,12 @@ def check_instances(data: Any, path: str | Path, need_sizes: bool, renumber_dupl
         data.setdefault(key, [])
         if not isinstance(data[key], list):
             raise CocoFormatError(f"{where}: '{key}' must be a list, got {type(data[key]).__name__}")
-    images = _check_images(data["images"], where, need_sizes)
-    categories = _check_categories(data["categories"], where)
-    _check_annotations(data["annotations"], where, images, categories, renumber_duplicates)
+    if kind not in ("references", "ground truth", "targets"):
+        raise ValueError(f"unknown kind of COCO file {kind!r}")
+    images = _check_images(data["images"], where, need_sizes=kind != "targets")
+    if kind != "targets":
+        categories = _check_categories(data["categories"], where)
+        _check_annotations(data["annotations"], where, images, categories, renumber=kind == "ground truth")
     return data
 
 

@@ -117,7 +117,7 @@ def _targets(images: str, image_root: str | None) -> list[tuple[int, Path]]:
     if path.is_dir():
         return coco.targets_from_dir(path)
     if path.suffix.lower() == ".json":
-        data = coco.load_json(path)
+        data = coco.load_json(path, kind="targets")
         return coco.targets_from_json(data, coco.resolve_image_root(path, image_root, data))
     raise FileNotFoundError(f"{images}: neither a folder of images nor a COCO JSON")
 

@@ -174,7 +174,7 @@ def test_targets_from_dir(tmp_path, names, expected):
 def test_load_json_ok(tmp_path):
     path = tmp_path / "a.json"
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}]}))
-    data = load_json(path)
+    data = load_json(path, kind="targets")
     assert data["images"] == [{"id": 1, "file_name": "a.jpg"}]
     assert data["annotations"] == [] and data["categories"] == []
 

@@ -49,7 +49,7 @@ def _run(scenes, tmp_path, **segment):
     refs = coco.references_from_coco(data, scenes["root"], anns, box_only=False)
     bank = build_bank(refs, cfg, encoder=encoder)
     bank = MemoryBank.load(bank.save(tmp_path / "bank.safetensors"))
-    gt = coco.load_json(scenes["gt"])
+    gt = coco.load_json(scenes["gt"], kind="ground truth")
     targets = coco.targets_from_json(gt, scenes["root"])
     segmenter = Segmenter(bank, cfg, proposer=proposer, encoder=encoder)
     preds = tmp_path / "preds.json"
@@ -70,7 +70,7 @@ def test_oracle_scenes_reach_near_perfect_ap(scenes, tmp_path):
 def test_oracle_true_masks_come_first(scenes, tmp_path):
     """Per image, the top-scored detections are the true instances with the right classes."""
     _, preds = _run(scenes, tmp_path)
-    gt = coco.load_json(scenes["gt"])
+    gt = coco.load_json(scenes["gt"], kind="ground truth")
     for image in gt["images"]:
         truth = sorted(a["category_id"] for a in gt["annotations"] if a["image_id"] == image["id"])
         mine = sorted(preds_for(preds, image["id"]), key=lambda p: -p["score"])[: len(truth)]
