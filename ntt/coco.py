@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .coco_check import check_instances, check_results, read_json
+from .coco_check import category_names, check_instances, check_results, read_json
 from .geometry import xyxy_to_xywh
 from .images import list_images
 from .references import InvalidReferenceError
@@ -56,10 +56,6 @@ def resolve_image_root(json_path: str | Path, image_root: str | Path | None, dat
         if first is None or (root / first).is_file():
             return root
     raise FileNotFoundError(f"cannot find the images of {json_path}; pass their folder with --images")
-
-
-def category_names(data: dict) -> dict[int, str]:
-    return {int(c["id"]): str(c["name"]) for c in data["categories"]}
 
 
 def select_categories(data: dict, classes: list[str] | None) -> list[int]:

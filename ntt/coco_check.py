@@ -154,6 +154,11 @@ def _check_segmentation(seg: Any, entry: str) -> None:
     raise CocoFormatError(f"{entry}: segmentation must be polygons or an RLE dict, got {type(seg).__name__}")
 
 
+def category_names(data: dict) -> dict[int, str]:
+    """Category id -> name of a (checked) COCO instance JSON."""
+    return {int(c["id"]): str(c["name"]) for c in data["categories"]}
+
+
 def check_results(results: Any, path: str | Path) -> list[dict[str, Any]]:
     """Check a COCO results list (``image_id``, ``category_id``, ``score``, ``bbox``; ``segmentation`` RLE)."""
     where = Path(path)

@@ -21,6 +21,8 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 
+from .coco_check import category_names
+
 log = logging.getLogger(__name__)
 
 # COCO-FSOD's 20 novel classes = the 20 PASCAL VOC classes, in COCO names.
@@ -73,10 +75,6 @@ def _invalid_reference(message: str) -> Exception:
     return InvalidReferenceError(message)
 
 
-def _category_names(data: dict) -> dict[int, str]:
-    return {int(c["id"]): str(c["name"]) for c in data["categories"]}
-
-
 def split_category_ids(data: dict, split: str) -> list[int]:
     """Category ids of a named split in this file.
 
@@ -86,7 +84,7 @@ def split_category_ids(data: dict, split: str) -> list[int]:
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (known: {', '.join(sorted(SPLITS))})")
-    by_name = {name.strip().lower(): cid for cid, name in _category_names(data).items()}
+    by_name = {name.strip().lower(): cid for cid, name in category_names(data).items()}
     found, missing = [], []
     for name in SPLITS[split]:
         twins = (name, VOC_TO_COCO.get(name), COCO_TO_VOC.get(name))
@@ -163,7 +161,7 @@ def sample_shots(data: dict, cat_ids: Sequence[int], shots: int, seed: int, expl
     rng = random.Random(seed)
     images = {img["id"]: img for img in data["images"]}
     pools = annotations_by_class(data)
-    names = _category_names(data)
+    names = category_names(data)
     picked, counts = [], {names.get(cid, str(cid)): 0 for cid in cat_ids}
     for cid in class_order(data, cat_ids):
         chosen = draw_class(pools[cid], images, int(shots), rng)
@@ -190,7 +188,7 @@ def report_shortfall(counts: dict[str, int], wanted: int, explicit: bool) -> Non
 
 def all_annotations(data: dict, cat_ids: Sequence[int], explicit: bool) -> list[dict]:
     """Every non-crowd annotation of the chosen categories (each one is a shot), in file order."""
-    names = _category_names(data)
+    names = category_names(data)
     wanted = set(cat_ids)
     anns = [a for a in data["annotations"] if a["category_id"] in wanted and not a.get("iscrowd", 0)]
     present = {a["category_id"] for a in anns}
