@@ -64,13 +64,13 @@ def _flags_config(args: argparse.Namespace, segment: dict | None = None) -> NTTC
 
 
 def _positive_int(text: str) -> int:
-    """argparse type of --shots: a whole number >= 1."""
+    """argparse type of counts (--shots, --max-images, ...): a whole number >= 1."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 reference per class (got {value})")
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
     return value
 
 
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True, help="folder of images, or a COCO JSON listing the targets")
     s.add_argument("--image-root", default=None, help="folder of the JSON's images (default: found from the JSON)")
     s.add_argument("-o", "--output", required=True, help="COCO results JSON to write")
-    s.add_argument("--max-images", type=_count, default=None, help="only the first N targets")
+    s.add_argument("--max-images", type=_positive_int, default=None, help="only the first N targets")
     s.add_argument("--score-thresh", type=float, default=None, help="drop detections below this score")
     s.add_argument("--max-instances", type=int, default=None, help="detections per image (default 100)")
     s.add_argument("--points-per-side", type=int, default=None, help="prompt grid side (default 32)")
@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("benchmark", help="time every stage on real images (optionally vs the faithful mode)")
     k.add_argument("--images", default=None, help="folder of images (default: COCO128 val of the shared data)")
-    k.add_argument("--max-images", type=_count, default=10, help="images to time (default 10)")
-    k.add_argument("--classes", type=_count, default=20, help="classes in the (random) bank (default 20)")
+    k.add_argument("--max-images", type=_positive_int, default=10, help="images to time (default 10)")
+    k.add_argument("--classes", type=_positive_int, default=20, help="classes in the (random) bank (default 20)")
     k.add_argument("--points-per-side", type=int, default=None, help="prompt grid side")
     k.add_argument("--prompt-mode", default=None, choices=["grid", "guided"], help="dense grid or DINOv2-guided")
     k.add_argument("--force-candidates", action="store_true", help="also run the worst case: every mask kept")
@@ -181,17 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def _count(text: str) -> int:
-    """argparse type of counts such as --max-images: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
