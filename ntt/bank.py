@@ -230,7 +230,7 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"][_META_KEY])
-    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError) as err:
+    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as err:
         raise BankError(f"{path}: not a valid ntt bank file ({type(err).__name__}: {err})") from err
     if not isinstance(meta, dict):
         raise BankError(f"{path}: not a valid ntt bank file (its metadata is not a JSON object)")

@@ -8,7 +8,6 @@ warning in the form (``dependency_problem``) instead of the plugin silently vani
 from __future__ import annotations
 
 import json
-import re
 
 import fiftyone as fo
 import fiftyone.operators.types as types
@@ -23,8 +22,7 @@ PRESET_LABELS = {
     "smoke": "Smoke: tiny inputs (tests only; meaningless without real weights)",
 }
 NO_BANK = "This dataset has no NTT bank yet: build one ('NTT: build memory bank')."
-DEVICES = {"auto": "Auto (GPU when present)", "cpu": "CPU", "cuda": "GPU (cuda, or cuda:N)"}
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICES = {"auto": "Auto (this machine's GPU when present)", "cpu": "CPU", "cuda": "GPU (cuda, or cuda:N)"}
 
 
 def sdk():
@@ -176,10 +174,7 @@ def model_inputs(inputs, ctx, default_preset: str = "paper", same_as_bank: bool 
     for key in ([SAME_AS_BANK] if same_as_bank else []) + list(PRESETS):
         presets.add_choice(key, label=PRESET_LABELS.get(key, key))
     inputs.enum("preset", presets.values(), label="Models", default=default_preset, view=presets)
-    devices = types.AutocompleteView()
-    for key, label in DEVICES.items():
-        devices.add_choice(key, label=label)
-    inputs.str("device", label="Device", default="auto", view=devices)
+    device_input(inputs)
     inputs.bool("advanced", label="Advanced settings (JSON overrides)", default=False)
     if param(ctx, "advanced", False):
         inputs.str(
@@ -189,23 +184,50 @@ def model_inputs(inputs, ctx, default_preset: str = "paper", same_as_bank: bool 
             description='e.g. {"model": {"dtype": "bf16"}, "segment": {"points_per_side": 16}}',
             view=types.CodeView(language="json"),
         )
-    return settings_problem(ctx)
+    return settings_problem(ctx, inputs)
 
 
-def settings_problem(ctx) -> str | None:
+def device_input(inputs) -> None:
+    """The device choice: "auto" is the machine that runs the operation, never the one a bank was built on."""
+    devices = types.AutocompleteView()
+    for key, label in DEVICES.items():
+        devices.add_choice(key, label=label)
+    inputs.str("device", label="Device", default="auto", view=devices)
+
+
+def settings_problem(ctx, inputs=None) -> str | None:
     """Why the preset / device / config overrides cannot make a valid configuration, else None."""
     from ntt.config import ConfigError, make_config
 
-    device = param(ctx, "device", "auto")
-    if not _DEVICE.fullmatch(str(device)):
-        return f"Unknown device '{device}': use auto, cpu, cuda or cuda:N."
     try:
         overrides = config_overrides(ctx)
         preset = param(ctx, "preset", "paper")
-        make_config("paper" if preset == SAME_AS_BANK else preset, overrides, None)
+        cfg = make_config("paper" if preset == SAME_AS_BANK else preset, overrides, device(ctx))
     except (ConfigError, ValueError) as err:
         return f"Invalid settings: {err}"
+    return device_problem(ctx, cfg.model.device, inputs)
+
+
+def device_problem(ctx, name: str, inputs=None) -> str | None:
+    """Why ``name`` is not a device of this machine (the message lists the ones it has), else None.
+
+    A GPU this machine lacks is only a notice for a background run: another machine may run it."""
+    from ntt.config import ConfigError
+    from ntt.devices import resolve_device
+
+    try:
+        resolve_device(name)
+    except ConfigError as err:
+        if not (delegating(ctx) and str(name).strip().lower().startswith("cuda")):
+            return f"Invalid settings: {err}"
+        if inputs is not None:
+            inputs.view("device_note", types.Notice(label=f"{err}: the machine running it must have it"))
     return None
+
+
+def delegating(ctx) -> bool:
+    """Whether this run is (asked to be) delegated to a background worker."""
+    return bool(ctx.params.get("delegate")) or bool(getattr(ctx, "requesting_delegated_execution", False))
 
 
 def config_overrides(ctx) -> dict | None:
@@ -224,7 +246,8 @@ def config_overrides(ctx) -> dict | None:
 
 
 def device(ctx) -> str | None:
-    """The device param for the SDK: None for "auto" (the preset's own setting)."""
+    """The device param for the SDK: None for "auto", which the SDK resolves on the machine running the
+    operation (the config overrides' device when they set one; never the device a bank was built on)."""
     value = param(ctx, "device", "auto")
     return None if value == "auto" else value
 

@@ -22,6 +22,7 @@ from .banks import (
     load_bank,
     rename_bank,
 )
+from .checks import check_segment_args
 from .evaluate import evaluate
 from .references import (
     DEFAULT_TAG,
@@ -32,7 +33,7 @@ from .references import (
     unmark_references,
     without_references,
 )
-from .segment import segment, to_detections
+from .segment import segment, segment_targets, to_detections
 
 __all__ = [
     "DEFAULT_TAG",
@@ -41,6 +42,7 @@ __all__ = [
     "bank_dir",
     "build_bank",
     "check_bank_name",
+    "check_segment_args",
     "collect_references",
     "delete_bank",
     "evaluate",
@@ -51,6 +53,7 @@ __all__ = [
     "reference_ids",
     "rename_bank",
     "segment",
+    "segment_targets",
     "to_detections",
     "unmark_references",
     "without_references",

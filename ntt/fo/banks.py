@@ -1,48 +1,24 @@
 """Named memory banks stored with a dataset: a FiftyOne custom run (config, classes, shot provenance)
-plus the bank file on disk (``$NTT_BANK_DIR``, default ``~/.cache/ntt/banks/<dataset>/<name>.safetensors``)."""
+plus the bank file on disk (``$NTT_BANK_DIR/<dataset id>/<uuid>.safetensors``, see ``store``)."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
-from ..bank import MemoryBank
+from ..bank import BankError, MemoryBank
 from ..config import NTTConfig, make_config
 from ..references import build_bank as build_memory_bank
+from . import store
+from .checks import check_device, settings_here, shot_sample_ids
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references
+from .store import bank_dir, schema_lock  # noqa: F401 - re-exported: a dataset's bank folder and lock
 
+log = logging.getLogger(__name__)
 RUN_TYPE = "ntt_bank"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def bank_dir(dataset_name: str) -> Path:
-    """Folder of a dataset's bank files (``$NTT_BANK_DIR/<dataset>``, default ~/.cache/ntt/banks)."""
-    root = Path(os.environ.get("NTT_BANK_DIR") or Path.home() / ".cache" / "ntt" / "banks")
-    return root / re.sub(r"[^A-Za-z0-9_.-]", "_", dataset_name)
-
-
-@contextlib.contextmanager
-def schema_lock(dataset):
-    """Hold an exclusive per-dataset file lock and reload the dataset, so its schema is fresh inside.
-
-    FiftyOne saves a dataset's field list as a whole (``$set`` of the list), so two processes adding
-    fields to one dataset at once can drop each other's field. Every schema change ntt makes (declaring
-    an output field, recording its bank, registering a bank run) runs under this lock, so concurrent ntt
-    runs on one machine keep every field (processes on different machines are not covered).
-    """
-    folder = bank_dir(dataset.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".schema.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            dataset.reload()
-            yield dataset
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_bank_name(name: str) -> str:
@@ -63,6 +39,15 @@ def _require(coll, name: str) -> None:
         raise NTTFiftyOneError(f"no bank named {name!r} on dataset {coll._dataset.name!r} (banks: {known})")
 
 
+def _check_free(coll, name: str, overwrite: bool) -> None:
+    """A new bank may not replace another run (not ours), nor a bank unless ``overwrite``."""
+    check_bank_name(name)
+    if name in coll._dataset.list_runs() and name not in list_banks(coll):
+        raise NTTFiftyOneError(f"{name!r} is a run of this dataset that is not an NTT bank: choose another name")
+    if name in list_banks(coll) and not overwrite:
+        raise NTTFiftyOneError(f"a bank named {name!r} exists; pass overwrite=True to replace it")
+
+
 def get_bank_info(coll, name: str) -> dict[str, Any]:
     """The stored description of a bank: classes, shots per class, encoder, label field, tag, file, time."""
     _require(coll, name)
@@ -74,11 +59,21 @@ def get_bank_info(coll, name: str) -> dict[str, Any]:
 
 
 def load_bank(coll, name: str) -> MemoryBank:
-    """Load the bank file of a named bank."""
-    path = Path(get_bank_info(coll, name)["bank_path"])
+    """Load and verify the file of a named bank.
+
+    Raises:
+        NTTFiftyOneError: the file is missing, unreadable, corrupted, or holds another bank.
+    """
+    info = get_bank_info(coll, name)
+    path = Path(info["bank_path"])
     if not path.is_file():
         raise NTTFiftyOneError(f"bank {name!r}: its file {path} is missing; rebuild the bank")
-    bank = MemoryBank.load(path)
+    try:
+        bank = MemoryBank.load(path)
+    except BankError as err:
+        raise NTTFiftyOneError(f"bank {name!r}: {err}; rebuild the bank") from err
+    if info.get("fingerprint") not in (None, bank.fingerprint):
+        raise NTTFiftyOneError(f"bank {name!r}: its file {path} holds another bank's content; rebuild the bank")
     bank.info["name"] = name
     return bank
 
@@ -101,65 +96,108 @@ def build_bank(
         name: the bank's name (a run key: letters, digits, underscores).
         label_field: the ``Detections`` field holding the reference instances (masks, or boxes only).
         preset / config / device: model settings: a preset name, then an ``NTTConfig`` (used as is) or a
-            dict of per-section overrides such as ``{"model": {"dtype": "bf16"}}``.
-        overwrite: replace an existing bank of that name.
+            dict of per-section overrides such as ``{"model": {"dtype": "bf16"}}``; ``device`` ("auto",
+            "cpu", "cuda", "cuda:N") is checked against this machine before anything runs.
+        overwrite: replace an existing bank of that name (its old file is removed once replaced).
         progress: optional callback ``(fraction, label)``.
     """
-    check_bank_name(name)
-    if name in list_banks(coll) and not overwrite:
-        raise NTTFiftyOneError(f"a bank named {name!r} exists; pass overwrite=True to replace it")
+    _check_free(coll, name, overwrite)
     cfg = make_config(preset, config, device)
+    check_device(cfg)
     refs = collect_references(coll, label_field, tag)
     bank = build_memory_bank(refs, cfg, progress=progress)
-    _store(coll._dataset, name, bank, label_field, tag, cfg, overwrite=True)
+    _store(coll._dataset, name, bank, label_field, tag, cfg)
     return bank
 
 
-def add_references(coll, name: str, label_field: str | None = None, tag: str = DEFAULT_TAG, progress=None):
-    """Add the reference instances of ``coll`` to an existing bank (the other shots are not recomputed;
-    shots already in the bank are skipped). Returns the updated bank."""
+def add_references(
+    coll,
+    name: str,
+    label_field: str | None = None,
+    tag: str | None = None,
+    device: str | None = None,
+    progress=None,
+) -> MemoryBank:
+    """Encode the reference instances of ``coll`` that are not in the bank yet and add them to it.
+
+    Shots already in the bank (same sample and label id) are left out before anything is encoded; when
+    nothing new remains, the bank is returned unchanged and no model is loaded. New shots are encoded with
+    the bank's own models, on ``device`` (default "auto": this machine's GPU when present, not the device
+    the bank was built on). ``label_field`` and ``tag`` default to the bank's. Returns the (updated) bank.
+    """
     info = get_bank_info(coll, name)
     bank = load_bank(coll, name)
-    cfg = NTTConfig.from_dict(info["config"])
+    cfg = settings_here(info["config"], device=device)
+    check_device(cfg)
     field = label_field or info["label_field"]
-    refs = collect_references(coll, field, tag, class_ids=dict(zip(bank.class_names, bank.class_ids)))
-    merged = bank.add(build_memory_bank(refs, cfg, progress=progress))
-    _store(coll._dataset, name, merged, field, tag, cfg, overwrite=True)
+    refs = collect_references(coll, field, tag or info["tag"], class_ids=dict(zip(bank.class_names, bank.class_ids)))
+    have = {(str(s.get("image_id")), str(s.get("annotation_id"))) for s in bank.shots}
+    new = [r for r in refs if (str(r.image_id), str(r.annotation_id)) not in have]
+    if not new:
+        message = f"bank {name!r}: all {len(refs)} reference(s) are in the bank already; nothing to add"
+        log.info(message)
+        if progress:
+            progress(1.0, "Nothing new to encode: every reference is in the bank already")
+        return bank
+    log.info("bank %r: encoding %d new reference(s), %d already in it", name, len(new), len(refs) - len(new))
+    merged = bank.add(build_memory_bank(new, cfg, progress=progress))
+    _store(coll._dataset, name, merged, field, info["tag"], cfg)
     return merged
 
 
 def rename_bank(coll, name: str, new_name: str) -> None:
-    """Rename a bank (its file keeps its path)."""
+    """Rename a bank: only its record changes (its file name is unique, so no other bank can take it)."""
     _require(coll, name)
     check_bank_name(new_name)
-    if new_name in list_banks(coll):
-        raise NTTFiftyOneError(f"a bank named {new_name!r} exists already")
-    coll._dataset.rename_run(name, new_name)
+    if new_name in coll._dataset.list_runs():
+        raise NTTFiftyOneError(f"a bank or run named {new_name!r} exists already")
+    with schema_lock(coll._dataset) as dataset:
+        dataset.rename_run(name, new_name)
 
 
 def delete_bank(coll, name: str, delete_file: bool = True) -> None:
-    """Delete a bank from the dataset and, by default, its file."""
-    path = Path(get_bank_info(coll, name)["bank_path"])
-    coll._dataset.delete_run(name)
-    if delete_file and path.is_file() and path.parent == bank_dir(coll._dataset.name):
-        path.unlink()
+    """Delete a bank from the dataset and, by default, its file (kept while a cloned dataset's bank still
+    points at it)."""
+    path = get_bank_info(coll, name)["bank_path"]
+    with schema_lock(coll._dataset) as dataset:
+        dataset.delete_run(name)
+    if delete_file:
+        store.release(path, _records(path))
 
 
-def _store(dataset, name: str, bank: MemoryBank, label_field: str, tag: str, cfg: NTTConfig, overwrite: bool):
-    path = bank.save(bank_dir(dataset.name) / f"{name}.safetensors")
+def _records(path: str | Path) -> int:
+    """How many bank runs, in any dataset, point at ``path`` (clones copy their source's runs)."""
+    import fiftyone.core.odm as foo
+
+    return foo.get_db_conn().runs.count_documents({"config.bank_path": str(path)})
+
+
+def _store(dataset, name: str, bank: MemoryBank, label_field: str, tag: str, cfg: NTTConfig) -> None:
+    """Write the bank to a new file, point the record at it, then remove the previous file: the record never
+    points at a missing or half-written file, and no other bank's file is touched."""
+    old = get_bank_info(dataset, name)["bank_path"] if name in list_banks(dataset) else None
+    path = bank.save(store.new_bank_path(dataset))
     config = dataset.init_run(
         ntt_type=RUN_TYPE,
         bank_path=str(path),
+        fingerprint=bank.fingerprint,
         label_field=label_field,
         tag=tag,
         classes=bank.class_names,
         class_ids=bank.class_ids,
         shots_per_class=bank.shots_per_class(),
         num_shots=len(bank.shots),
+        shot_sample_ids=shot_sample_ids(bank.shots),
         encoder=bank.encoder,
         config=cfg.to_dict(),
     )
-    with schema_lock(dataset):
-        dataset.register_run(name, config, overwrite=overwrite)
-        dataset.save_run_results(name, dataset.init_run_results(name, shots=bank.shots))
+    try:
+        with schema_lock(dataset):
+            dataset.register_run(name, config, overwrite=True)
+            dataset.save_run_results(name, dataset.init_run_results(name, shots=bank.shots))
+    finally:
+        if not _records(path):  # the run was not recorded: the new file is nobody's
+            store.release(path, 0)
+    if old is not None and old != str(path):
+        store.release(old, _records(old))
     bank.info["name"] = name

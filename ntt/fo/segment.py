@@ -9,11 +9,13 @@ from typing import Any
 import fiftyone as fo
 
 from ..bank import MemoryBank
-from ..config import NTTConfig, layered, make_config
+from ..config import NTTConfig, make_config
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
 from ..types import Instances
-from .banks import get_bank_info, load_bank, schema_lock
+from .banks import get_bank_info, load_bank
+from .checks import check_segment_args, check_settings, check_usable, settings_here
+from .provenance import Source, declare_field, record_done, recorded
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
 
 Progress = Callable[[float, str], None]
@@ -53,69 +55,116 @@ def segment(
 
     Results are written after every batch, so a stopped run keeps what it finished; re-run with
     ``skip_existing=True`` to continue where it stopped. Samples whose media is missing or unreadable are
-    skipped and reported; every other sample gets a (possibly empty) ``Detections``.
+    skipped and reported; every other sample gets a (possibly empty) ``Detections``. Every argument is
+    checked before any model loads or any field is created. The field's ``info`` records the bank (see
+    ``provenance``) as soon as segmenting starts.
 
     Args:
         bank: the name of a bank stored with the dataset, or a ``MemoryBank``.
+        score_thresh / class_thresholds: scores in [0, 1]; ``class_thresholds`` names bank classes.
+        max_instances: >= 1 per image; batch_size: >= 0 (0: fit to the GPU's memory).
         preset / config / device: model settings as in ``build_bank``. Without ``preset``, a named
             bank's own settings are used (so a random-weights bank segments with random weights), with
             ``config`` given as a dict (``{"segment": {"prompt_mode": "guided"}}``) layered on them.
-            The DINOv2 encoder is always the bank's.
+            The DINOv2 encoder is always the bank's. ``device`` defaults to "auto" (this machine), never
+            the device the bank was built on.
         skip_existing: only segment samples whose ``label_field`` is unset.
         overwrite: allow replacing existing labels (otherwise existing labels are an error).
-        exclude_references: leave out the reference samples (default; they would match themselves).
+        exclude_references: leave out the reference samples (default; they would match themselves): the
+            bank's shot samples and the samples tagged ``tag``.
         tag: the reference tag (default: the bank's, else ``ntt_ref``).
     Returns:
         a summary: ``samples`` (in the target view), ``labelled``, ``instances``, ``per_class``,
         ``skipped`` (``[{"id", "filepath", "reason"}]``).
     """
     check_collection(coll)
-    bank, bank_name, tag, stored = _resolve_bank(coll, bank, tag)
-    view = _target_view(coll, label_field, tag, skip_existing, overwrite, exclude_references)
-    overrides = {
-        "score_thresh": score_thresh,
-        "class_thresholds": class_thresholds,
-        "max_instances": max_instances,
-        "batch_size": batch_size,
-    }
-    if preset is None and stored and not isinstance(config, NTTConfig):
-        cfg = make_config(config=layered(stored, config), device=device)
-    else:
-        cfg = make_config(preset or "paper", config, device)
+    check_segment_args(score_thresh, class_thresholds, max_instances, batch_size)
+    source = _resolve_bank(coll, bank, tag)
+    check_usable(source.bank, source.name)
+    cfg = _settings(source, preset, config, device)
+    overrides = dict(score_thresh=score_thresh, class_thresholds=class_thresholds)
+    overrides.update(max_instances=_whole(max_instances), batch_size=_whole(batch_size))
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg.segment, key, value)
-    cfg = adopt_bank_encoder(cfg, bank)
+    check_settings(cfg, source.classes)
+    excluded = _references(coll, source) if exclude_references else []
+    view = _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
+    cfg = adopt_bank_encoder(cfg, source.bank)
     if progress:
         progress(0.0, "Loading models")
-    segmenter = Segmenter(bank, cfg)
-    _declare_field(coll._dataset, label_field)
+    segmenter = Segmenter(source.bank, cfg)
+    info = declare_field(coll._dataset, label_field, source.info(excluded))
     summary = _run(coll._dataset, view, segmenter, label_field, progress)
-    _record(coll._dataset, label_field, bank_name, summary)
+    record_done(coll._dataset, label_field, info)
     return summary
 
 
-def _resolve_bank(coll, bank, tag):
+def _whole(value):
+    return None if value is None else int(value)
+
+
+def segment_targets(
+    coll,
+    bank: str | MemoryBank,
+    label_field: str = "ntt",
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    exclude_references: bool = True,
+    tag: str | None = None,
+):
+    """The samples ``segment`` would label with these arguments, from the bank's record alone (cheap enough
+    for forms); raises what ``segment`` would about existing labels."""
+    source = _resolve_bank(coll, bank, tag, load=False)
+    excluded = _references(coll, source) if exclude_references else []
+    return _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
+
+
+def _resolve_bank(coll, bank, tag, load: bool = True) -> Source:
     if isinstance(bank, MemoryBank):
-        return bank, bank.info.get("name"), tag or DEFAULT_TAG, None
+        return Source.of_bank(bank, bank.info.get("name"), tag or DEFAULT_TAG)
     info = get_bank_info(coll, bank)
-    return load_bank(coll, bank), bank, tag or info.get("tag", DEFAULT_TAG), info.get("config")
+    tag = tag or info.get("tag", DEFAULT_TAG)
+    if not load:
+        return Source.of_record(info, tag)
+    return Source.of_bank(load_bank(coll, bank), bank, tag, info.get("config"))
 
 
-def _target_view(coll, label_field: str, tag: str, skip_existing: bool, overwrite: bool, exclude_refs: bool):
-    view = coll.exclude(reference_ids(coll, tag)) if exclude_refs else coll
+def _settings(source: Source, preset, config, device) -> NTTConfig:
+    if preset is None and source.stored and not isinstance(config, NTTConfig):
+        return settings_here(source.stored, config, device)
+    return make_config(preset or "paper", config, device)
+
+
+def _references(coll, source: Source) -> list[str]:
+    """The reference samples ``segment`` leaves out: the bank's shot samples and the samples tagged now."""
+    return sorted(set(reference_ids(coll, source.tag)) | set(source.shot_samples))
+
+
+def _target_view(coll, view, source: Source, label_field: str, skip_existing: bool, overwrite: bool):
     if label_field not in coll.get_field_schema(flat=True):
         return view
     check_detections_field(coll, label_field)
-    if skip_existing:
-        return view.exists(label_field, False)
     existing = view.exists(label_field).count()
+    if skip_existing:
+        _check_same_bank(coll, label_field, source, existing)
+        return view.exists(label_field, False)
     if existing and not overwrite:
         raise NTTFiftyOneError(
             f"field {label_field!r} already has labels on {existing} samples: pass overwrite=True to replace "
             "them or skip_existing=True to continue a stopped run"
         )
     return view
+
+
+def _check_same_bank(coll, label_field: str, source: Source, existing: int) -> None:
+    """Resuming into a field written with another bank would mix two banks' predictions in one field."""
+    before = recorded(coll, label_field).get("ntt_bank_fingerprint")
+    if existing and before and before != source.fingerprint:
+        raise NTTFiftyOneError(
+            f"field {label_field!r} holds predictions of another bank (or of {source.name!r} before it changed): "
+            "resuming would mix them; pass overwrite=True or choose another field"
+        )
 
 
 def _run(dataset, view, segmenter: Segmenter, label_field: str, progress: Progress | None) -> dict[str, Any]:
@@ -145,25 +194,3 @@ def _write(dataset, label_field: str, values: dict, summary: dict) -> None:
         dataset.set_values(label_field, values, key_field="id")
         summary["labelled"] += len(values)
         values.clear()
-
-
-def _declare_field(dataset, label_field: str) -> None:
-    """Add the output field to the schema up front (under the schema lock), so writing labels later
-    changes no schema."""
-    with schema_lock(dataset):
-        _ensure_field(dataset, label_field)
-
-
-def _record(dataset, label_field: str, bank_name: str | None, summary: dict[str, Any]) -> None:
-    """Record on the field which bank produced it (``dataset.get_field(field).info``)."""
-    with schema_lock(dataset):
-        _ensure_field(dataset, label_field)  # it may have been dropped by a process outside ntt's lock
-        field = dataset.get_field(label_field)
-        field.info = {**(field.info or {}), "ntt_bank": bank_name}
-        field.description = f"NTT instance segmentation with bank {bank_name!r}"
-        field.save()
-
-
-def _ensure_field(dataset, label_field: str) -> None:
-    if label_field not in dataset.get_field_schema():
-        dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)

@@ -110,6 +110,7 @@ class AddReferences(BackgroundOperator):
         if bank is None:
             return ui.invalid(inputs, ui.NO_BANK)
         info = nfo.get_bank_info(ctx.dataset, bank)
+        nfo.load_bank(ctx.dataset, bank)  # a missing or corrupted file is the form's message
         view = ui.target_input(inputs, ctx, "Take references from")
         fields = ui.detections_fields(ctx.dataset)
         ui.field_input(
@@ -139,6 +140,10 @@ class AddReferences(BackgroundOperator):
                 f"encoded with the bank's own models ({info['encoder']['name']})"
             ),
         )
+        ui.device_input(inputs)
+        problem = ui.device_problem(ctx, ui.param(ctx, "device", "auto"), inputs)
+        if problem:
+            return ui.invalid(inputs, problem)
         ui.delegation_notice(inputs, len(refs), "reference samples")
         return ui.form(inputs, "Add references to an NTT bank")
 
@@ -156,14 +161,22 @@ class AddReferences(BackgroundOperator):
         kwargs = dict(
             label_field=ui.param(ctx, "label_field"),
             tag=ui.reference_tag(ctx),
+            device=ui.device(ctx),
         )
         view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
 
         def work(progress):
+            before = nfo.get_bank_info(view, name)["num_shots"]
             nfo.add_references(view, name, progress=progress, **kwargs)
-            return {"bank": name, **brief(nfo.get_bank_info(view, name))}
+            info = nfo.get_bank_info(view, name)
+            added = info["num_shots"] - before
+            note = f"{added} new shot(s) encoded" if added else "Nothing new: every reference is in the bank already"
+            return {"bank": name, "added": added, "message": note, **brief(info)}
 
         return runner.run(ctx, work, self.resolve_output(ctx))
 
     def resolve_output(self, ctx):
-        return types.Property(brief_outputs(types.Object(), "Updated"))
+        outputs = types.Object()
+        outputs.str("message", label="Result")
+        outputs.int("added", label="Shots added")
+        return types.Property(brief_outputs(outputs, "Updated"))

@@ -12,12 +12,18 @@ from .. import runner
 
 class NTTOperator(foo.Operator):
     """An operator whose form first checks that the ntt library imports; subclasses build the rest in
-    ``form``."""
+    ``form``. An SDK error raised while building the form (a bank whose file is gone, a bad value) becomes
+    the form's one message instead of a traceback."""
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         problem = ui.dependency_problem()
-        return ui.invalid(inputs, problem) if problem else self.form(inputs, ctx)
+        if problem:
+            return ui.invalid(inputs, problem)
+        try:
+            return self.form(inputs, ctx)
+        except runner.sdk_errors() as err:
+            return ui.invalid(inputs, runner.explain(err))
 
     def form(self, inputs, ctx):
         """The operator's form on ``inputs`` (called only when ntt is usable)."""

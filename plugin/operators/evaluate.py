@@ -19,16 +19,18 @@ class EvaluatePredictions(NTTOperator):
         return foo.OperatorConfig(
             name="evaluate_predictions",
             label="NTT: evaluate predictions",
-            description="COCO mAP with instance masks, reference samples left out; opens in the Model Evaluation panel",
+            description="COCO mAP with instance masks, the bank's reference samples left out; opens in the Model "
+            "Evaluation panel (works after the bank is renamed or deleted)",
             dynamic=True,
         )
 
     def form(self, inputs, ctx):
-        if not ui.sdk().list_banks(ctx.dataset):
-            return ui.invalid(inputs, "This dataset has no NTT bank yet: build one and segment with it first.")
         fields = ui.detections_fields(ctx.dataset)
         if len(fields) < 2:
-            return ui.invalid(inputs, "Needs a predictions field and a ground-truth field, both Detections.")
+            return ui.invalid(
+                inputs,
+                "Needs a predictions field and a ground-truth field, both Detections: segment with an NTT bank first.",
+            )
         ntt = [f for f in fields if (ctx.dataset.get_field(f).info or {}).get("ntt_bank")]
         pred = ui.field_input(
             inputs, ctx, "pred_field", "Predictions", "Field written by 'NTT: segment with bank'", (ntt or fields)[0]

@@ -59,8 +59,8 @@ class ManageBanks(NTTOperator):
             nfo.check_bank_name(new)
         except nfo.NTTFiftyOneError as err:
             return str(err)
-        if new in nfo.list_banks(ctx.dataset):
-            return f"A bank named '{new}' exists already."
+        if new in ctx.dataset.list_runs():
+            return f"A bank or run named '{new}' exists already."
         return None
 
     @staticmethod

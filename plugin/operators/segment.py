@@ -11,6 +11,7 @@ from .. import runner
 from .base import BackgroundOperator
 
 _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*")
+SEGMENT_ARGS = ("score_thresh", "class_thresholds", "max_instances", "batch_size")
 
 
 class SegmentWithBank(BackgroundOperator):
@@ -47,8 +48,10 @@ class SegmentWithBank(BackgroundOperator):
         inputs.bool("skip_existing", label="Skip samples already labelled (resume a stopped run)", default=False)
         inputs.bool("overwrite", label="Overwrite existing labels", default=False)
         inputs.bool("exclude_references", label="Leave out the reference samples", default=True)
-        problem = self._target_problem(ctx, view, bank) or ui.model_inputs(
-            inputs, ctx, default_preset=ui.SAME_AS_BANK, same_as_bank=True
+        problem = (
+            self._args_problem(ctx, bank)
+            or self._target_problem(ctx, view, bank)
+            or ui.model_inputs(inputs, ctx, default_preset=ui.SAME_AS_BANK, same_as_bank=True)
         )
         if problem:
             return ui.invalid(inputs, problem)
@@ -60,14 +63,28 @@ class SegmentWithBank(BackgroundOperator):
     @staticmethod
     def _targets(ctx, view, bank):
         """The samples the SDK will segment: the view, minus references, minus labelled ones when skipping."""
+        return ui.sdk().segment_targets(
+            view,
+            bank,
+            label_field=ui.param(ctx, "label_field", "ntt"),
+            skip_existing=bool(ui.param(ctx, "skip_existing", False)),
+            exclude_references=bool(ui.param(ctx, "exclude_references", True)),
+            tag=ui.param(ctx, "tag"),
+            overwrite=True,  # existing labels are the form's own message (_target_problem)
+        )
+
+    @staticmethod
+    def _args_problem(ctx, bank) -> str | None:
+        """Bad thresholds or sizes, or a bank whose file is missing, corrupted or empty: the SDK's message."""
         nfo = ui.sdk()
-        if ui.param(ctx, "exclude_references", True):
-            tag = ui.param(ctx, "tag") or nfo.get_bank_info(ctx.dataset, bank).get("tag", nfo.DEFAULT_TAG)
-            view = nfo.without_references(view, tag)
-        field = ui.param(ctx, "label_field", "ntt")
-        if ui.param(ctx, "skip_existing", False) and field in view.get_field_schema(flat=True):
-            view = view.exists(field, False)
-        return view
+        try:
+            loaded = nfo.load_bank(ctx.dataset, bank)
+            if not loaded.shots:
+                return f"Bank '{bank}' has no reference shots left: add references to it first."
+            nfo.check_segment_args(*[ui.param(ctx, k) for k in SEGMENT_ARGS], class_names=loaded.class_names)
+        except nfo.NTTFiftyOneError as err:
+            return str(err)
+        return None
 
     def _target_problem(self, ctx, view, bank) -> str | None:
         field = ui.param(ctx, "label_field", "ntt")
@@ -102,9 +119,7 @@ class SegmentWithBank(BackgroundOperator):
         preset, config = self._settings(ctx)
         kwargs = dict(
             label_field=ui.param(ctx, "label_field", "ntt"),
-            score_thresh=ui.param(ctx, "score_thresh"),
-            max_instances=ui.param(ctx, "max_instances"),
-            batch_size=ui.param(ctx, "batch_size"),
+            **{k: ui.param(ctx, k) for k in SEGMENT_ARGS},
             device=ui.device(ctx),
             preset=preset,
             config=config,

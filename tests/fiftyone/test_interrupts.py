@@ -65,6 +65,9 @@ def test_kill_9_then_resume_labels_each_sample_once(shared_dataset):
     ds.reload()
     written = ds.exists("resumed").count()
     assert 3 <= written < 9, f"the kill should land mid-run ({written} written)"
+    info = ds.get_field("resumed").info  # recorded when the run started, so the killed run has it
+    assert info["ntt_bank"] == "bank" and info["ntt_bank_fingerprint"] == nfo.load_bank(ds, "bank").fingerprint
+    assert info["ntt_reference_ids"] == sorted(ds.limit(3).values("id"))
     resumed = nfo.segment(ds, "bank", label_field="resumed", skip_existing=True)
     assert resumed["samples"] == 9 - written
     assert ds.exists("resumed").count() == full["labelled"] == 9

@@ -218,11 +218,13 @@ def test_operators_immediate_end_to_end(dataset):
     _run("manage_banks", dataset=dataset, params={"action": "rename", "bank": "pets", "new_name": "animals"})
     assert nfo.list_banks(dataset) == ["animals"]
 
-    # an SDK error is one clear line, not a traceback
+    # an SDK error is one clear line in the form (which blocks the run), not a traceback
     path = Path(nfo.get_bank_info(dataset, "animals")["bank_path"])
     path.rename(path.with_suffix(".moved"))
-    failed = _result("add_references", dataset, {"bank": "animals"})
-    assert failed.error_message.startswith("Cannot run: bank 'animals': its file") and "rebuild" in failed.error_message
+    form = _form("add_references", dataset, {"bank": "animals"})
+    assert form.invalid and form.error_message.startswith("Cannot run: bank 'animals': its file")
+    with pytest.raises(ExecutionError, match="bank 'animals': its file .* is missing; rebuild"):
+        _run("add_references", dataset=dataset, params={"bank": "animals"})
     path.with_suffix(".moved").rename(path)
     _run("manage_banks", dataset=dataset, params={"action": "delete", "bank": "animals"})
     assert nfo.list_banks(dataset) == [] and not path.exists()
@@ -314,9 +316,10 @@ def test_forms_explain_why_they_cannot_run(dataset):
     import fiftyone as fo
     from fiftyone.operators.executor import ExecutionError
 
-    for name in ("segment_with_bank", "evaluate_predictions", "manage_banks", "add_references"):
+    for name in ("segment_with_bank", "manage_banks", "add_references"):
         form = _form(name, dataset)
         assert form.invalid and "no NTT bank" in form.error_message, name
+    assert "Needs a predictions field" in _form("evaluate_predictions", dataset).error_message  # no bank needed
     with pytest.raises(ExecutionError, match="no NTT bank"):  # an invalid form blocks execution too
         _run("segment_with_bank", dataset=dataset, params={"bank": "x", **SMOKE})
     assert "No references" in _form("build_bank", dataset, {"label_field": "gt"}).error_message
@@ -335,7 +338,7 @@ def test_forms_explain_why_they_cannot_run(dataset):
         "invalid bank name": {"bank": "../escape"},
         "unknown ModelConfig fields": {"config": {"model": {"nope": 1}}},
         "Invalid settings": {"advanced": True, "config_json": "{oops"},
-        "Unknown device": {"device": "tpu"},
+        "unknown device 'tpu'": {"device": "tpu"},
         "has no field 'nope'": {"label_field": "nope"},
     }
     for message, params in problems.items():

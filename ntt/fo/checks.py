@@ -1,0 +1,91 @@
+"""Argument checks shared by the SDK functions and the operator forms: every bad value becomes one clear
+error before any model loads or any field is created."""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..bank import MemoryBank
+from ..config import NTTConfig, layered, make_config
+from ..devices import resolve_device
+from .references import NTTFiftyOneError
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+
+
+def check_fraction(name: str, value: Any) -> None:
+    """``value`` is None or a number in [0, 1] (a score threshold)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise NTTFiftyOneError(f"{name} must be a number between 0 and 1, got {value!r}")
+
+
+def check_count(name: str, value: Any, minimum: int) -> None:
+    """``value`` is None or a whole number >= ``minimum`` (forms may send ``4.0``)."""
+    if value is None:
+        return
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or value < minimum:
+        raise NTTFiftyOneError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_class_thresholds(thresholds: Any, class_names: Iterable[str] | None = None) -> None:
+    """A mapping of class name -> score threshold in [0, 1], naming only the bank's classes (when known)."""
+    if thresholds is None:
+        return
+    if not isinstance(thresholds, Mapping):
+        raise NTTFiftyOneError(f"class_thresholds must map class names to thresholds, got {thresholds!r}")
+    for name, value in thresholds.items():
+        check_fraction(f"class_thresholds[{name!r}]", value)
+    if class_names is not None:
+        unknown = sorted(set(thresholds) - set(class_names))
+        if unknown:
+            known = ", ".join(sorted(class_names)) or "none"
+            raise NTTFiftyOneError(f"class_thresholds name classes the bank does not have: {unknown} (it has: {known})")
+
+
+def check_segment_args(
+    score_thresh=None, class_thresholds=None, max_instances=None, batch_size=None, class_names=None
+) -> None:
+    """The inference knobs of ``segment``: thresholds in [0, 1], ``max_instances`` >= 1, ``batch_size`` >= 0."""
+    check_fraction("score_thresh", score_thresh)
+    check_class_thresholds(class_thresholds, class_names)
+    check_count("max_instances", max_instances, 1)
+    check_count("batch_size", batch_size, 0)
+
+
+def check_settings(cfg: NTTConfig, class_names: Iterable[str]) -> None:
+    """The final inference settings, wherever they came from (arguments, overrides, the bank's)."""
+    seg = cfg.segment
+    check_segment_args(seg.score_thresh, seg.class_thresholds, seg.max_instances, seg.batch_size, class_names)
+    check_device(cfg)
+
+
+def check_device(cfg: NTTConfig) -> None:
+    """The configured device exists on this machine (``ConfigError`` naming the devices it has)."""
+    resolve_device(cfg.model.device)
+
+
+def check_usable(bank: MemoryBank, name: str | None) -> None:
+    """A bank with no shot (every class removed) cannot segment anything: say so."""
+    if not bank.shots or not bank.classes:
+        label = f"bank {name!r}" if name else "the bank"
+        raise NTTFiftyOneError(f"{label} has no reference shots (every class was removed): add references first")
+
+
+def settings_here(stored: dict[str, Any], overrides: dict | None = None, device: str | None = None) -> NTTConfig:
+    """A stored bank's settings to run on this machine: everything but its device, which is ``device``,
+    else the overrides', else "auto" (a bank built on a GPU machine still runs on a CPU worker)."""
+    base = {section: dict(values) for section, values in stored.items()}
+    base.get("model", {}).pop("device", None)
+    return make_config(config=layered(base, overrides), device=device)
+
+
+def shot_sample_ids(shots: Iterable[dict[str, Any]]) -> list[str]:
+    """The FiftyOne sample ids among the shots' image ids (banks built elsewhere hold other ids)."""
+    ids = {str(s.get("image_id")) for s in shots}
+    return sorted(i for i in ids if _OBJECT_ID.fullmatch(i))

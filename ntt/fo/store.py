@@ -1,0 +1,69 @@
+"""Where bank files live, so that no two banks can ever share one.
+
+Each dataset has its own folder, named by the dataset's database id (two names that look alike, or a renamed
+dataset, never share or lose a folder); each bank version is a new uuid-named file in it, recorded in the bank's
+run. A file is removed only once no bank record anywhere (a cloned dataset copies its runs) points at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+from filelock import FileLock
+
+SUFFIX = ".safetensors"
+
+
+def bank_root() -> Path:
+    """``$NTT_BANK_DIR``, default ``~/.cache/ntt/banks``."""
+    return Path(os.environ.get("NTT_BANK_DIR") or Path.home() / ".cache" / "ntt" / "banks")
+
+
+def dataset_key(coll) -> str:
+    """The id of the collection's dataset: unique, and unchanged by renames.
+
+    FiftyOne 1.22 has no public accessor for it (its own operators read ``_doc.id`` as well).
+    """
+    return str(coll._root_dataset._doc.id)
+
+
+def bank_dir(coll) -> Path:
+    """The folder of the bank files (and the schema lock) of the collection's dataset."""
+    return bank_root() / dataset_key(coll)
+
+
+def new_bank_path(coll) -> Path:
+    """A file name no other bank has: a bank version is never written over another one."""
+    return bank_dir(coll) / f"{uuid.uuid4().hex}{SUFFIX}"
+
+
+def release(path: str | Path, records: int) -> bool:
+    """Remove a bank file that ``records`` bank runs still point at (0: none) and that lies under the bank
+    root (a file elsewhere is the user's). Returns whether it was removed."""
+    path = Path(path)
+    if records or path.suffix != SUFFIX or not path.is_file():
+        return False
+    if not path.resolve().is_relative_to(bank_root().resolve()):
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+@contextlib.contextmanager
+def schema_lock(dataset):
+    """Hold an exclusive per-dataset file lock and reload the dataset, so its schema is fresh inside.
+
+    FiftyOne saves a dataset's field list as a whole (``$set`` of the list), so two processes adding
+    fields to one dataset at once can drop each other's field. Every schema change ntt makes (declaring
+    an output field, recording its bank, registering, renaming or deleting a bank run) runs under this
+    lock, so concurrent ntt runs on one machine keep every field (processes on different machines are not
+    covered). ``filelock`` works on Windows too.
+    """
+    folder = bank_dir(dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".schema.lock")):
+        dataset.reload()
+        yield dataset
