@@ -3,7 +3,6 @@ reference mode and the configured (fast) mode side by side on the same images, w
 
 from __future__ import annotations
 
-import copy
 import resource
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import torch
 
 from . import coco
 from .bank import MemoryBank
-from .config import NTTConfig
+from .config import NTTConfig, derive
 from .images import load_image
 from .models import encoder_identity, get_dinov2, resolve_device
 from .segmenter import Segmenter
@@ -75,23 +74,17 @@ def random_bank(cfg: NTTConfig, classes: int = 20, seed: int = 0) -> MemoryBank:
 
 def force_candidates(cfg: NTTConfig) -> NTTConfig:
     """Worst case: every decoded mask passes the IoU filter and NMS (random weights filter differently)."""
-    cfg = copy.deepcopy(cfg)
-    cfg.segment.pred_iou_thresh = -1.0
-    cfg.segment.nms_thresh = 1.0
-    return cfg
+    return derive(cfg, segment={"pred_iou_thresh": -1.0, "nms_thresh": 1.0})
 
 
 def reference_config(cfg: NTTConfig) -> NTTConfig:
     """The research code's way of running: fp32, batch 1, prompts decoded 256 at a time, full-res merge,
     images loaded between batches, no compiler."""
-    cfg = copy.deepcopy(cfg)
-    cfg.model.dtype = "fp32"
-    cfg.segment.batch_size = 1
-    cfg.segment.points_batch_size = 256
-    cfg.segment.merge_resolution = "full"
-    cfg.segment.loader_workers = 0
-    cfg.model.compile = False
-    return cfg
+    return derive(
+        cfg,
+        model={"dtype": "fp32", "compile": False},
+        segment={"batch_size": 1, "points_batch_size": 256, "merge_resolution": "full", "loader_workers": 0},
+    )
 
 
 def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: bool = True) -> RunReport:

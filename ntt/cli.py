@@ -1,12 +1,11 @@
-"""The ``ntt`` command line: bank build/info, segment, evaluate."""
+"""The ``ntt`` command line: arguments, input checks and exit codes; ``commands`` does each subcommand's work
+(imported lazily: ``ntt.cli`` starts without torch, and the two modules import in one direction only)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 
 from .config import PRESETS, ConfigError, NTTConfig, get_config
 from .sampling import SPLITS, parse_class_list
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from .bank import BankError
-    from .references import InvalidReferenceError
+    from .bank_encoder import InvalidReferenceError
     from .weights import WeightsNotFoundError
 
     # Bad input of every kind (files, values, devices, checkpoints, disk full) is one line and exit code 2.
@@ -220,14 +219,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         seg = {"points_per_side": args.points_per_side, "prompt_mode": args.prompt_mode}
         return commands.benchmark(args, _config(args, seg))
     return commands.evaluate(args)
-
-
-def print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-def elapsed(start: float) -> str:
-    return f"{time.perf_counter() - start:.1f} s"
 
 
 if __name__ == "__main__":

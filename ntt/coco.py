@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .bank_encoder import InvalidReferenceError
 from .coco_check import category_names, check_instances, check_results, read_json
 from .geometry import xyxy_to_xywh
 from .images import list_images
-from .references import InvalidReferenceError
 from .types import Instances, Reference
 
 log = logging.getLogger(__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -10,7 +11,6 @@ from tqdm import tqdm
 
 from . import coco, pipeline
 from .bank import MemoryBank
-from .cli import elapsed, print_json
 from .config import NTTConfig
 from .evaluation import format_metrics
 from .models import ensure_weights
@@ -171,3 +171,11 @@ def benchmark(args: argparse.Namespace, cfg: NTTConfig) -> int:
 def _default_benchmark_images() -> Path:
     here = Path(__file__).resolve().parents[1]
     return here.parent / "shared" / "data" / "coco128-seg" / "images" / "val2017"
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def elapsed(start: float) -> str:
+    return f"{time.perf_counter() - start:.1f} s"

@@ -3,6 +3,10 @@
 Every knob of the pipeline is a field here. The defaults are the faithful defaults of the NTT paper's code
 (see the project's ALGORITHM spec); presets change a few of them. Configs round-trip through plain dicts
 (``to_dict`` / ``from_dict``) so they can travel in JSON (bank metadata, operator params).
+
+Configs are frozen: they are cache keys and get persisted, so nothing changes one after it is made. There is
+one way to make one, ``get_config(preset, overrides)`` (``layered`` for overrides on a stored config), and
+one way to derive one, ``derive(cfg, segment={...})`` (``dataclasses.replace`` per section).
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and why."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Which frozen models to run and where their weights come from.
 
@@ -119,7 +123,7 @@ class ModelConfig:
             raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BankConfig:
     """How reference instances become shot prototypes.
 
@@ -130,7 +134,7 @@ class BankConfig:
     context_ratio: float = 0.2
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentConfig:
     """Inference knobs (faithful NTT defaults).
 
@@ -208,7 +212,7 @@ def _check_unit(name: str, value) -> None:
         raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class NTTConfig:
     """The whole pipeline's configuration: models, bank building and inference."""
 
@@ -319,7 +323,11 @@ def layered(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]
     """A config from per-section settings (a preset's, or a config's ``to_dict``) with per-section
     overrides on top; ``None`` override values leave the base alone."""
     data: dict[str, dict[str, Any]] = {k: dict(v) for k, v in base.items()}
+    if not isinstance(overrides or {}, dict):
+        raise ConfigError(f"overrides are an object of sections, got {type(overrides).__name__}")
     for section, values in (overrides or {}).items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be an object, got {type(values).__name__}")
         data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     return NTTConfig.from_dict(data).validate()
 
@@ -329,10 +337,19 @@ def make_config(
 ) -> NTTConfig:
     """A config from a preset, or an ``NTTConfig`` as is, or a preset plus a dict of per-section overrides
     (the JSON form operators pass); ``device``, when given, replaces the model device."""
-    if isinstance(config, NTTConfig):
-        cfg = NTTConfig.from_dict(config.to_dict())
-    else:
-        cfg = get_config(preset, config)
-    if device:
-        cfg.model.device = device
-    return cfg.validate()
+    cfg = config if isinstance(config, NTTConfig) else get_config(preset, config)
+    return derive(cfg, model={"device": device}) if device else cfg.validate()
+
+
+def derive(cfg: NTTConfig, **sections: dict[str, Any]) -> NTTConfig:
+    """A new, validated config with some fields changed: ``derive(cfg, model={"dtype": "fp32"})``.
+
+    Unlike overrides, ``None`` is a value here (e.g. an explicit checkpoint of None)."""
+    for name, values in sections.items():
+        spec = {f.name: f for f in dataclasses.fields(type(getattr(cfg, name)))}
+        for key, value in values.items():
+            if key not in spec:
+                raise ConfigError(f"unknown {type(getattr(cfg, name)).__name__} fields: {[key]}")
+            _check_type(type(getattr(cfg, name)).__name__, spec[key], value)
+    changed = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    return dataclasses.replace(cfg, **changed).validate()

@@ -12,9 +12,9 @@ from typing import Any
 from . import coco, sampling
 from .atomic import AtomicWriter, write_bytes_atomic
 from .bank import MemoryBank
-from .config import DINOV2_MODELS, NTTConfig
+from .bank_encoder import build_bank
+from .config import DINOV2_MODELS, NTTConfig, derive
 from .evaluation import evaluate_results
-from .references import build_bank
 from .segmenter import ImageResult, Segmenter
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def adopt_bank_encoder(cfg: NTTConfig, bank: MemoryBank, explicit_dinov2: bool =
     A bank from a custom encoder (not a known DINOv2 name) leaves the config alone: the caller supplies
     that encoder."""
     if not explicit_dinov2 and bank.encoder["name"] in DINOV2_MODELS:
-        cfg.model.dinov2 = bank.encoder["name"]
-        cfg.model.dinov2_image_size = int(bank.encoder["image_size"])
+        return derive(cfg, model={"dinov2": bank.encoder["name"], "dinov2_image_size": int(bank.encoder["image_size"])})
     return cfg.validate()
 
 

@@ -70,7 +70,7 @@ COCO_TO_VOC = {coco: voc for voc, coco in VOC_TO_COCO.items()}
 
 
 def _invalid_reference(message: str) -> Exception:
-    from .references import InvalidReferenceError  # lazy: references imports torch
+    from .bank_encoder import InvalidReferenceError  # lazy: bank_encoder imports torch
 
     return InvalidReferenceError(message)
 

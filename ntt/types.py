@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .geometry import tight_crop
+
+Progress = Callable[[float, str], None]
+"""How long runs report progress: ``progress(fraction in [0, 1], stage label)``."""
 
 
 @dataclass

@@ -40,10 +40,10 @@ class _Stopped(Exception):
 def sdk_errors() -> tuple[type[Exception], ...]:
     """The SDK's own error types: their messages say what is wrong and what to do."""
     from ntt.bank import BankError
+    from ntt.bank_encoder import InvalidReferenceError
     from ntt.config import ConfigError
     from ntt.fo import NTTFiftyOneError
     from ntt.images import ImageLoadError
-    from ntt.references import InvalidReferenceError
     from ntt.weights import WeightsNotFoundError
 
     return (NTTFiftyOneError, InvalidReferenceError, BankError, WeightsNotFoundError, ConfigError, ImageLoadError)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..bank import BankError, MemoryBank
+from ..bank_encoder import build_bank as build_memory_bank
 from ..config import NTTConfig, make_config
-from ..references import build_bank as build_memory_bank
 from . import store
 from .checks import check_device, settings_here, shot_sample_ids
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references

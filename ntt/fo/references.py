@@ -15,8 +15,8 @@ import numpy as np
 from fiftyone import ViewField as F
 from PIL import Image
 
+from ..bank_encoder import InvalidReferenceError
 from ..images import ImageLoadError, image_size
-from ..references import InvalidReferenceError
 from ..types import Reference
 
 log = logging.getLogger(__name__)

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import fiftyone as fo
 
 from ..bank import MemoryBank
-from ..config import NTTConfig, make_config
+from ..config import NTTConfig, derive, make_config
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
-from ..types import Instances
+from ..types import Instances, Progress
 from .banks import get_bank_info, load_bank
 from .checks import check_segment_args, check_settings, check_usable, settings_here
 from .provenance import Source, declare_field, record_done, recorded
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
-
-Progress = Callable[[float, str], None]
 
 
 def to_detections(inst: Instances, class_names: dict[int, str]) -> fo.Detections:
@@ -84,9 +81,7 @@ def segment(
     cfg = _settings(source, preset, config, device)
     overrides = dict(score_thresh=score_thresh, class_thresholds=class_thresholds)
     overrides.update(max_instances=_whole(max_instances), batch_size=_whole(batch_size))
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(cfg.segment, key, value)
+    cfg = derive(cfg, segment={key: value for key, value in overrides.items() if value is not None})
     check_settings(cfg, source.classes)
     excluded = _references(coll, source) if exclude_references else []
     view = _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)

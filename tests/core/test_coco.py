@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from ntt.bank_encoder import InvalidReferenceError
 from ntt.coco import (
     annotation_mask,
     instances_to_results,
@@ -17,7 +18,6 @@ from ntt.coco import (
     targets_from_dir,
 )
 from ntt.evaluation import METRICS, evaluate_results, format_metrics
-from ntt.references import InvalidReferenceError
 from ntt.types import Instances
 
 # ---- select_categories -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ MODULES = [
     "ntt.geometry",
     "ntt.postprocess",
     "ntt.segmenter",
-    "ntt.references",
+    "ntt.bank_encoder",
     "ntt.coco",
     "ntt.sampling",
     "ntt.evaluation",

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     from PIL import Image
     from ntt import coco
     from ntt.config import get_config
-    from ntt.references import build_bank
+    from ntt.bank_encoder import build_bank
     from ntt.segmenter import Segmenter
     from ntt.types import Reference
 

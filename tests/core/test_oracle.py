@@ -12,9 +12,9 @@ from oracle_scenes import CATEGORIES, OracleEncoder, OracleProposer, draw_scene,
 
 from ntt import coco, pipeline, sampling
 from ntt.bank import MemoryBank
+from ntt.bank_encoder import build_bank
 from ntt.cli import main
 from ntt.config import get_config
-from ntt.references import build_bank
 from ntt.segmenter import Segmenter
 
 CAT_IDS = [c["id"] for c in CATEGORIES]

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
+from ntt.bank_encoder import InvalidReferenceError
 from ntt.coco import load_json, select_categories
-from ntt.references import InvalidReferenceError
 from ntt.sampling import (
     COCO_NOVEL,
     SPLITS,

@@ -8,10 +8,10 @@ import torch
 
 from ntt import coco, sampling
 from ntt.bank import BankError
-from ntt.config import get_config
+from ntt.bank_encoder import build_bank
+from ntt.config import derive, get_config
 from ntt.geometry import mask_tight_box_xywh
 from ntt.images import load_image
-from ntt.references import build_bank
 from ntt.segmenter import MAX_AUTO_BATCH, MIN_POINTS_CHUNK, Segmenter, fit_batch_size
 
 
@@ -109,8 +109,7 @@ def test_bank_from_other_encoder_is_rejected(bank):
 
 
 def test_bf16_autocast_runs_and_agrees_on_shapes(bank, images):
-    cfg = _config()
-    cfg.model.dtype = "bf16"
+    cfg = derive(_config(), model={"dtype": "bf16"})
     inst = Segmenter(bank, cfg).predict(images[:1])[0]
     ref = Segmenter(bank, _config()).predict(images[:1])[0]
     assert inst.masks.dtype == bool and inst.scores.dtype == np.float32

@@ -239,9 +239,9 @@ def test_box_only_references_get_masks_from_sam2(dataset, random_config, monkeyp
     import fiftyone as fo
     from fakes import BoxEchoProposer
 
-    from ntt import references
+    from ntt import bank_encoder
 
-    monkeypatch.setattr(references, "get_sam2", lambda cfg, no_mem=False: BoxEchoProposer())
+    monkeypatch.setattr(bank_encoder, "get_sam2", lambda cfg, no_mem=False: BoxEchoProposer())
     boxes = dataset.clone()
     try:
         for sample in boxes.limit(2):

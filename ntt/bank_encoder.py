@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,10 @@ from .config import NTTConfig
 from .geometry import context_crop_box, mask_tight_box_xywh
 from .images import ImageLoadError, load_image
 from .models import autocast, encoder_identity, get_dinov2, get_sam2, resolve_device
-from .types import Reference
+from .postprocess import upsample_logits
+from .types import Progress, Reference
 
 log = logging.getLogger(__name__)
-Progress = Callable[[float, str], None]
 
 
 class InvalidReferenceError(ValueError):
@@ -121,8 +121,7 @@ def masks_from_boxes(
     with autocast(cfg.model):
         feats = sam.encode(sam.prepare(image)[None].to(device))
         logits = sam.decode_boxes(feats, 0, xyxy)
-    full = F.interpolate(logits[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
-    return list((full[:, 0] > 0).cpu().numpy())
+    return list(upsample_logits(logits, (h, w)).cpu().numpy())
 
 
 def _encode_shots(part, image: np.ndarray, encoder, cfg: NTTConfig) -> list[np.ndarray]:

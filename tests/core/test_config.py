@@ -1,0 +1,62 @@
+"""Configs: frozen, one way to make one (presets + overrides), one way to derive one, every bad value refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ntt.config import ConfigError, NTTConfig, derive, get_config, layered, make_config
+
+
+def test_configs_are_frozen():
+    cfg = get_config("paper")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.device = "cpu"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.segment = cfg.segment  # type: ignore[misc]
+
+
+def test_derive_changes_only_what_it_names():
+    cfg = get_config("fast")
+    other = derive(cfg, model={"dtype": "fp32"}, segment={"batch_size": 1})
+    assert (other.model.dtype, other.segment.batch_size) == ("fp32", 1)
+    assert (cfg.model.dtype, cfg.segment.batch_size) == ("bf16", 0), "the original is untouched"
+    assert other.model.sam2 == cfg.model.sam2 and other.segment.points_batch_size == 1024
+    with pytest.raises(ConfigError, match="score_thresh"):
+        derive(cfg, segment={"score_thresh": 2.0})
+    with pytest.raises(ConfigError, match="unknown SegmentConfig fields"):
+        derive(cfg, segment={"scor_thresh": 0.5})
+
+
+def test_make_config_with_a_device_derives_a_new_config():
+    base = get_config("lite")
+    cfg = make_config(config=base, device="cpu")
+    assert cfg.model.device == "cpu" and base.model.device == "auto"
+
+
+def test_overrides_layer_on_a_stored_config_and_round_trip():
+    stored = get_config("lite").to_dict()
+    cfg = layered(stored, {"segment": {"prompt_mode": "grid", "max_instances": None}})
+    assert cfg.segment.prompt_mode == "grid" and cfg.segment.max_instances == 100
+    assert NTTConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"segmnt": {}}, "unknown config sections"),
+        ({"segment": []}, "must be an object"),
+        ({"segment": {"points_per_side": "32"}}, "points_per_side must be int"),
+        ({"segment": {"soft_merge": 1}}, "soft_merge must be bool"),
+        ({"segment": {"score_thresh": 1.5}}, "score_thresh must be a number in [0, 1]"),
+        ({"segment": {"class_thresholds": {"cat": -0.1}}}, "class_thresholds['cat']"),
+        ({"segment": {"nms_thresh": True}}, "nms_thresh must be float"),
+        ({"model": {"dinov2_image_size": 0}}, "dinov2_image_size must be >= 14"),
+        ({"model": {"sam2_checkpoint": 3}}, "a path or null"),
+    ],
+)
+def test_bad_values_are_refused(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        get_config("paper", overrides)
+    assert message in str(err.value)
