@@ -5,7 +5,7 @@ Every operator here must be listed under ``operators:`` in ``fiftyone.yml`` (Fif
 
 from .operators.bank import AddReferences, BuildBank
 from .operators.evaluate import EvaluatePredictions
-from .operators.manage import ManageBanks
+from .operators.manage import BankInfo, DeleteBank, RenameBank
 from .operators.references import MarkReferences, UnmarkReferences
 from .operators.segment import SegmentWithBank
 
@@ -16,7 +16,9 @@ OPERATORS = (
     AddReferences,
     SegmentWithBank,
     EvaluatePredictions,
-    ManageBanks,
+    BankInfo,
+    RenameBank,
+    DeleteBank,
 )
 
 

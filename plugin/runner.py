@@ -17,7 +17,7 @@ import threading
 
 import fiftyone.operators as foo
 
-from .inputs import DELEGATE_ABOVE
+from .settings import DELEGATE_ABOVE
 
 _HINTS = {
     "WeightsNotFoundError": "Model weights not found",

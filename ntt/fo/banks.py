@@ -14,7 +14,7 @@ from ..config import NTTConfig, make_config
 from . import store
 from .checks import check_device, settings_here, shot_sample_ids
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references
-from .store import bank_dir, schema_lock  # noqa: F401 - re-exported: a dataset's bank folder and lock
+from .store import bank_dir, dataset_of, schema_lock  # noqa: F401 - re-exported: a dataset's bank folder and lock
 
 log = logging.getLogger(__name__)
 RUN_TYPE = "ntt_bank"
@@ -30,19 +30,19 @@ def check_bank_name(name: str) -> str:
 
 def list_banks(coll) -> list[str]:
     """Names of the banks stored with the collection's dataset."""
-    return sorted(coll._dataset.list_runs(ntt_type=RUN_TYPE))
+    return sorted(coll.list_runs(ntt_type=RUN_TYPE))
 
 
 def _require(coll, name: str) -> None:
     if name not in list_banks(coll):
         known = ", ".join(list_banks(coll)) or "none"
-        raise NTTFiftyOneError(f"no bank named {name!r} on dataset {coll._dataset.name!r} (banks: {known})")
+        raise NTTFiftyOneError(f"no bank named {name!r} on dataset {dataset_of(coll).name!r} (banks: {known})")
 
 
 def _check_free(coll, name: str, overwrite: bool) -> None:
     """A new bank may not replace another run (not ours), nor a bank unless ``overwrite``."""
     check_bank_name(name)
-    if name in coll._dataset.list_runs() and name not in list_banks(coll):
+    if name in coll.list_runs() and name not in list_banks(coll):
         raise NTTFiftyOneError(f"{name!r} is a run of this dataset that is not an NTT bank: choose another name")
     if name in list_banks(coll) and not overwrite:
         raise NTTFiftyOneError(f"a bank named {name!r} exists; pass overwrite=True to replace it")
@@ -51,7 +51,7 @@ def _check_free(coll, name: str, overwrite: bool) -> None:
 def get_bank_info(coll, name: str) -> dict[str, Any]:
     """The stored description of a bank: classes, shots per class, encoder, label field, tag, file, time."""
     _require(coll, name)
-    info = coll._dataset.get_run_info(name)
+    info = coll.get_run_info(name)
     data = {k: v for k, v in info.config.serialize().items() if k not in ("type", "method", "cls")}
     data["name"] = name
     data["timestamp"] = str(info.timestamp)
@@ -106,7 +106,7 @@ def build_bank(
     check_device(cfg)
     refs = collect_references(coll, label_field, tag)
     bank = build_memory_bank(refs, cfg, progress=progress)
-    _store(coll._dataset, name, bank, label_field, tag, cfg)
+    _store(dataset_of(coll), name, bank, label_field, tag, cfg)
     return bank
 
 
@@ -141,7 +141,7 @@ def add_references(
         return bank
     log.info("bank %r: encoding %d new reference(s), %d already in it", name, len(new), len(refs) - len(new))
     merged = bank.add(build_memory_bank(new, cfg, progress=progress))
-    _store(coll._dataset, name, merged, field, info["tag"], cfg)
+    _store(dataset_of(coll), name, merged, field, info["tag"], cfg)
     return merged
 
 
@@ -149,9 +149,9 @@ def rename_bank(coll, name: str, new_name: str) -> None:
     """Rename a bank: only its record changes (its file name is unique, so no other bank can take it)."""
     _require(coll, name)
     check_bank_name(new_name)
-    if new_name in coll._dataset.list_runs():
+    if new_name in coll.list_runs():
         raise NTTFiftyOneError(f"a bank or run named {new_name!r} exists already")
-    with schema_lock(coll._dataset) as dataset:
+    with schema_lock(dataset_of(coll)) as dataset:
         dataset.rename_run(name, new_name)
 
 
@@ -159,7 +159,7 @@ def delete_bank(coll, name: str, delete_file: bool = True) -> None:
     """Delete a bank from the dataset and, by default, its file (kept while a cloned dataset's bank still
     points at it)."""
     path = get_bank_info(coll, name)["bank_path"]
-    with schema_lock(coll._dataset) as dataset:
+    with schema_lock(dataset_of(coll)) as dataset:
         dataset.delete_run(name)
     if delete_file:
         store.release(path, _records(path))

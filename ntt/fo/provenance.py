@@ -18,7 +18,7 @@ import fiftyone as fo
 
 from ..bank import MemoryBank
 from .checks import shot_sample_ids
-from .store import schema_lock
+from .store import dataset_of, schema_lock
 
 KEYS = ("ntt_bank", "ntt_bank_fingerprint", "ntt_tag", "ntt_classes", "ntt_reference_ids")
 
@@ -60,7 +60,7 @@ class Source:
 
 def recorded(coll, field: str) -> dict[str, Any]:
     """The provenance recorded on ``field`` ({} for a field ntt did not write)."""
-    info = coll._dataset.get_field(field).info or {}
+    info = dataset_of(coll).get_field(field).info or {}
     return {k: info[k] for k in KEYS if k in info}
 
 

@@ -38,15 +38,23 @@ def check_collection(coll) -> None:
         raise NTTFiftyOneError(f"NTT segments images; this collection's media type is {media!r}")
 
 
+def detections_fields(coll) -> list[str]:
+    """The ``Detections`` fields of ``coll``, embedded ones included, none inside a list field: the fields that can
+    hold references or predictions (the forms offer exactly these)."""
+    return sorted(coll.get_field_schema(embedded_doc_type=fo.Detections, flat=True, unwind=False))
+
+
 def check_detections_field(coll, field: str) -> None:
-    """Raise NTTFiftyOneError unless ``field`` is a ``Detections`` field of ``coll``."""
-    schema = coll.get_field_schema(flat=True)
-    if field not in schema:
+    """Raise NTTFiftyOneError unless ``field`` is one of the ``detections_fields`` of ``coll``."""
+    if field in detections_fields(coll):
+        return
+    found = coll.get_field(field) if field else None
+    if found is None:
         raise NTTFiftyOneError(f"the collection has no field {field!r}")
-    doc_type = getattr(schema[field], "document_type", None)
-    if doc_type is None or not issubclass(doc_type, fo.Detections):
-        kind = doc_type.__name__ if doc_type else type(schema[field]).__name__
-        raise NTTFiftyOneError(f"field {field!r} holds {kind}, not Detections (instance masks or boxes)")
+    kind = getattr(found, "document_type", None) or type(found)
+    if issubclass(kind, fo.Detections):
+        raise NTTFiftyOneError(f"field {field!r} is inside a list field: choose a Detections field outside lists")
+    raise NTTFiftyOneError(f"field {field!r} holds {kind.__name__}, not Detections (instance masks or boxes)")
 
 
 def mark_references(coll, label_field: str | None = None, label_ids: Iterable[str] | None = None, tag=DEFAULT_TAG):

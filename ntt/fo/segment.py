@@ -16,6 +16,7 @@ from .banks import get_bank_info, load_bank
 from .checks import check_segment_args, check_settings, check_usable, settings_here
 from .provenance import Source, declare_field, record_done, recorded
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
+from .store import dataset_of
 
 
 def to_detections(inst: Instances, class_names: dict[int, str]) -> fo.Detections:
@@ -89,9 +90,10 @@ def segment(
     if progress:
         progress(0.0, "Loading models")
     segmenter = Segmenter(source.bank, cfg)
-    info = declare_field(coll._dataset, label_field, source.info(excluded))
-    summary = _run(coll._dataset, view, segmenter, label_field, progress)
-    record_done(coll._dataset, label_field, info)
+    dataset = dataset_of(coll)
+    info = declare_field(dataset, label_field, source.info(excluded))
+    summary = _run(dataset, view, segmenter, label_field, progress)
+    record_done(dataset, label_field, info)
     return summary
 
 
@@ -146,8 +148,9 @@ def _target_view(coll, view, source: Source, label_field: str, skip_existing: bo
         return view.exists(label_field, False)
     if existing and not overwrite:
         raise NTTFiftyOneError(
-            f"field {label_field!r} already has labels on {existing} samples: pass overwrite=True to replace "
-            "them or skip_existing=True to continue a stopped run"
+            f"field {label_field!r} already has labels on {existing} samples: replace them (overwrite=True; "
+            "'Overwrite existing labels' in the form) or continue a stopped run (skip_existing=True; 'Skip "
+            "samples already labelled')"
         )
     return view
 
@@ -158,7 +161,8 @@ def _check_same_bank(coll, label_field: str, source: Source, existing: int) -> N
     if existing and before and before != source.fingerprint:
         raise NTTFiftyOneError(
             f"field {label_field!r} holds predictions of another bank (or of {source.name!r} before it changed): "
-            "resuming would mix them; pass overwrite=True or choose another field"
+            "resuming would mix them; overwrite them (overwrite=True; 'Overwrite existing labels' in the form) or "
+            "choose another field"
         )
 
 

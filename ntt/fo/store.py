@@ -22,12 +22,23 @@ def bank_root() -> Path:
     return Path(os.environ.get("NTT_BANK_DIR") or Path.home() / ".cache" / "ntt" / "banks")
 
 
+def dataset_of(coll):
+    """The ``fo.Dataset`` of a dataset or view: the one that holds its runs (banks), schema and samples.
+
+    This and ``dataset_key`` are the only places ntt reads private FiftyOne attributes. FiftyOne 1.22 has no
+    public accessor for a view's dataset: views expose only ``dataset_name``, and ``fo.load_dataset(name)``
+    writes the dataset's last-loaded time on every call (forms would do that on every keystroke) and returns
+    another instance when FiftyOne's singleton cache is off.
+    """
+    return coll._root_dataset
+
+
 def dataset_key(coll) -> str:
     """The id of the collection's dataset: unique, and unchanged by renames.
 
     FiftyOne 1.22 has no public accessor for it (its own operators read ``_doc.id`` as well).
     """
-    return str(coll._root_dataset._doc.id)
+    return str(dataset_of(coll)._doc.id)
 
 
 def bank_dir(coll) -> Path:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import fiftyone.operators.types as types
 
-from .. import inputs as ui
-from .. import runner
+from .. import runner, settings
+from .. import widgets as ui
+from ..settings import param, sdk
 from .base import BackgroundOperator
 from .manage import brief, brief_outputs
 
@@ -20,8 +21,34 @@ class BuildBank(BackgroundOperator):
             "Encode the tagged reference instances of a Detections field into a named memory bank",
         )
 
+    def __call__(
+        self,
+        sample_collection,
+        bank: str,
+        label_field: str,
+        tag: str | None = None,
+        preset: str = "paper",
+        config: dict | None = None,
+        device: str | None = None,
+        overwrite: bool = False,
+        delegate: bool = False,
+        delegation_target: str | None = None,
+    ):
+        """Build the bank ``bank`` from the references of a dataset or view, as ``ntt.fo.build_bank`` does, through
+        this operator: ``delegate=True`` queues it for ``fiftyone delegated launch`` (see ``run_on``)."""
+        params = dict(
+            bank=bank,
+            label_field=label_field,
+            tag=tag,
+            preset=preset,
+            config=config,
+            device=device,
+            overwrite=overwrite,
+        )
+        return self.run_on(sample_collection, params, delegate, delegation_target)
+
     def form(self, inputs, ctx):
-        nfo = ui.sdk()
+        nfo = sdk()
         if ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT works on images; this dataset's media type is {ctx.dataset.media_type}.")
         view = ui.target_input(inputs, ctx, "Take references from")
@@ -30,8 +57,7 @@ class BuildBank(BackgroundOperator):
         )
         if field is None:
             return ui.invalid(inputs, "This dataset has no Detections field to take references from.")
-        if ui.field_problem(ctx.dataset, field):
-            return ui.invalid(inputs, ui.field_problem(ctx.dataset, field))
+        nfo.check_detections_field(ctx.dataset, field)
         tag = ui.tag_input(inputs, ctx)
         refs = nfo.reference_ids(view, tag, field)
         if not refs:
@@ -42,14 +68,14 @@ class BuildBank(BackgroundOperator):
             )
         inputs.view("found", types.Notice(label=f"{len(refs)} reference sample(s) found"))
         inputs.str("bank", label="Bank name", default="bank", required=True, description="Letters, digits and _")
-        name = ui.param(ctx, "bank", "bank")
+        name = param(ctx, "bank", "bank")
         try:
             nfo.check_bank_name(name)
         except nfo.NTTFiftyOneError as err:
             return ui.invalid(inputs, str(err))
         exists = name in nfo.list_banks(ctx.dataset)
         inputs.bool("overwrite", label="Replace the existing bank" if exists else "Replace if it exists", default=False)
-        if exists and not ui.param(ctx, "overwrite", False):
+        if exists and not param(ctx, "overwrite", False):
             return ui.invalid(inputs, f"A bank named '{name}' exists: tick 'Replace' or choose another name.")
         problem = ui.model_inputs(inputs, ctx)
         if problem:
@@ -58,18 +84,18 @@ class BuildBank(BackgroundOperator):
         return ui.form(inputs, "Build NTT memory bank")
 
     def run_size(self, ctx) -> int:
-        return ui.reference_count(ctx, ui.param(ctx, "label_field"))
+        return settings.reference_count(ctx, param(ctx, "label_field"))
 
     def execute(self, ctx):
-        nfo = ui.sdk()
-        name = ui.param(ctx, "bank", "bank")
+        nfo = sdk()
+        name = param(ctx, "bank", "bank")
         kwargs = dict(
             label_field=ctx.params["label_field"],
-            tag=ui.reference_tag(ctx),
-            preset=ui.param(ctx, "preset", "paper"),
-            config=ui.config_overrides(ctx),
-            device=ui.device(ctx),
-            overwrite=bool(ui.param(ctx, "overwrite", False)),
+            tag=settings.reference_tag(ctx),
+            preset=param(ctx, "preset", "paper"),
+            config=settings.config_overrides(ctx),
+            device=settings.device(ctx),
+            overwrite=bool(param(ctx, "overwrite", False)),
         )
         view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
 
@@ -104,15 +130,29 @@ class AddReferences(BackgroundOperator):
             "Encode newly tagged reference instances into an existing bank (its other shots are kept as they are)",
         )
 
+    def __call__(
+        self,
+        sample_collection,
+        bank: str,
+        label_field: str | None = None,
+        tag: str | None = None,
+        device: str | None = None,
+        delegate: bool = False,
+        delegation_target: str | None = None,
+    ):
+        """Add the new references of a dataset or view to ``bank``, as ``ntt.fo.add_references`` does, through this
+        operator: ``delegate=True`` queues it for ``fiftyone delegated launch`` (see ``run_on``)."""
+        params = dict(bank=bank, label_field=label_field, tag=tag, device=device)
+        return self.run_on(sample_collection, params, delegate, delegation_target)
+
     def form(self, inputs, ctx):
-        nfo = ui.sdk()
+        nfo = sdk()
         bank = ui.bank_input(inputs, ctx)
         if bank is None:
             return ui.invalid(inputs, ui.NO_BANK)
         info = nfo.get_bank_info(ctx.dataset, bank)
         nfo.load_bank(ctx.dataset, bank)  # a missing or corrupted file is the form's message
         view = ui.target_input(inputs, ctx, "Take references from")
-        fields = ui.detections_fields(ctx.dataset)
         ui.field_input(
             inputs,
             ctx,
@@ -120,13 +160,11 @@ class AddReferences(BackgroundOperator):
             "Reference field",
             "Detections holding the new references",
             info.get("label_field"),
-            fields=fields,
             required=False,  # the SDK defaults to the bank's field
         )
         tag = ui.tag_input(inputs, ctx)
-        field = ui.param(ctx, "label_field", info.get("label_field"))
-        if field not in fields:
-            return ui.invalid(inputs, f"'{field}' is not a Detections field of this dataset.")
+        field = param(ctx, "label_field", info.get("label_field"))
+        nfo.check_detections_field(ctx.dataset, field)
         refs = nfo.reference_ids(view, tag, field)
         if not refs:
             return ui.invalid(
@@ -140,28 +178,27 @@ class AddReferences(BackgroundOperator):
                 f"encoded with the bank's own models ({info['encoder']['name']})"
             ),
         )
-        ui.device_input(inputs)
-        problem = ui.device_problem(ctx, ui.param(ctx, "device", "auto"), inputs)
+        problem = ui.device_input(inputs, ctx)
         if problem:
             return ui.invalid(inputs, problem)
         ui.delegation_notice(inputs, len(refs), "reference samples")
         return ui.form(inputs, "Add references to an NTT bank")
 
     def run_size(self, ctx) -> int:
-        nfo = ui.sdk()
+        nfo = sdk()
         bank = ctx.params.get("bank")
         if bank not in nfo.list_banks(ctx.dataset):
             return 0
-        field = ui.param(ctx, "label_field") or nfo.get_bank_info(ctx.dataset, bank).get("label_field")
-        return ui.reference_count(ctx, field)
+        field = param(ctx, "label_field") or nfo.get_bank_info(ctx.dataset, bank).get("label_field")
+        return settings.reference_count(ctx, field)
 
     def execute(self, ctx):
-        nfo = ui.sdk()
+        nfo = sdk()
         name = ctx.params.get("bank")
         kwargs = dict(
-            label_field=ui.param(ctx, "label_field"),
-            tag=ui.reference_tag(ctx),
-            device=ui.device(ctx),
+            label_field=param(ctx, "label_field"),
+            tag=settings.reference_tag(ctx),
+            device=settings.device(ctx),
         )
         view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
 

@@ -1,13 +1,28 @@
-"""What the operators share: the dependency check that opens every form, and the execution choice of the
-model-running operators (immediate or delegated)."""
+"""What the operators share: the config (dynamic, with the plugin's icon), the dependency check that opens every
+form, the samples-grid button, and for the model-running operators the execution choice (immediate or
+delegated) and the ``__call__`` that runs them from Python like FiftyOne's own operators."""
 
 from __future__ import annotations
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .. import inputs as ui
-from .. import runner
+from .. import runner, settings
+from .. import widgets as ui
+
+ICON = "/assets/icon.svg"
+
+
+def operator_config(name: str, label: str, description: str, **kwargs) -> foo.OperatorConfig:
+    """The config every ntt operator has: dynamic (forms re-check every change), with the plugin's icon."""
+    return foo.OperatorConfig(name=name, label=label, description=description, dynamic=True, icon=ICON, **kwargs)
+
+
+def grid_button(ctx, label: str):
+    """A button in the App's samples grid actions that opens the operator's form (image datasets only)."""
+    if ctx.dataset is None or ctx.dataset.media_type != "image":
+        return None
+    return types.Placement(types.Places.SAMPLES_GRID_ACTIONS, types.Button(label=label, icon=ICON, prompt=True))
 
 
 class NTTOperator(foo.Operator):
@@ -17,7 +32,7 @@ class NTTOperator(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        problem = ui.dependency_problem()
+        problem = settings.dependency_problem()
         if problem:
             return ui.invalid(inputs, problem)
         try:
@@ -37,15 +52,28 @@ class BackgroundOperator(NTTOperator):
     @staticmethod
     def background_config(name: str, label: str, description: str) -> foo.OperatorConfig:
         """The config every model-running operator shares: a dynamic generator, immediate or delegated."""
-        return foo.OperatorConfig(
-            name=name,
-            label=label,
-            description=description,
-            dynamic=True,
+        return operator_config(
+            name,
+            label,
+            description,
             execute_as_generator=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
-            icon="/assets/icon.svg",
+        )
+
+    def run_on(self, sample_collection, params: dict, delegate: bool, delegation_target: str | None):
+        """What ``__call__`` does, as in FiftyOne's own operators: run on a dataset or view with ``params`` (None
+        values left out, so the form's defaults apply), now or queued for ``fiftyone delegated launch``
+        (``delegate=True``, optionally on the orchestrator ``delegation_target``).
+
+        Returns:
+            FiftyOne's ``ExecutionResult`` (an ``asyncio.Task`` in a notebook). An immediate run streams its
+            progress and summary to the App, so its ``result`` is None: call ``ntt.fo`` for the summary.
+        """
+        ctx = dict(view=sample_collection.view())
+        params = {key: value for key, value in params.items() if value is not None}
+        return foo.execute_operator(
+            self.uri, ctx, params=params, request_delegation=delegate, delegation_target=delegation_target
         )
 
     def run_size(self, ctx) -> int:

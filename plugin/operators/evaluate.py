@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .. import inputs as ui
 from .. import runner
-from .base import NTTOperator
+from .. import widgets as ui
+from ..settings import param, sdk
+from .base import NTTOperator, operator_config
 
 AVERAGES = ("micro avg", "macro avg", "weighted avg")
 MAX_ROWS = 15  # classes listed in the short report (by support)
@@ -16,16 +16,15 @@ MAX_ROWS = 15  # classes listed in the short report (by support)
 class EvaluatePredictions(NTTOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="evaluate_predictions",
-            label="NTT: evaluate predictions",
-            description="COCO mAP with instance masks, the bank's reference samples left out; opens in the Model "
-            "Evaluation panel (works after the bank is renamed or deleted)",
-            dynamic=True,
+        return operator_config(
+            "evaluate_predictions",
+            "NTT: evaluate predictions",
+            "COCO mAP with instance masks, the bank's reference samples left out; opens in the Model Evaluation "
+            "panel (works after the bank is renamed or deleted)",
         )
 
     def form(self, inputs, ctx):
-        fields = ui.detections_fields(ctx.dataset)
+        fields = sdk().detections_fields(ctx.dataset)
         if len(fields) < 2:
             return ui.invalid(
                 inputs,
@@ -48,7 +47,7 @@ class EvaluatePredictions(NTTOperator):
         inputs.bool("exclude_references", label="Leave out the reference samples", default=True)
         if pred == gt:
             return ui.invalid(inputs, "Predictions and ground truth must be different fields.")
-        key = ui.param(ctx, "eval_key", "ntt_eval")
+        key = param(ctx, "eval_key", "ntt_eval")
         if not key.isidentifier():
             return ui.invalid(inputs, f"'{key}' is not a valid evaluation key: use letters, digits and _.")
         if key in ctx.dataset.list_evaluations():
@@ -56,15 +55,15 @@ class EvaluatePredictions(NTTOperator):
         return ui.form(inputs, "Evaluate NTT predictions")
 
     def execute(self, ctx):
-        nfo = ui.sdk()
-        key = ui.param(ctx, "eval_key", "ntt_eval")
+        nfo = sdk()
+        key = param(ctx, "eval_key", "ntt_eval")
         with runner.clear_errors():
             results = nfo.evaluate(
                 ctx.target_view(),
                 ctx.params["pred_field"],
                 gt_field=ctx.params["gt_field"],
                 eval_key=key,
-                exclude_references=bool(ui.param(ctx, "exclude_references", True)),
+                exclude_references=bool(param(ctx, "exclude_references", True)),
             )
         runner.reload(ctx)
         report = results.report()

@@ -1,60 +1,60 @@
-"""List, inspect, rename or delete banks (SDK: ``list_banks``, ``get_bank_info``, ``rename_bank``,
-``delete_bank``). Adding references is its own background operator (``add_references``)."""
+"""Bank management, one operator per action as FiftyOne manages its brain and evaluation runs: show a bank's
+info, rename it, delete it (SDK: ``get_bank_info``, ``rename_bank``, ``delete_bank``; ``list_banks`` fills
+their bank dropdowns). Adding references is its own background operator (``add_references``)."""
 
 from __future__ import annotations
 
-import fiftyone.operators as foo
+from pathlib import Path
+
 import fiftyone.operators.types as types
 
-from .. import inputs as ui
 from .. import runner
-from .base import NTTOperator
-
-ACTIONS = {
-    "list": "List the dataset's banks",
-    "info": "Show a bank's classes and shots",
-    "rename": "Rename a bank",
-    "delete": "Delete a bank and its file",
-}
+from .. import widgets as ui
+from ..settings import param, sdk
+from .base import NTTOperator, operator_config
 
 
-class ManageBanks(NTTOperator):
+class BankInfo(NTTOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="manage_banks",
-            label="NTT: manage banks",
-            description="List, inspect, rename or delete the dataset's NTT memory banks",
-            dynamic=True,
-        )
+        return operator_config("bank_info", "NTT: bank info", "Show a bank's classes, shots, reference field, models")
 
     def form(self, inputs, ctx):
-        actions = types.RadioGroup()
-        for key, label in ACTIONS.items():
-            actions.add_choice(key, label=label)
-        inputs.enum("action", actions.values(), label="Action", default="info", view=actions)
-        action = ui.param(ctx, "action", "info")
-        if action == "list":
-            banks = ui.sdk().list_banks(ctx.dataset)
-            if not banks:
-                return ui.invalid(inputs, ui.NO_BANK)
-            return ui.form(inputs, "Manage NTT banks")
-        bank = ui.bank_input(inputs, ctx)
-        if bank is None:
+        if ui.bank_input(inputs, ctx, description="The bank to show") is None:
             return ui.invalid(inputs, ui.NO_BANK)
-        check = {"rename": self._rename_inputs, "delete": self._delete_inputs}.get(action)
-        problem = check(inputs, ctx, bank) if check else None
+        return ui.form(inputs, "NTT bank info")
+
+    def execute(self, ctx):
+        nfo = sdk()
+        name = ctx.params["bank"]
+        with runner.clear_errors():
+            return {"bank": name, "banks": nfo.list_banks(ctx.dataset), **brief(nfo.get_bank_info(ctx.dataset, name))}
+
+    def resolve_output(self, ctx):
+        outputs = brief_outputs(types.Object(), "Built")
+        outputs.list("banks", types.String(), label="All banks of this dataset")
+        return types.Property(outputs)
+
+
+class RenameBank(NTTOperator):
+    @property
+    def config(self):
+        return operator_config("rename_bank", "NTT: rename bank", "Give a bank a new name (its file stays as it is)")
+
+    def form(self, inputs, ctx):
+        if ui.bank_input(inputs, ctx, description="The bank to rename") is None:
+            return ui.invalid(inputs, ui.NO_BANK)
+        inputs.str("new_name", label="New name", required=True, description="Letters, digits and _")
+        problem = self._new_name_problem(ctx, param(ctx, "new_name"))
         if problem:
             return ui.invalid(inputs, problem)
-        return ui.form(inputs, "Manage NTT banks")
+        return ui.form(inputs, "Rename an NTT bank")
 
     @staticmethod
-    def _rename_inputs(inputs, ctx, bank) -> str | None:
-        nfo = ui.sdk()
-        inputs.str("new_name", label="New name", required=True)
-        new = ui.param(ctx, "new_name")
+    def _new_name_problem(ctx, new: str | None) -> str | None:
         if not new:
             return None  # "required" keeps Execute disabled until a name is typed
+        nfo = sdk()
         try:
             nfo.check_bank_name(new)
         except nfo.NTTFiftyOneError as err:
@@ -63,34 +63,61 @@ class ManageBanks(NTTOperator):
             return f"A bank or run named '{new}' exists already."
         return None
 
-    @staticmethod
-    def _delete_inputs(inputs, ctx, bank) -> str | None:
-        inputs.view("sure", types.Warning(label=f"Bank '{bank}' and its file will be deleted"))
-        return None
-
     def execute(self, ctx):
-        nfo = ui.sdk()
-        action = ui.param(ctx, "action", "info")
-        name = ctx.params.get("bank")
+        nfo = sdk()
+        old, new = ctx.params["bank"], ctx.params["new_name"]
         with runner.clear_errors():
-            if action == "rename":
-                nfo.rename_bank(ctx.dataset, name, ctx.params["new_name"])
-                name = ctx.params["new_name"]
-            elif action == "delete":
-                nfo.delete_bank(ctx.dataset, name)
-            banks = nfo.list_banks(ctx.dataset)
-            out = {"action": action, "banks": banks}
-            if action == "list":
-                out["details"] = {b: brief(nfo.get_bank_info(ctx.dataset, b)) for b in banks}
-            elif name in banks:
-                out.update(bank=name, **brief(nfo.get_bank_info(ctx.dataset, name)))
-        return out
+            nfo.rename_bank(ctx.dataset, old, new)
+        return {"renamed_from": old, "bank": new, "banks": nfo.list_banks(ctx.dataset)}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        outputs.str("renamed_from", label="Old name")
+        outputs.str("bank", label="New name")
         outputs.list("banks", types.String(), label="Banks")
-        outputs.obj("details", label="Banks", view=types.JSONView())
-        return types.Property(brief_outputs(outputs, "Built"))
+        return types.Property(outputs, view=types.View(label="Bank renamed"))
+
+
+class DeleteBank(NTTOperator):
+    @property
+    def config(self):
+        return operator_config("delete_bank", "NTT: delete bank", "Delete a bank and its file")
+
+    def form(self, inputs, ctx):
+        bank = ui.bank_input(inputs, ctx, description="The bank to delete")
+        if bank is None:
+            return ui.invalid(inputs, ui.NO_BANK)
+        info = sdk().get_bank_info(ctx.dataset, bank)
+        inputs.view(
+            "warning",
+            types.Warning(
+                label=f"You are about to delete bank '{bank}': {info['num_shots']} shot(s) of "
+                f"{len(info['classes'])} class(es) from '{info['label_field']}'",
+                description=f"Its record and its file {info['bank_path']} are deleted (the file stays while a cloned "
+                "dataset's bank still uses it). This cannot be undone; predictions it made stay, and so does their "
+                "evaluation.",
+            ),
+        )
+        return ui.form(inputs, "Delete an NTT bank")
+
+    def execute(self, ctx):
+        nfo = sdk()
+        name = ctx.params["bank"]
+        with runner.clear_errors():
+            info = nfo.get_bank_info(ctx.dataset, name)
+            nfo.delete_bank(ctx.dataset, name)
+        path, deleted = info["bank_path"], f"Deleted bank '{name}' ({info['num_shots']} shots)"
+        if Path(path).exists():
+            message = f"{deleted}; its file {path} is kept: another dataset's bank still uses it"
+        else:
+            message = f"{deleted} and its file {path}"
+        return {"message": message, "deleted": name, "banks": nfo.list_banks(ctx.dataset)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("message", label="Result")
+        outputs.list("banks", types.String(), label="Banks left")
+        return types.Property(outputs, view=types.View(label="Bank deleted"))
 
 
 def brief_outputs(outputs, when: str):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .. import inputs as ui
-from .. import runner
-from .base import NTTOperator
+from .. import runner, settings
+from .. import widgets as ui
+from ..settings import param, sdk
+from .base import NTTOperator, grid_button, operator_config
 
 MODES = {
     "samples": ("Samples", "Every instance of the chosen samples is a reference (sample tag)"),
@@ -18,13 +18,14 @@ MODES = {
 class MarkReferences(NTTOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="mark_references",
-            label="NTT: mark references",
-            description="Tag samples (all their instances) or the selected labels as NTT references",
-            dynamic=True,
-            icon="/assets/icon.svg",
+        return operator_config(
+            "mark_references",
+            "NTT: mark references",
+            "Tag samples (all their instances) or the selected labels as NTT references",
         )
+
+    def resolve_placement(self, ctx):
+        return grid_button(ctx, "NTT: mark references")
 
     def form(self, inputs, ctx):
         if ctx.dataset is not None and ctx.dataset.media_type != "image":
@@ -32,7 +33,7 @@ class MarkReferences(NTTOperator):
         modes = types.RadioGroup()
         for key, (label, description) in MODES.items():
             modes.add_choice(key, label=label, description=description)
-        mode = ui.param(ctx, "mode", "labels" if ctx.selected_labels else "samples")
+        mode = param(ctx, "mode", "labels" if ctx.selected_labels else "samples")
         inputs.enum("mode", modes.values(), label="Reference", default=mode, view=modes)
         if mode == "labels":
             if not ctx.selected_labels:
@@ -50,7 +51,7 @@ class MarkReferences(NTTOperator):
                 fields=sorted(set(selected)),
                 required=False,
             )
-            field = ui.param(ctx, "label_field", selected[0])
+            field = param(ctx, "label_field", selected[0])
             count = sum(s.get("field") == field for s in ctx.selected_labels)
             inputs.view("count", types.Notice(label=f"{count} selected label(s) of '{field}' will be tagged"))
         else:
@@ -60,11 +61,11 @@ class MarkReferences(NTTOperator):
         return ui.form(inputs, "Mark NTT references")
 
     def execute(self, ctx):
-        nfo = ui.sdk()
-        tag = ui.reference_tag(ctx)
+        nfo = sdk()
+        tag = settings.reference_tag(ctx)
         with runner.clear_errors():
-            if ui.param(ctx, "mode", "samples") == "labels":
-                field = ui.param(ctx, "label_field") or _selected_fields(ctx)[0]
+            if param(ctx, "mode", "samples") == "labels":
+                field = param(ctx, "label_field") or _selected_fields(ctx)[0]
                 ids = [s["label_id"] for s in ctx.selected_labels if s.get("field") == field]
                 count = nfo.mark_references(ctx.dataset, field, label_ids=ids, tag=tag)
             else:
@@ -81,32 +82,29 @@ class MarkReferences(NTTOperator):
 
 def _selected_fields(ctx) -> list[str]:
     """The fields of the selected labels that are Detections fields, in selection order."""
-    fields = ui.detections_fields(ctx.dataset)
+    fields = sdk().detections_fields(ctx.dataset)
     return [s["field"] for s in ctx.selected_labels if s.get("field") in fields]
 
 
 class UnmarkReferences(NTTOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="unmark_references",
-            label="NTT: unmark references",
-            description="Remove the NTT reference tag from samples and their labels",
-            dynamic=True,
+        return operator_config(
+            "unmark_references", "NTT: unmark references", "Remove the NTT reference tag from samples and their labels"
         )
 
     def form(self, inputs, ctx):
         view = ui.target_input(inputs, ctx, "Unmark")
         tag = ui.tag_input(inputs, ctx)
-        count = len(ui.sdk().reference_ids(view, tag))
+        count = len(sdk().reference_ids(view, tag))
         if not count:
             return ui.invalid(inputs, f"No sample or label tagged '{tag}' here: nothing to unmark.")
         inputs.view("count", types.Notice(label=f"{count} reference sample(s) will be unmarked"))
         return ui.form(inputs, "Unmark NTT references")
 
     def execute(self, ctx):
-        nfo = ui.sdk()
-        tag = ui.reference_tag(ctx)
+        nfo = sdk()
+        tag = settings.reference_tag(ctx)
         view = ctx.target_view()
         count = len(nfo.reference_ids(view, tag))
         with runner.clear_errors():

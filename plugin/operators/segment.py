@@ -6,9 +6,10 @@ import re
 
 import fiftyone.operators.types as types
 
-from .. import inputs as ui
-from .. import runner
-from .base import BackgroundOperator
+from .. import runner, settings
+from .. import widgets as ui
+from ..settings import SAME_AS_BANK, param, sdk
+from .base import BackgroundOperator, grid_button
 
 _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*")
 SEGMENT_ARGS = ("score_thresh", "class_thresholds", "max_instances", "batch_size")
@@ -22,6 +23,48 @@ class SegmentWithBank(BackgroundOperator):
             "NTT: segment with bank",
             "Find every instance of a bank's classes in a view and write them to a Detections field",
         )
+
+    def resolve_placement(self, ctx):
+        return grid_button(ctx, "NTT: segment with bank")
+
+    def __call__(
+        self,
+        sample_collection,
+        bank: str,
+        label_field: str = "ntt",
+        score_thresh: float | None = None,
+        class_thresholds: dict[str, float] | None = None,
+        max_instances: int | None = None,
+        batch_size: int | None = None,
+        device: str | None = None,
+        preset: str | None = None,
+        config: dict | None = None,
+        skip_existing: bool = False,
+        overwrite: bool = False,
+        exclude_references: bool = True,
+        tag: str | None = None,
+        delegate: bool = False,
+        delegation_target: str | None = None,
+    ):
+        """Segment a dataset or view with ``bank``, as ``ntt.fo.segment`` does (same arguments; ``preset=None``:
+        the bank's own settings), through this operator: ``delegate=True`` queues it for ``fiftyone delegated
+        launch`` (see ``run_on``)."""
+        params = dict(
+            bank=bank,
+            label_field=label_field,
+            score_thresh=score_thresh,
+            class_thresholds=class_thresholds,
+            max_instances=max_instances,
+            batch_size=batch_size,
+            device=device,
+            preset=preset,
+            config=config,
+            skip_existing=skip_existing,
+            overwrite=overwrite,
+            exclude_references=exclude_references,
+            tag=tag,
+        )
+        return self.run_on(sample_collection, params, delegate, delegation_target)
 
     def form(self, inputs, ctx):
         if ctx.dataset.media_type != "image":
@@ -51,7 +94,7 @@ class SegmentWithBank(BackgroundOperator):
         problem = (
             self._args_problem(ctx, bank)
             or self._target_problem(ctx, view, bank)
-            or ui.model_inputs(inputs, ctx, default_preset=ui.SAME_AS_BANK, same_as_bank=True)
+            or ui.model_inputs(inputs, ctx, default_preset=SAME_AS_BANK, same_as_bank=True)
         )
         if problem:
             return ui.invalid(inputs, problem)
@@ -61,72 +104,67 @@ class SegmentWithBank(BackgroundOperator):
         return ui.form(inputs, "Segment with an NTT bank")
 
     @staticmethod
-    def _targets(ctx, view, bank):
-        """The samples the SDK will segment: the view, minus references, minus labelled ones when skipping."""
-        return ui.sdk().segment_targets(
-            view,
-            bank,
-            label_field=ui.param(ctx, "label_field", "ntt"),
-            skip_existing=bool(ui.param(ctx, "skip_existing", False)),
-            exclude_references=bool(ui.param(ctx, "exclude_references", True)),
-            tag=ui.param(ctx, "tag"),
-            overwrite=True,  # existing labels are the form's own message (_target_problem)
+    def _target_args(ctx) -> dict:
+        """The arguments of ``segment`` that choose what it labels (``segment_targets`` takes the same)."""
+        return dict(
+            label_field=param(ctx, "label_field", "ntt"),
+            skip_existing=bool(param(ctx, "skip_existing", False)),
+            overwrite=bool(param(ctx, "overwrite", False)),
+            exclude_references=bool(param(ctx, "exclude_references", True)),
+            tag=param(ctx, "tag"),
         )
+
+    def _targets(self, ctx, view, bank):
+        """The samples ``execute`` will segment (``ntt.fo.segment_targets``: the view, minus references, minus
+        labelled ones when skipping); raises what ``segment`` would (existing labels without skip / overwrite, a
+        field that is not Detections, resuming another bank's field)."""
+        return sdk().segment_targets(view, bank, **self._target_args(ctx))
 
     @staticmethod
     def _args_problem(ctx, bank) -> str | None:
         """Bad thresholds or sizes, or a bank whose file is missing, corrupted or empty: the SDK's message."""
-        nfo = ui.sdk()
+        nfo = sdk()
         try:
             loaded = nfo.load_bank(ctx.dataset, bank)
             if not loaded.shots:
                 return f"Bank '{bank}' has no reference shots left: add references to it first."
-            nfo.check_segment_args(*[ui.param(ctx, k) for k in SEGMENT_ARGS], class_names=loaded.class_names)
+            nfo.check_segment_args(*[param(ctx, k) for k in SEGMENT_ARGS], class_names=loaded.class_names)
         except nfo.NTTFiftyOneError as err:
             return str(err)
         return None
 
     def _target_problem(self, ctx, view, bank) -> str | None:
-        field = ui.param(ctx, "label_field", "ntt")
+        """Why the output field or the chosen samples cannot be segmented: the checks of ``segment_targets``,
+        plus a bad field name, the bank's own reference field, or nothing left to segment."""
+        nfo = sdk()
+        field = param(ctx, "label_field", "ntt")
         if not _FIELD.fullmatch(field):
             return f"'{field}' is not a valid field name: letters, digits and _, starting with a letter."
-        ref_field = ui.sdk().get_bank_info(ctx.dataset, bank).get("label_field")
-        if field == ref_field:
+        if field == nfo.get_bank_info(ctx.dataset, bank).get("label_field"):
             return f"'{field}' holds the bank's reference labels: write the predictions to another field."
-        if field in view.get_field_schema(flat=True):
-            problem = ui.field_problem(view, field)
-            if problem:
-                return problem
-            existing = view.exists(field).count()
-            if existing and not (ui.param(ctx, "skip_existing", False) or ui.param(ctx, "overwrite", False)):
-                return (
-                    f"'{field}' already has labels on {existing} sample(s): tick 'Skip samples already "
-                    "labelled' to resume, or 'Overwrite'."
-                )
-        if not self._targets(ctx, view, bank).count():
-            return "Nothing to segment: the chosen samples are all references or already labelled."
+        try:
+            if not self._targets(ctx, view, bank).count():
+                return "Nothing to segment: the chosen samples are all references or already labelled."
+        except nfo.NTTFiftyOneError as err:
+            return str(err)
         return None
 
     def run_size(self, ctx) -> int:
-        bank = ui.param(ctx, "bank")
-        if bank not in ui.sdk().list_banks(ctx.dataset):
+        bank = param(ctx, "bank")
+        if bank not in sdk().list_banks(ctx.dataset):
             return ctx.target_view().count()
         return self._targets(ctx, ctx.target_view(), bank).count()
 
     def execute(self, ctx):
-        nfo = ui.sdk()
+        nfo = sdk()
         bank = ctx.params["bank"]
         preset, config = self._settings(ctx)
         kwargs = dict(
-            label_field=ui.param(ctx, "label_field", "ntt"),
-            **{k: ui.param(ctx, k) for k in SEGMENT_ARGS},
-            device=ui.device(ctx),
+            **self._target_args(ctx),
+            **{k: param(ctx, k) for k in SEGMENT_ARGS},
+            device=settings.device(ctx),
             preset=preset,
             config=config,
-            skip_existing=bool(ui.param(ctx, "skip_existing", False)),
-            overwrite=bool(ui.param(ctx, "overwrite", False)),
-            exclude_references=bool(ui.param(ctx, "exclude_references", True)),
-            tag=ui.param(ctx, "tag"),
         )
         view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
 
@@ -147,8 +185,8 @@ class SegmentWithBank(BackgroundOperator):
     def _settings(ctx):
         """(preset, config overrides) for the SDK; "same as the bank" is preset None: the SDK layers the
         overrides on the bank's stored settings."""
-        preset = ui.param(ctx, "preset", ui.SAME_AS_BANK)
-        return (None if preset == ui.SAME_AS_BANK else preset), ui.config_overrides(ctx)
+        preset = param(ctx, "preset", SAME_AS_BANK)
+        return (None if preset == SAME_AS_BANK else preset), settings.config_overrides(ctx)
 
     def resolve_output(self, ctx):
         outputs = types.Object()

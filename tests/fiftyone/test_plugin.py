@@ -205,9 +205,8 @@ def test_operators_immediate_end_to_end(dataset):
     assert result["report"]["person"]["support"] > 0 and "| person |" in result["summary"]
     assert dataset[ref.id]["ev_tp"] is None and dataset[first_ids[0]]["ev_tp"] is not None  # references left out
 
-    listed = _run("manage_banks", dataset=dataset, params={"action": "list"}).result
-    assert listed["banks"] == ["pets"] and listed["details"]["pets"]["num_shots"] == 3
-    info = _run("manage_banks", dataset=dataset, params={"action": "info", "bank": "pets"}).result
+    info = _run("bank_info", dataset=dataset, params={"bank": "pets"}).result
+    assert info["banks"] == ["pets"] and info["num_shots"] == 3
     assert info["shots_per_class"] == bank.shots_per_class() and info["label_field"] == "gt"
     extra = dataset.skip(8).first()
     nfo.mark_references(dataset, "gt", label_ids=[extra.gt.detections[0].id])
@@ -215,7 +214,7 @@ def test_operators_immediate_end_to_end(dataset):
     assert error is None and any(uri == "set_progress" for uri, _ in messages)  # encoding reports progress
     added = messages[-1][1]["results"]
     assert added["num_shots"] == 4 and nfo.load_bank(dataset, "pets").shots[:3] == bank.shots
-    _run("manage_banks", dataset=dataset, params={"action": "rename", "bank": "pets", "new_name": "animals"})
+    _run("rename_bank", dataset=dataset, params={"bank": "pets", "new_name": "animals"})
     assert nfo.list_banks(dataset) == ["animals"]
 
     # an SDK error is one clear line in the form (which blocks the run), not a traceback
@@ -226,7 +225,7 @@ def test_operators_immediate_end_to_end(dataset):
     with pytest.raises(ExecutionError, match="bank 'animals': its file .* is missing; rebuild"):
         _run("add_references", dataset=dataset, params={"bank": "animals"})
     path.with_suffix(".moved").rename(path)
-    _run("manage_banks", dataset=dataset, params={"action": "delete", "bank": "animals"})
+    _run("delete_bank", dataset=dataset, params={"bank": "animals"})
     assert nfo.list_banks(dataset) == [] and not path.exists()
 
     assert _run("unmark_references", dataset=dataset, params={}).result["unmarked_samples"] == 3
@@ -316,7 +315,7 @@ def test_forms_explain_why_they_cannot_run(dataset):
     import fiftyone as fo
     from fiftyone.operators.executor import ExecutionError
 
-    for name in ("segment_with_bank", "manage_banks", "add_references"):
+    for name in ("segment_with_bank", "bank_info", "rename_bank", "delete_bank", "add_references"):
         form = _form(name, dataset)
         assert form.invalid and "no NTT bank" in form.error_message, name
     assert "Needs a predictions field" in _form("evaluate_predictions", dataset).error_message  # no bank needed

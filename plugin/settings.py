@@ -1,0 +1,112 @@
+"""What the operators read from ``ctx.params`` and check before they run: params, the reference tag, the model
+settings (preset, device, JSON overrides), delegation, and whether the ntt library is usable here. No state lives
+here: FiftyOne re-imports plugin modules. The form widgets are in ``widgets``.
+
+``ntt`` and its heavy dependencies are imported inside functions, so a broken install shows up as a warning in the
+form (``dependency_problem``) instead of the plugin silently vanishing from the App.
+"""
+
+from __future__ import annotations
+
+import json
+
+DELEGATE_ABOVE = 20  # samples: larger runs default to a delegated (background) run
+SAME_AS_BANK = "bank"  # the preset choice of segment_with_bank that reuses the bank's own settings
+
+
+def sdk():
+    """``ntt.fo``, imported lazily so that a missing dependency is reported in the form."""
+    import ntt.fo
+
+    return ntt.fo
+
+
+def dependency_problem() -> str | None:
+    """A message when ntt or its model dependencies cannot be imported, else None."""
+    try:
+        sdk()
+        import sam2  # noqa: F401
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - any import failure must become a form message
+        return (
+            f"The ntt library is not usable here ({type(err).__name__}: {err}). Install it into the "
+            "environment FiftyOne runs in: `pip install -e <plugin dir>`."
+        )
+    return None
+
+
+def param(ctx, key: str, default=None):
+    """``ctx.params[key]``, or ``default`` when absent or null (the App sends null for cleared fields)."""
+    value = ctx.params.get(key, default)
+    return default if value is None else value
+
+
+def reference_tag(ctx) -> str:
+    """The reference tag the form chose (the default tag when left empty)."""
+    default = sdk().DEFAULT_TAG
+    return param(ctx, "tag", default) or default
+
+
+def reference_count(ctx, field: str | None) -> int:
+    """Reference samples of the target view in ``field`` (0 for a missing or non-Detections field)."""
+    nfo = sdk()
+    if field not in nfo.detections_fields(ctx.dataset):
+        return 0
+    return len(nfo.reference_ids(ctx.target_view(), reference_tag(ctx), field))
+
+
+def settings_problem(ctx) -> tuple[str | None, str | None]:
+    """``(problem, note)``: why the preset / device / config overrides cannot make a valid configuration (else
+    None), and a note for the form (see ``device_problem``)."""
+    from ntt.config import ConfigError, make_config
+
+    try:
+        overrides = config_overrides(ctx)
+        preset = param(ctx, "preset", "paper")
+        cfg = make_config("paper" if preset == SAME_AS_BANK else preset, overrides, device(ctx))
+    except (ConfigError, ValueError) as err:
+        return f"Invalid settings: {err}", None
+    return device_problem(ctx, cfg.model.device)
+
+
+def device_problem(ctx, name: str) -> tuple[str | None, str | None]:
+    """``(problem, note)``: why ``name`` is not a device of this machine (the message lists the ones it has), else
+    None. A GPU this machine lacks is only a note for a background run: another machine may run it."""
+    from ntt.config import ConfigError
+    from ntt.devices import resolve_device
+
+    try:
+        resolve_device(name)
+    except ConfigError as err:
+        if delegating(ctx) and str(name).strip().lower().startswith("cuda"):
+            return None, f"{err}: the machine running it must have it"
+        return f"Invalid settings: {err}", None
+    return None, None
+
+
+def delegating(ctx) -> bool:
+    """Whether this run is (asked to be) delegated to a background worker."""
+    return bool(ctx.params.get("delegate")) or bool(getattr(ctx, "requesting_delegated_execution", False))
+
+
+def config_overrides(ctx) -> dict | None:
+    """The ``config`` param (a dict, from code) or the form's JSON overrides; None when neither is set.
+
+    Raises:
+        ValueError: the JSON does not parse or is not an object of sections.
+    """
+    config = ctx.params.get("config")
+    if config is None and param(ctx, "advanced", False):
+        text = (param(ctx, "config_json", "") or "").strip()
+        config = json.loads(text) if text else None
+    if config is not None and not (isinstance(config, dict) and all(isinstance(v, dict) for v in config.values())):
+        raise ValueError('overrides must be an object of sections, e.g. {"model": {"dtype": "bf16"}}')
+    return config or None
+
+
+def device(ctx) -> str | None:
+    """The device param for the SDK: None for "auto", which the SDK resolves on the machine running the
+    operation (the config overrides' device when they set one; never the device a bank was built on)."""
+    value = param(ctx, "device", "auto")
+    return None if value == "auto" else value
