@@ -22,6 +22,8 @@ _EXPORTS = {
     "MemoryBank": "ntt.bank",
     "BankError": "ntt.bank",
     "build_bank": "ntt.bank_encoder",
+    "build_bank_steps": "ntt.bank_encoder",
+    "Step": "ntt.steps",
     "InvalidReferenceError": "ntt.bank_encoder",
     "Segmenter": "ntt.segmenter",
     "load_image": "ntt.images",

@@ -17,6 +17,7 @@ from .geometry import context_crop_box, mask_tight_box_xywh
 from .images import ImageLoadError, load_image
 from .models import autocast, encoder_identity, get_dinov2, get_sam2, resolve_device
 from .postprocess import upsample_logits
+from .steps import Step, Steps, drive
 from .types import Progress, Reference
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,20 @@ def build_bank(
     mean of the tokens weighted by the soft mask resized (nearest) to the patch grid. Box-only references
     (``mask=None``) get their mask from SAM2 prompted with the box.
 
-    ``encoder`` / ``proposer`` replace the configured DINOv2 / SAM2 (same interfaces).
+    ``encoder`` / ``proposer`` replace the configured DINOv2 / SAM2 (same interfaces). ``progress(fraction,
+    label)`` is called after each reference image (``build_bank_steps`` is the generator form).
 
     Raises:
         InvalidReferenceError: an unreadable image, an empty mask, or a mask whose size differs from
             its image; the message names the annotation.
     """
+    return drive(build_bank_steps(references, cfg, chunk, encoder, proposer), progress)
+
+
+def build_bank_steps(
+    references: Sequence[Reference], cfg: NTTConfig, chunk: int = 8, encoder=None, proposer=None
+) -> Steps[MemoryBank]:
+    """``build_bank`` as a generator: yields a ``Step`` after each reference image, returns the bank."""
     if not references:
         raise InvalidReferenceError("no references given")
     check_class_names(references)
@@ -62,8 +71,7 @@ def build_bank(
             part = list(zip(refs[start : start + chunk], masks[start : start + chunk]))
             feats.extend(_encode_shots(part, image, encoder, cfg))
         done += len(refs)
-        if progress:
-            progress(done / len(references), "Encoding references")
+        yield Step(done / len(references), "Encoding references")
     ordered = [r for refs in by_image for r in refs]
     return _assemble(ordered, np.stack(feats), cfg, encoder)
 

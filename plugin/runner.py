@@ -1,19 +1,16 @@
 """Running SDK calls from operators: clear messages for SDK errors, execution options, and stage-labelled
 progress in both execution modes.
 
-Progress: the SDK takes a ``progress(fraction, label)`` callback. Delegated runs forward it to
-``ctx.set_progress`` (stored with the operation). Immediate runs are generators: the SDK call runs in a
-worker thread whose callback feeds a queue, and the operator yields one ``set_progress`` trigger per event
-as it arrives, so the App's bar moves while the work runs. If the App stops reading (closed prompt), the
-worker stops at its next progress call; labels already written stay (segmenting resumes with
-``skip_existing``).
+Progress: the SDK's long runs are generators of ``Step(fraction, label)`` (``ntt.fo.segment_steps`` ...).
+Delegated runs drive them to the end, forwarding each step to ``ctx.set_progress`` (stored with the
+operation). Immediate runs are generators themselves: one ``set_progress`` trigger per step, so the App's bar
+moves while the work runs. If the App stops reading (closed prompt), closing the operator's generator closes
+the SDK's at the step it is at; labels already written stay (segmenting resumes with ``skip_existing``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
-import threading
 
 import fiftyone.operators as foo
 
@@ -31,10 +28,6 @@ _HINTS = {
 
 class OperatorFailure(RuntimeError):
     """An SDK error as the one-line message the App shows."""
-
-
-class _Stopped(Exception):
-    """Raised inside the worker when the App stopped listening to an immediate run."""
 
 
 def sdk_errors() -> tuple[type[Exception], ...]:
@@ -86,54 +79,36 @@ def forced_delegation(ctx) -> bool | None:
     return True if ctx.params.get("delegate") else None
 
 
-def run(ctx, work, outputs):
-    """Run ``work(progress) -> summary`` for ``execute``.
+def run(ctx, steps, outputs):
+    """What ``execute`` returns for ``steps``, a generator of ``Step``\\ s that returns the run's summary.
 
-    Delegated: runs now, reports to ``ctx.set_progress`` and returns the summary (stored with the
-    operation and shown by ``resolve_output``). Immediate: returns a generator of App messages
-    (progress, then reload, a notification and the summary in ``outputs``).
+    Delegated: runs it now, reports to ``ctx.set_progress`` and returns the summary (stored with the
+    operation and shown by ``resolve_output``). Immediate: returns a generator of App messages (progress,
+    then reload, a notification and the summary in ``outputs``); closing it closes ``steps``.
     """
+    from ntt.steps import drive  # lazily, as every ntt import here: a missing dependency is the form's message
+
     if ctx.delegated:
         with clear_errors():
-            return work(lambda fraction, label: ctx.set_progress(progress=fraction, label=label))
-    return _stream(ctx, work, outputs)
+            return drive(steps, lambda fraction, label: ctx.set_progress(progress=fraction, label=label))
+    return _stream(ctx, steps, outputs)
 
 
-def _stream(ctx, work, outputs):
-    events: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    outcome: dict = {}
+def _stream(ctx, steps, outputs):
+    from ntt.steps import relay
 
-    def progress(fraction, label):
-        if stop.is_set():
-            raise _Stopped("the App stopped listening")
-        events.put((float(fraction), label))
+    def show(step):
+        return ctx.trigger("set_progress", dict(progress=step.fraction, label=step.label))
 
-    def target():
-        try:
-            outcome["result"] = work(progress)
-        except BaseException as err:  # noqa: BLE001 - handed to the operator's thread below
-            outcome["error"] = err
-        finally:
-            events.put(None)
-
-    worker = threading.Thread(target=target, name="ntt-operator", daemon=True)
-    worker.start()
     try:
-        while (event := events.get()) is not None:
-            yield ctx.trigger("set_progress", dict(progress=event[0], label=event[1]))
-    finally:
-        stop.set()  # a closed generator (App gone) stops the worker at its next progress call
-    worker.join()
-    err = outcome.get("error")
-    if err is not None:
+        result = yield from relay(steps, show)
+    except Exception as err:  # noqa: BLE001 - shown in the App, then raised as the run's error
         known = isinstance(err, sdk_errors())
         message = explain(err) if known else f"{type(err).__name__}: {err}"
         yield ctx.trigger("notify", dict(message=message, variant="error"))
         if known:
             raise OperatorFailure(message) from err
-        raise err
-    result = outcome["result"]
+        raise
     yield ctx.trigger("reload_dataset")
     yield ctx.trigger("notify", dict(message=summary_line(result), variant="success"))
     yield ctx.trigger("show_output", dict(outputs=outputs.to_json(), results=result))

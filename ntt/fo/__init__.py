@@ -7,14 +7,19 @@ Typical flow on any dataset or view::
     nfo.mark_references(dataset.take(10, seed=0))                     # or label-level: label_field=...
     nfo.build_bank(dataset, "pets", label_field="ground_truth")
     nfo.segment(dataset, "pets", label_field="ntt", batch_size=8)
+    # or step by step: build_bank_steps / add_references_steps / segment_steps yield Step(fraction, label)
+    # and return the result; closing one stops the run there (segment keeps the batches written so far)
     results = nfo.evaluate(dataset, "ntt", gt_field="ground_truth", eval_key="ntt_eval")
     results.print_report()
 """
 
+from ..steps import Step
 from .banks import (
     add_references,
+    add_references_steps,
     bank_dir,
     build_bank,
+    build_bank_steps,
     check_bank_name,
     delete_bank,
     get_bank_info,
@@ -35,14 +40,17 @@ from .references import (
     unmark_references,
     without_references,
 )
-from .segment import segment, segment_targets, to_detections
+from .segment import segment, segment_steps, segment_targets, to_detections
 
 __all__ = [
     "DEFAULT_TAG",
     "NTTFiftyOneError",
+    "Step",
     "add_references",
+    "add_references_steps",
     "bank_dir",
     "build_bank",
+    "build_bank_steps",
     "check_bank_name",
     "check_detections_field",
     "check_segment_args",
@@ -57,6 +65,7 @@ __all__ = [
     "reference_ids",
     "rename_bank",
     "segment",
+    "segment_steps",
     "segment_targets",
     "to_detections",
     "unmark_references",

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..bank import BankError, MemoryBank
-from ..bank_encoder import build_bank as build_memory_bank
+from ..bank_encoder import build_bank_steps as memory_bank_steps
 from ..config import NTTConfig, make_config
+from ..steps import Step, Steps, drive
 from . import store
 from .checks import check_device, settings_here, shot_sample_ids
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references
@@ -99,13 +100,28 @@ def build_bank(
             dict of per-section overrides such as ``{"model": {"dtype": "bf16"}}``; ``device`` ("auto",
             "cpu", "cuda", "cuda:N") is checked against this machine before anything runs.
         overwrite: replace an existing bank of that name (its old file is removed once replaced).
-        progress: optional callback ``(fraction, label)``.
+        progress: optional callback ``(fraction, label)``, called for each step of ``build_bank_steps``.
     """
+    return drive(build_bank_steps(coll, name, label_field, tag, preset, config, device, overwrite), progress)
+
+
+def build_bank_steps(
+    coll,
+    name: str,
+    label_field: str,
+    tag: str = DEFAULT_TAG,
+    preset: str = "paper",
+    config: NTTConfig | dict | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> Steps[MemoryBank]:
+    """``build_bank`` as a generator (same arguments, checked at the first step): yields a ``Step(fraction,
+    label)`` after each reference image and returns the stored bank. Closed before its end, it stores nothing."""
     _check_free(coll, name, overwrite)
     cfg = make_config(preset, config, device)
     check_device(cfg)
     refs = collect_references(coll, label_field, tag)
-    bank = build_memory_bank(refs, cfg, progress=progress)
+    bank = yield from memory_bank_steps(refs, cfg)
     _store(dataset_of(coll), name, bank, label_field, tag, cfg)
     return bank
 
@@ -124,7 +140,21 @@ def add_references(
     nothing new remains, the bank is returned unchanged and no model is loaded. New shots are encoded with
     the bank's own models, on ``device`` (default "auto": this machine's GPU when present, not the device
     the bank was built on). ``label_field`` and ``tag`` default to the bank's. Returns the (updated) bank.
+    ``progress(fraction, label)`` is called for each step of ``add_references_steps``.
     """
+    return drive(add_references_steps(coll, name, label_field, tag, device), progress)
+
+
+def add_references_steps(
+    coll,
+    name: str,
+    label_field: str | None = None,
+    tag: str | None = None,
+    device: str | None = None,
+) -> Steps[MemoryBank]:
+    """``add_references`` as a generator (same arguments, checked at the first step): yields a ``Step(fraction,
+    label)`` after each new reference image and returns the (updated) bank. Closed before its end, the bank
+    stays as it was."""
     info = get_bank_info(coll, name)
     bank = load_bank(coll, name)
     cfg = settings_here(info["config"], device=device)
@@ -134,13 +164,11 @@ def add_references(
     have = {(str(s.get("image_id")), str(s.get("annotation_id"))) for s in bank.shots}
     new = [r for r in refs if (str(r.image_id), str(r.annotation_id)) not in have]
     if not new:
-        message = f"bank {name!r}: all {len(refs)} reference(s) are in the bank already; nothing to add"
-        log.info(message)
-        if progress:
-            progress(1.0, "Nothing new to encode: every reference is in the bank already")
+        log.info("bank %r: all %d reference(s) are in the bank already; nothing to add", name, len(refs))
+        yield Step(1.0, "Nothing new to encode: every reference is in the bank already")
         return bank
     log.info("bank %r: encoding %d new reference(s), %d already in it", name, len(new), len(refs) - len(new))
-    merged = bank.add(build_memory_bank(new, cfg, progress=progress))
+    merged = bank.add((yield from memory_bank_steps(new, cfg)))
     _store(dataset_of(coll), name, merged, field, info["tag"], cfg)
     return merged
 

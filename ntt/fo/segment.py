@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import closing
 from typing import Any
 
 import fiftyone as fo
@@ -11,6 +12,7 @@ from ..bank import MemoryBank
 from ..config import NTTConfig, derive, make_config
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
+from ..steps import Step, Steps, drive
 from ..types import Instances, Progress
 from .banks import get_bank_info, load_bank
 from .checks import check_segment_args, check_settings, check_usable, settings_here
@@ -71,10 +73,36 @@ def segment(
         exclude_references: leave out the reference samples (default; they would match themselves): the
             bank's shot samples and the samples tagged ``tag``.
         tag: the reference tag (default: the bank's, else ``ntt_ref``).
+        progress: optional callback ``(fraction, label)``, called for each step of ``segment_steps``.
     Returns:
         a summary: ``samples`` (in the target view), ``labelled``, ``instances``, ``per_class``,
         ``skipped`` (``[{"id", "filepath", "reason"}]``).
     """
+    args = (score_thresh, class_thresholds, max_instances, batch_size, device, preset, config)
+    steps = segment_steps(coll, bank, label_field, *args, skip_existing, overwrite, exclude_references, tag)
+    return drive(steps, progress)
+
+
+def segment_steps(
+    coll,
+    bank: str | MemoryBank,
+    label_field: str = "ntt",
+    score_thresh: float | None = None,
+    class_thresholds: dict[str, float] | None = None,
+    max_instances: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    preset: str | None = None,
+    config: NTTConfig | dict | None = None,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    exclude_references: bool = True,
+    tag: str | None = None,
+) -> Steps[dict[str, Any]]:
+    """``segment`` as a generator (same arguments, checked at the first step): yields ``Step(0.0, "Loading
+    models")``, then a ``Step(fraction, label)`` after each batch is written, and returns the summary. Closed
+    before its end (at a step), it stops there: the batches written so far keep complete labels; resume with
+    ``skip_existing=True``."""
     check_collection(coll)
     check_segment_args(score_thresh, class_thresholds, max_instances, batch_size)
     source = _resolve_bank(coll, bank, tag)
@@ -87,12 +115,11 @@ def segment(
     excluded = _references(coll, source) if exclude_references else []
     view = _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
     cfg = adopt_bank_encoder(cfg, source.bank)
-    if progress:
-        progress(0.0, "Loading models")
+    yield Step(0.0, "Loading models")
     segmenter = Segmenter(source.bank, cfg)
     dataset = dataset_of(coll)
     info = declare_field(dataset, label_field, source.info(excluded))
-    summary = _run(dataset, view, segmenter, label_field, progress)
+    summary = yield from _run(dataset, view, segmenter, label_field)
     record_done(dataset, label_field, info)
     return summary
 
@@ -166,24 +193,25 @@ def _check_same_bank(coll, label_field: str, source: Source, existing: int) -> N
         )
 
 
-def _run(dataset, view, segmenter: Segmenter, label_field: str, progress: Progress | None) -> dict[str, Any]:
-    """Segment the view's samples and write their labels batch by batch (a stopped run keeps them)."""
+def _run(dataset, view, segmenter: Segmenter, label_field: str) -> Steps[dict[str, Any]]:
+    """Segment the view's samples and write their labels batch by batch, a step after each (a run closed at a
+    step keeps them)."""
     ids, paths = view.values(["id", "filepath"])
     names = dict(zip(segmenter.bank.class_ids, segmenter.bank.class_names))
     summary = {"samples": len(ids), "labelled": 0, "instances": 0, "per_class": Counter(), "skipped": []}
     values: dict[str, fo.Detections] = {}
-    results = zip(ids, segmenter.predict_files(paths))  # ordered; images are loaded ahead in threads
-    for done, (sid, res) in enumerate(results, start=1):
-        if res.instances is None:
-            summary["skipped"].append({"id": sid, "filepath": res.source, "reason": res.error})
-        else:
-            values[sid] = to_detections(res.instances, names)
-            summary["instances"] += len(res.instances)
-            summary["per_class"].update(names[int(c)] for c in res.instances.class_ids)
-        if done % segmenter.batch_size == 0 or done == len(ids):
-            _write(dataset, label_field, values, summary)
-            if progress:
-                progress(done / len(ids), f"Segmenting {done}/{len(ids)} samples")
+    # ordered; images are loaded ahead in threads, which stop when the run is closed
+    with closing(segmenter.predict_files(paths)) as results:
+        for done, (sid, res) in enumerate(zip(ids, results), start=1):
+            if res.instances is None:
+                summary["skipped"].append({"id": sid, "filepath": res.source, "reason": res.error})
+            else:
+                values[sid] = to_detections(res.instances, names)
+                summary["instances"] += len(res.instances)
+                summary["per_class"].update(names[int(c)] for c in res.instances.class_ids)
+            if done % segmenter.batch_size == 0 or done == len(ids):
+                _write(dataset, label_field, values, summary)
+                yield Step(done / len(ids), f"Segmenting {done}/{len(ids)} samples")
     summary["per_class"] = dict(summary["per_class"])
     return summary
 

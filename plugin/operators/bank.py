@@ -97,10 +97,10 @@ class BuildBank(BackgroundOperator):
             device=settings.device(ctx),
             overwrite=bool(param(ctx, "overwrite", False)),
         )
-        view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
+        view = ctx.target_view()
 
-        def work(progress):
-            bank = nfo.build_bank(view, name, progress=progress, **kwargs)
+        def steps():
+            bank = yield from nfo.build_bank_steps(view, name, **kwargs)
             return {
                 "bank": name,
                 "classes": len(bank.classes),
@@ -109,7 +109,7 @@ class BuildBank(BackgroundOperator):
                 "encoder": bank.encoder.get("name"),
             }
 
-        return runner.run(ctx, work, self.resolve_output(ctx))
+        return runner.run(ctx, steps(), self.resolve_output(ctx))
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -200,17 +200,17 @@ class AddReferences(BackgroundOperator):
             tag=settings.reference_tag(ctx),
             device=settings.device(ctx),
         )
-        view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
+        view = ctx.target_view()
 
-        def work(progress):
+        def steps():
             before = nfo.get_bank_info(view, name)["num_shots"]
-            nfo.add_references(view, name, progress=progress, **kwargs)
+            yield from nfo.add_references_steps(view, name, **kwargs)
             info = nfo.get_bank_info(view, name)
             added = info["num_shots"] - before
             note = f"{added} new shot(s) encoded" if added else "Nothing new: every reference is in the bank already"
             return {"bank": name, "added": added, "message": note, **brief(info)}
 
-        return runner.run(ctx, work, self.resolve_output(ctx))
+        return runner.run(ctx, steps(), self.resolve_output(ctx))
 
     def resolve_output(self, ctx):
         outputs = types.Object()

@@ -166,10 +166,10 @@ class SegmentWithBank(BackgroundOperator):
             preset=preset,
             config=config,
         )
-        view = ctx.target_view()  # resolved here: the worker thread of an immediate run has no App context
+        view = ctx.target_view()
 
-        def work(progress):
-            summary = nfo.segment(view, bank, progress=progress, **kwargs)
+        def steps():
+            summary = yield from nfo.segment_steps(view, bank, **kwargs)
             skipped = summary["skipped"]
             return {
                 "bank": bank,
@@ -179,7 +179,7 @@ class SegmentWithBank(BackgroundOperator):
                 "skipped_samples": [f"{s['filepath']}: {s['reason']}" for s in skipped[:20]],
             }
 
-        return runner.run(ctx, work, self.resolve_output(ctx))
+        return runner.run(ctx, steps(), self.resolve_output(ctx))
 
     @staticmethod
     def _settings(ctx):

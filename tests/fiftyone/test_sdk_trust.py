@@ -27,7 +27,7 @@ def _no_models(monkeypatch):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(importlib.import_module("ntt.fo.segment"), "Segmenter", fail)
-    monkeypatch.setattr(importlib.import_module("ntt.fo.banks"), "build_memory_bank", fail)
+    monkeypatch.setattr(importlib.import_module("ntt.fo.banks"), "memory_bank_steps", fail)
 
 
 def _set_stored_device(ds, name, device):
@@ -103,13 +103,13 @@ def test_add_references_encodes_only_new_shots(pets, monkeypatch):
 
     ds, bank = pets
     received = []
-    build = banks.build_memory_bank
+    build = banks.memory_bank_steps
 
     def counting(refs, cfg, **kwargs):
         received.append(len(refs))
         return build(refs, cfg, **kwargs)
 
-    monkeypatch.setattr(banks, "build_memory_bank", counting)
+    monkeypatch.setattr(banks, "memory_bank_steps", counting)
     path = nfo.get_bank_info(ds, "pets")["bank_path"]
     same = nfo.add_references(ds, "pets", tag="mine")
     assert received == [] and same.shots == bank.shots, "nothing new: no model run, bank unchanged"
