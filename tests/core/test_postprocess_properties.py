@@ -108,7 +108,7 @@ def test_reduced_merge_resolution_never_drops_a_small_mask(monkeypatch):
     m = 16
     logits = torch.full((2, m, m), -10.0)
     logits[0, 2:14, 2:14] = 10.0  # a large mask
-    logits[1, 7, 7] = 10.0  # one low-res cell: a few pixels at full resolution, nothing at 1/8
+    logits[1, 7, 7] = 10.0  # one low-res cell: a few pixels at full resolution, nothing at 1/16
     ious = torch.tensor([0.9, 0.8])
     tokens = torch.ones(4, 4, DIM)
     bank = MemoryBank(
@@ -122,7 +122,7 @@ def test_reduced_merge_resolution_never_drops_a_small_mask(monkeypatch):
     seg = Segmenter(bank, cfg, proposer=_Proposer(logits, ious, m), encoder=_Encoder(tokens))
     image = np.zeros((160, 160, 3), np.uint8)
     full = seg.predict([image])[0]
-    monkeypatch.setattr(pp, "merge_size", lambda n, size: (size[0] // 8, size[1] // 8))
+    monkeypatch.setattr(pp, "merge_size", lambda n, size: (size[0] // 16, size[1] // 16))  # the small mask vanishes
     reduced = seg.predict([image])[0]
     assert len(full) == 2
     assert len(reduced) == len(full)
