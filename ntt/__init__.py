@@ -2,7 +2,7 @@
 
 Public API (imported lazily so ``import ntt`` stays cheap)::
 
-    from ntt import MemoryBank, Segmenter, build_bank, get_config, load_image
+    from ntt import MemoryBank, Predictor, Segmenter, build_bank, get_config, load_image
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ _EXPORTS = {
     "Step": "ntt.steps",
     "InvalidReferenceError": "ntt.bank_encoder",
     "Segmenter": "ntt.segmenter",
+    "ImageResult": "ntt.segmenter",
+    "Predictor": "ntt.predictor",
     "load_image": "ntt.images",
     "ImageLoadError": "ntt.images",
     "evaluate_results": "ntt.evaluation",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,19 +97,20 @@ def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: 
     seg = Segmenter(bank, cfg, timer=timer)
     if warmup:  # model load, kernel selection, compilation, allocator; sizes an automatic batch
         first = load_image(paths[0])
-        seg.predict([first])
+        list(seg.run([first]))
         if seg.batch_size > 1:  # a full batch: chunks that span images compile their own graph
-            seg.predict([first] * min(seg.batch_size, len(paths)))
+            list(seg.run([first] * min(seg.batch_size, len(paths))))
     warmup_s = time.perf_counter() - started
     timer.seconds.clear()
-    seg.counts.clear()
+    counts: Counter[str] = Counter()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     instances: list[Instances] = []
     start = time.perf_counter()
-    for k, res in enumerate(seg.predict_files(paths)):
+    for k, res in enumerate(seg.run(paths)):
         if res.instances is None:
             raise ValueError(f"benchmark image {res.source} could not be segmented: {res.error}")
+        counts.update(res.counts)
         with timer("export"):
             coco.instances_to_results(k, res.instances)
         instances.append(res.instances)
@@ -119,7 +121,7 @@ def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: 
         images=n,
         seconds=seconds,
         stage_ms={s: 1000 * timer.seconds.get(s, 0.0) / n for s in STAGES},
-        counts={k: v / n for k, v in seg.counts.items()},
+        counts={k: v / n for k, v in counts.items()},
         peak_gpu_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         batch_size=seg.batch_size,

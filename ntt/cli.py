@@ -155,9 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("gt", help="ground-truth COCO instance JSON")
     e.add_argument("preds", help="results JSON written by `ntt segment`")
     e.add_argument("--bank", default=None, help="restrict to this bank's classes (default: from the results' sidecar)")
-    e.add_argument(
-        "--classes", nargs="+", action=_ClassList, default=None, help="restrict to these class names or ids"
-    )
+    e.add_argument("--classes", nargs="+", action=_ClassList, default=None, help="restrict to these class names or ids")
     e.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
     return parser
 

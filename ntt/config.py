@@ -184,26 +184,38 @@ class SegmentConfig:
     loader_workers: int = 2
 
     def validate(self) -> None:
-        if self.points_per_side < 1:
-            raise ConfigError("points_per_side must be >= 1")
-        if self.points_batch_size < 1:
-            raise ConfigError("points_batch_size must be >= 1")
-        if self.batch_size < 0 or self.loader_workers < 0:
-            raise ConfigError("batch_size and loader_workers must be >= 0 (batch_size 0: automatic)")
+        for name, minimum in _SEGMENT_COUNTS.items():
+            _check_min(name, getattr(self, name), minimum)
         if self.prompt_mode not in ("grid", "guided"):
             raise ConfigError(f"prompt_mode must be 'grid' or 'guided', got {self.prompt_mode!r}")
         if self.merge_resolution not in ("full", "low"):
             raise ConfigError(f"merge_resolution must be 'full' or 'low', got {self.merge_resolution!r}")
-        if self.max_instances < 1 or self.nms_max_keep < 1:
-            raise ConfigError("max_instances and nms_max_keep must be >= 1")
         for name in ("score_thresh", "nms_thresh"):
             _check_unit(name, getattr(self, name))
         if not isinstance(self.class_thresholds, dict):
             raise ConfigError("class_thresholds must map class names to thresholds")
         for cls_name, value in self.class_thresholds.items():
             _check_unit(f"class_thresholds[{cls_name!r}]", value)
-        if self.soft_merge_exponent < 0 or self.guided_points < 0 or self.guided_grid < 0:
-            raise ConfigError("soft_merge_exponent, guided_points and guided_grid must be >= 0")
+        if self.soft_merge_exponent < 0:
+            raise ConfigError(f"soft_merge_exponent must be >= 0, got {self.soft_merge_exponent!r}")
+
+
+# The whole-number knobs and their least values (batch_size 0: automatic; loader_workers 0: no threads).
+_SEGMENT_COUNTS = {
+    "points_per_side": 1,
+    "points_batch_size": 1,
+    "nms_max_keep": 1,
+    "max_instances": 1,
+    "guided_points": 0,
+    "guided_grid": 0,
+    "batch_size": 0,
+    "loader_workers": 0,
+}
+
+
+def _check_min(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_unit(name: str, value) -> None:

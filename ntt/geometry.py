@@ -20,46 +20,16 @@ def point_grid(points_per_side: int, image_size: int) -> torch.Tensor:
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1).float()
 
 
-def mask_boxes_inclusive(masks: torch.Tensor) -> torch.Tensor:
-    """Boxes of binary masks as (x1, y1, x_max, y_max), max being the last occupied index.
-
-    This is the convention of the reference code (used for its NMS). An empty mask gives [0, 0, 0, 0].
-
-    Args:
-        masks: bool tensor (N, H, W).
-    Returns:
-        float32 tensor (N, 4).
-    """
-    if masks.shape[0] == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    rows = masks.any(dim=2)  # (N, H)
-    cols = masks.any(dim=1)  # (N, W)
-    box = torch.stack([_first_true(cols), _first_true(rows), _last_true(cols), _last_true(rows)], dim=1).float()
-    empty = ~rows.any(dim=1)
-    box[empty] = 0
-    return box
-
-
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight pixel xyxy boxes with exclusive x2/y2 (x2 = last column + 1); empty masks give zeros.
+    """Boxes of bool masks (N, H, W) as float32 (N, 4) of (x1, y1, x_max, y_max), max being the last occupied
+    index (the reference code's convention, used for its NMS); an empty mask gives [0, 0, 0, 0].
 
-    Args:
-        masks: bool tensor (N, H, W).
-    Returns:
-        float32 tensor (N, 4).
+    This is SAM2's own ``batched_mask_to_box``. Exclusive boxes of full-resolution masks come with their
+    crops from ``tight_crop``.
     """
-    box = mask_boxes_inclusive(masks)
-    nonempty = masks.flatten(1).any(dim=1)
-    box[nonempty, 2:] += 1
-    return box
+    from sam2.utils.amg import batched_mask_to_box  # lazily: light commands never load sam2 (and hydra)
 
-
-def _first_true(flags: torch.Tensor) -> torch.Tensor:
-    return flags.int().argmax(dim=1)
-
-
-def _last_true(flags: torch.Tensor) -> torch.Tensor:
-    return flags.shape[1] - 1 - flags.flip(1).int().argmax(dim=1)
+    return batched_mask_to_box(masks).float()
 
 
 def context_crop_box(

@@ -93,7 +93,7 @@ def segment_targets(
     done, skipped, count = [], [], 0
     output = Path(output)
     with JsonListWriter(output) as writer:  # streamed: memory does not grow with the number of images
-        for res in segmenter.predict_files([p for _, p in targets]):
+        for res in segmenter.run([p for _, p in targets]):
             image_id = ids[str(res.source)]
             if res.instances is None:
                 skipped.append({"image_id": image_id, "path": str(res.source), "reason": res.error})

@@ -1,13 +1,15 @@
 """Long runs as generators: they ``yield`` a ``Step(fraction, label)`` as they go and ``return`` their result.
 
 A caller drives a run at its own pace: ``drive`` runs it to the end with an optional ``progress(fraction,
-label)`` callback (what the plain functions do), ``relay`` turns its steps into other messages (what the
+label)`` callback (what the plain functions do: ``f(*args, progress=None, **kwargs)`` over ``f_steps``, with
+``f_steps``'s signature through ``signature_of``), ``relay`` turns its steps into other messages (what the
 FiftyOne operators do). Stopping a run is closing its generator: it stops at the step it is at, keeping
 the work finished so far.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Generator
 from contextlib import closing
 from typing import Any, NamedTuple, TypeVar
@@ -48,3 +50,17 @@ def drive(steps: Steps[T], progress: Progress | None = None) -> T:
             next(relayed)
     except StopIteration as stop:
         return stop.value
+
+
+def signature_of(steps_fn: Callable[..., Steps[Any]]) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator: the plain twin of ``steps_fn`` (taking its arguments through ``*args, **kwargs``) shows
+    ``steps_fn``'s signature plus the keyword ``progress`` in ``help`` and editors."""
+
+    def decorate(plain: Callable[..., T]) -> Callable[..., T]:
+        sig = inspect.signature(steps_fn)
+        progress = inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=None)
+        returns = inspect.signature(plain).return_annotation
+        plain.__signature__ = sig.replace(parameters=[*sig.parameters.values(), progress], return_annotation=returns)
+        return plain
+
+    return decorate

@@ -11,7 +11,8 @@ from typing import Any
 from ..bank import BankError, MemoryBank
 from ..bank_encoder import build_bank_steps as memory_bank_steps
 from ..config import NTTConfig, make_config
-from ..steps import Step, Steps, drive
+from ..steps import Step, Steps, drive, signature_of
+from ..types import Progress
 from . import store
 from .checks import check_device, settings_here, shot_sample_ids
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references
@@ -79,32 +80,6 @@ def load_bank(coll, name: str) -> MemoryBank:
     return bank
 
 
-def build_bank(
-    coll,
-    name: str,
-    label_field: str,
-    tag: str = DEFAULT_TAG,
-    preset: str = "paper",
-    config: NTTConfig | dict | None = None,
-    device: str | None = None,
-    overwrite: bool = False,
-    progress=None,
-) -> MemoryBank:
-    """Build a named bank from the reference instances of ``coll`` and store it with the dataset.
-
-    Args:
-        coll: a dataset or view; its reference samples/labels (see ``mark_references``) are the shots.
-        name: the bank's name (a run key: letters, digits, underscores).
-        label_field: the ``Detections`` field holding the reference instances (masks, or boxes only).
-        preset / config / device: model settings: a preset name, then an ``NTTConfig`` (used as is) or a
-            dict of per-section overrides such as ``{"model": {"dtype": "bf16"}}``; ``device`` ("auto",
-            "cpu", "cuda", "cuda:N") is checked against this machine before anything runs.
-        overwrite: replace an existing bank of that name (its old file is removed once replaced).
-        progress: optional callback ``(fraction, label)``, called for each step of ``build_bank_steps``.
-    """
-    return drive(build_bank_steps(coll, name, label_field, tag, preset, config, device, overwrite), progress)
-
-
 def build_bank_steps(
     coll,
     name: str,
@@ -126,23 +101,21 @@ def build_bank_steps(
     return bank
 
 
-def add_references(
-    coll,
-    name: str,
-    label_field: str | None = None,
-    tag: str | None = None,
-    device: str | None = None,
-    progress=None,
-) -> MemoryBank:
-    """Encode the reference instances of ``coll`` that are not in the bank yet and add them to it.
+@signature_of(build_bank_steps)
+def build_bank(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
+    """Build a named bank from the reference instances of ``coll`` and store it with the dataset.
 
-    Shots already in the bank (same sample and label id) are left out before anything is encoded; when
-    nothing new remains, the bank is returned unchanged and no model is loaded. New shots are encoded with
-    the bank's own models, on ``device`` (default "auto": this machine's GPU when present, not the device
-    the bank was built on). ``label_field`` and ``tag`` default to the bank's. Returns the (updated) bank.
-    ``progress(fraction, label)`` is called for each step of ``add_references_steps``.
+    Args:
+        coll: a dataset or view; its reference samples/labels (see ``mark_references``) are the shots.
+        name: the bank's name (a run key: letters, digits, underscores).
+        label_field: the ``Detections`` field holding the reference instances (masks, or boxes only).
+        preset / config / device: model settings: a preset name, then an ``NTTConfig`` (used as is) or a
+            dict of per-section overrides such as ``{"model": {"dtype": "bf16"}}``; ``device`` ("auto",
+            "cpu", "cuda", "cuda:N") is checked against this machine before anything runs.
+        overwrite: replace an existing bank of that name (its old file is removed once replaced).
+        progress: optional callback ``(fraction, label)``, called for each step of ``build_bank_steps``.
     """
-    return drive(add_references_steps(coll, name, label_field, tag, device), progress)
+    return drive(build_bank_steps(*args, **kwargs), progress)
 
 
 def add_references_steps(
@@ -171,6 +144,19 @@ def add_references_steps(
     merged = bank.add((yield from memory_bank_steps(new, cfg)))
     _store(dataset_of(coll), name, merged, field, info["tag"], cfg)
     return merged
+
+
+@signature_of(add_references_steps)
+def add_references(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
+    """Encode the reference instances of ``coll`` that are not in the bank yet and add them to it.
+
+    Shots already in the bank (same sample and label id) are left out before anything is encoded; when
+    nothing new remains, the bank is returned unchanged and no model is loaded. New shots are encoded with
+    the bank's own models, on ``device`` (default "auto": this machine's GPU when present, not the device
+    the bank was built on). ``label_field`` and ``tag`` default to the bank's. Returns the (updated) bank.
+    ``progress(fraction, label)`` is called for each step of ``add_references_steps``.
+    """
+    return drive(add_references_steps(*args, **kwargs), progress)
 
 
 def rename_bank(coll, name: str, new_name: str) -> None:

@@ -3,59 +3,38 @@ error before any model loads or any field is created."""
 
 from __future__ import annotations
 
-import numbers
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from ..bank import MemoryBank
-from ..config import NTTConfig, layered, make_config
+from ..config import ConfigError, NTTConfig, derive, layered, make_config
 from ..devices import resolve_device
 from .references import NTTFiftyOneError
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 
 
-def check_fraction(name: str, value: Any) -> None:
-    """``value`` is None or a number in [0, 1] (a score threshold)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise NTTFiftyOneError(f"{name} must be a number between 0 and 1, got {value!r}")
-
-
-def check_count(name: str, value: Any, minimum: int) -> None:
-    """``value`` is None or a whole number >= ``minimum`` (forms may send ``4.0``)."""
-    if value is None:
-        return
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
-    if isinstance(value, bool) or not whole or value < minimum:
-        raise NTTFiftyOneError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_class_thresholds(thresholds: Any, class_names: Iterable[str] | None = None) -> None:
-    """A mapping of class name -> score threshold in [0, 1], naming only the bank's classes (when known)."""
-    if thresholds is None:
-        return
-    if not isinstance(thresholds, Mapping):
-        raise NTTFiftyOneError(f"class_thresholds must map class names to thresholds, got {thresholds!r}")
-    for name, value in thresholds.items():
-        check_fraction(f"class_thresholds[{name!r}]", value)
-    if class_names is not None:
-        unknown = sorted(set(thresholds) - set(class_names))
-        if unknown:
-            known = ", ".join(sorted(class_names)) or "none"
-            raise NTTFiftyOneError(f"class_thresholds name classes the bank does not have: {unknown} (it has: {known})")
+def whole_number(value: Any) -> Any:
+    """A whole float (forms send ``4.0`` for 4) as an int; anything else as is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def check_segment_args(
     score_thresh=None, class_thresholds=None, max_instances=None, batch_size=None, class_names=None
 ) -> None:
-    """The inference knobs of ``segment``: thresholds in [0, 1], ``max_instances`` >= 1, ``batch_size`` >= 0."""
-    check_fraction("score_thresh", score_thresh)
-    check_class_thresholds(class_thresholds, class_names)
-    check_count("max_instances", max_instances, 1)
-    check_count("batch_size", batch_size, 0)
+    """The inference knobs of ``segment``, by the config's own rules (thresholds in [0, 1], ``max_instances``
+    >= 1, ``batch_size`` >= 0); ``class_thresholds`` may name only the bank's classes (when known)."""
+    given = dict(score_thresh=score_thresh, class_thresholds=class_thresholds, max_instances=max_instances)
+    given = {key: whole_number(value) for key, value in dict(given, batch_size=batch_size).items() if value is not None}
+    try:
+        derive(NTTConfig(), segment=given)
+    except ConfigError as err:
+        raise NTTFiftyOneError(str(err)) from err
+    unknown = sorted(set(class_thresholds or {}) - set(class_names)) if class_names is not None else []
+    if unknown:
+        known = ", ".join(sorted(class_names)) or "none"
+        raise NTTFiftyOneError(f"class_thresholds name classes the bank does not have: {unknown} (it has: {known})")
 
 
 def check_settings(cfg: NTTConfig, class_names: Iterable[str]) -> None:

@@ -12,10 +12,10 @@ from ..bank import MemoryBank
 from ..config import NTTConfig, derive, make_config
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
-from ..steps import Step, Steps, drive
+from ..steps import Step, Steps, drive, signature_of
 from ..types import Instances, Progress
 from .banks import get_bank_info, load_bank
-from .checks import check_segment_args, check_settings, check_usable, settings_here
+from .checks import check_segment_args, check_settings, check_usable, settings_here, whole_number
 from .provenance import Source, declare_field, record_done, recorded
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
 from .store import dataset_of
@@ -32,55 +32,6 @@ def to_detections(inst: Instances, class_names: dict[int, str]) -> fo.Detections
         rel = [x1 / w, y1 / h, (x2 - x1) / w, (y2 - y1) / h]
         dets.append(fo.Detection(label=class_names[int(cid)], bounding_box=rel, mask=crop, confidence=float(score)))
     return fo.Detections(detections=dets)
-
-
-def segment(
-    coll,
-    bank: str | MemoryBank,
-    label_field: str = "ntt",
-    score_thresh: float | None = None,
-    class_thresholds: dict[str, float] | None = None,
-    max_instances: int | None = None,
-    batch_size: int | None = None,
-    device: str | None = None,
-    preset: str | None = None,
-    config: NTTConfig | dict | None = None,
-    skip_existing: bool = False,
-    overwrite: bool = False,
-    exclude_references: bool = True,
-    tag: str | None = None,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Segment every sample of ``coll`` with a bank and write ``fo.Detections`` into ``label_field``.
-
-    Results are written after every batch, so a stopped run keeps what it finished; re-run with
-    ``skip_existing=True`` to continue where it stopped. Samples whose media is missing or unreadable are
-    skipped and reported; every other sample gets a (possibly empty) ``Detections``. Every argument is
-    checked before any model loads or any field is created. The field's ``info`` records the bank (see
-    ``provenance``) as soon as segmenting starts.
-
-    Args:
-        bank: the name of a bank stored with the dataset, or a ``MemoryBank``.
-        score_thresh / class_thresholds: scores in [0, 1]; ``class_thresholds`` names bank classes.
-        max_instances: >= 1 per image; batch_size: >= 0 (0: fit to the GPU's memory).
-        preset / config / device: model settings as in ``build_bank``. Without ``preset``, a named
-            bank's own settings are used (so a random-weights bank segments with random weights), with
-            ``config`` given as a dict (``{"segment": {"prompt_mode": "guided"}}``) layered on them.
-            The DINOv2 encoder is always the bank's. ``device`` defaults to "auto" (this machine), never
-            the device the bank was built on.
-        skip_existing: only segment samples whose ``label_field`` is unset.
-        overwrite: allow replacing existing labels (otherwise existing labels are an error).
-        exclude_references: leave out the reference samples (default; they would match themselves): the
-            bank's shot samples and the samples tagged ``tag``.
-        tag: the reference tag (default: the bank's, else ``ntt_ref``).
-        progress: optional callback ``(fraction, label)``, called for each step of ``segment_steps``.
-    Returns:
-        a summary: ``samples`` (in the target view), ``labelled``, ``instances``, ``per_class``,
-        ``skipped`` (``[{"id", "filepath", "reason"}]``).
-    """
-    args = (score_thresh, class_thresholds, max_instances, batch_size, device, preset, config)
-    steps = segment_steps(coll, bank, label_field, *args, skip_existing, overwrite, exclude_references, tag)
-    return drive(steps, progress)
 
 
 def segment_steps(
@@ -109,7 +60,7 @@ def segment_steps(
     check_usable(source.bank, source.name)
     cfg = _settings(source, preset, config, device)
     overrides = dict(score_thresh=score_thresh, class_thresholds=class_thresholds)
-    overrides.update(max_instances=_whole(max_instances), batch_size=_whole(batch_size))
+    overrides.update(max_instances=whole_number(max_instances), batch_size=whole_number(batch_size))
     cfg = derive(cfg, segment={key: value for key, value in overrides.items() if value is not None})
     check_settings(cfg, source.classes)
     excluded = _references(coll, source) if exclude_references else []
@@ -124,8 +75,36 @@ def segment_steps(
     return summary
 
 
-def _whole(value):
-    return None if value is None else int(value)
+@signature_of(segment_steps)
+def segment(*args, progress: Progress | None = None, **kwargs) -> dict[str, Any]:
+    """Segment every sample of ``coll`` with a bank and write ``fo.Detections`` into ``label_field``.
+
+    Results are written after every batch, so a stopped run keeps what it finished; re-run with
+    ``skip_existing=True`` to continue where it stopped. Samples whose media is missing or unreadable are
+    skipped and reported; every other sample gets a (possibly empty) ``Detections``. Every argument is
+    checked before any model loads or any field is created. The field's ``info`` records the bank (see
+    ``provenance``) as soon as segmenting starts.
+
+    Args:
+        bank: the name of a bank stored with the dataset, or a ``MemoryBank``.
+        score_thresh / class_thresholds: scores in [0, 1]; ``class_thresholds`` names bank classes.
+        max_instances: >= 1 per image; batch_size: >= 0 (0: fit to the GPU's memory).
+        preset / config / device: model settings as in ``build_bank``. Without ``preset``, a named
+            bank's own settings are used (so a random-weights bank segments with random weights), with
+            ``config`` given as a dict (``{"segment": {"prompt_mode": "guided"}}``) layered on them.
+            The DINOv2 encoder is always the bank's. ``device`` defaults to "auto" (this machine), never
+            the device the bank was built on.
+        skip_existing: only segment samples whose ``label_field`` is unset.
+        overwrite: allow replacing existing labels (otherwise existing labels are an error).
+        exclude_references: leave out the reference samples (default; they would match themselves): the
+            bank's shot samples and the samples tagged ``tag``.
+        tag: the reference tag (default: the bank's, else ``ntt_ref``).
+        progress: optional callback ``(fraction, label)``, called for each step of ``segment_steps``.
+    Returns:
+        a summary: ``samples`` (in the target view), ``labelled``, ``instances``, ``per_class``,
+        ``skipped`` (``[{"id", "filepath", "reason"}]``).
+    """
+    return drive(segment_steps(*args, **kwargs), progress)
 
 
 def segment_targets(
@@ -201,7 +180,7 @@ def _run(dataset, view, segmenter: Segmenter, label_field: str) -> Steps[dict[st
     summary = {"samples": len(ids), "labelled": 0, "instances": 0, "per_class": Counter(), "skipped": []}
     values: dict[str, fo.Detections] = {}
     # ordered; images are loaded ahead in threads, which stop when the run is closed
-    with closing(segmenter.predict_files(paths)) as results:
+    with closing(segmenter.run(paths)) as results:
         for done, (sid, res) in enumerate(zip(ids, results), start=1):
             if res.instances is None:
                 summary["skipped"].append({"id": sid, "filepath": res.source, "reason": res.error})

@@ -36,16 +36,7 @@ class BuildBank(BackgroundOperator):
     ):
         """Build the bank ``bank`` from the references of a dataset or view, as ``ntt.fo.build_bank`` does, through
         this operator: ``delegate=True`` queues it for ``fiftyone delegated launch`` (see ``run_on``)."""
-        params = dict(
-            bank=bank,
-            label_field=label_field,
-            tag=tag,
-            preset=preset,
-            config=config,
-            device=device,
-            overwrite=overwrite,
-        )
-        return self.run_on(sample_collection, params, delegate, delegation_target)
+        return self.run_on(locals())
 
     def form(self, inputs, ctx):
         nfo = sdk()
@@ -142,8 +133,7 @@ class AddReferences(BackgroundOperator):
     ):
         """Add the new references of a dataset or view to ``bank``, as ``ntt.fo.add_references`` does, through this
         operator: ``delegate=True`` queues it for ``fiftyone delegated launch`` (see ``run_on``)."""
-        params = dict(bank=bank, label_field=label_field, tag=tag, device=device)
-        return self.run_on(sample_collection, params, delegate, delegation_target)
+        return self.run_on(locals())
 
     def form(self, inputs, ctx):
         nfo = sdk()

@@ -61,20 +61,20 @@ class BackgroundOperator(NTTOperator):
             allow_delegated_execution=True,
         )
 
-    def run_on(self, sample_collection, params: dict, delegate: bool, delegation_target: str | None):
-        """What ``__call__`` does, as in FiftyOne's own operators: run on a dataset or view with ``params`` (None
-        values left out, so the form's defaults apply), now or queued for ``fiftyone delegated launch``
-        (``delegate=True``, optionally on the orchestrator ``delegation_target``).
+    def run_on(self, call: dict):
+        """What ``__call__`` does, as in FiftyOne's own operators: run on ``call["sample_collection"]`` (a dataset
+        or view) with the other arguments of ``__call__`` (its ``locals()``) as params (None values left out, so
+        the form's defaults apply), now or queued for ``fiftyone delegated launch`` (``delegate=True``,
+        optionally on the orchestrator ``delegation_target``).
 
         Returns:
             FiftyOne's ``ExecutionResult`` (an ``asyncio.Task`` in a notebook). An immediate run streams its
             progress and summary to the App, so its ``result`` is None: call ``ntt.fo`` for the summary.
         """
-        ctx = dict(view=sample_collection.view())
-        params = {key: value for key, value in params.items() if value is not None}
-        return foo.execute_operator(
-            self.uri, ctx, params=params, request_delegation=delegate, delegation_target=delegation_target
-        )
+        params = {key: value for key, value in call.items() if key != "self" and value is not None}
+        ctx = dict(view=params.pop("sample_collection").view())
+        delegate, target = params.pop("delegate", False), params.pop("delegation_target", None)
+        return foo.execute_operator(self.uri, ctx, params=params, request_delegation=delegate, delegation_target=target)
 
     def run_size(self, ctx) -> int:
         raise NotImplementedError

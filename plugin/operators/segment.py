@@ -49,22 +49,7 @@ class SegmentWithBank(BackgroundOperator):
         """Segment a dataset or view with ``bank``, as ``ntt.fo.segment`` does (same arguments; ``preset=None``:
         the bank's own settings), through this operator: ``delegate=True`` queues it for ``fiftyone delegated
         launch`` (see ``run_on``)."""
-        params = dict(
-            bank=bank,
-            label_field=label_field,
-            score_thresh=score_thresh,
-            class_thresholds=class_thresholds,
-            max_instances=max_instances,
-            batch_size=batch_size,
-            device=device,
-            preset=preset,
-            config=config,
-            skip_existing=skip_existing,
-            overwrite=overwrite,
-            exclude_references=exclude_references,
-            tag=tag,
-        )
-        return self.run_on(sample_collection, params, delegate, delegation_target)
+        return self.run_on(locals())
 
     def form(self, inputs, ctx):
         if ctx.dataset.media_type != "image":

@@ -9,9 +9,9 @@ import torch
 from ntt.geometry import (
     context_crop_box,
     mask_boxes,
-    mask_boxes_inclusive,
     mask_tight_box_xywh,
     point_grid,
+    tight_crop,
     xyxy_to_xywh,
 )
 
@@ -96,19 +96,23 @@ MASK_CASES = [
 ]
 
 
+def _exclusive(masks: torch.Tensor) -> list[list[int]]:
+    """The exclusive boxes ``tight_crop`` gives full-resolution masks (zeros for an empty one)."""
+    return [(tight_crop(m.numpy()) or ([0, 0, 0, 0], None))[0] for m in masks]
+
+
 @pytest.mark.parametrize("mask, inclusive, exclusive", MASK_CASES)
 def test_mask_boxes_single(mask, inclusive, exclusive):
-    inc = mask_boxes_inclusive(mask[None])
-    exc = mask_boxes(mask[None])
-    assert inc.dtype == torch.float32 and exc.dtype == torch.float32
+    inc = mask_boxes(mask[None])
+    assert inc.dtype == torch.float32
     assert inc.tolist() == [inclusive]
-    assert exc.tolist() == [exclusive]
+    assert _exclusive(mask[None]) == [exclusive]
 
 
 def test_mask_boxes_batch_matches_cases_and_differ_by_one():
     masks = torch.stack([case.values[0] for case in MASK_CASES])
-    inc = mask_boxes_inclusive(masks)
-    exc = mask_boxes(masks)
+    inc = mask_boxes(masks)
+    exc = torch.tensor(_exclusive(masks), dtype=torch.float32)
     assert inc.tolist() == [case.values[1] for case in MASK_CASES]
     assert exc.tolist() == [case.values[2] for case in MASK_CASES]
     nonempty = masks.flatten(1).any(1)
@@ -119,16 +123,15 @@ def test_mask_boxes_batch_matches_cases_and_differ_by_one():
 
 def test_mask_boxes_no_masks():
     masks = torch.zeros(0, 7, 9, dtype=torch.bool)
-    assert mask_boxes_inclusive(masks).shape == (0, 4)
-    assert mask_boxes(masks).shape == (0, 4)
+    assert mask_boxes(masks).shape == (0, 4) and mask_boxes(masks).dtype == torch.float32
 
 
 def test_mask_boxes_non_square_orientation():
     # A wide mask in a tall image: x is the column index, y the row index.
     masks = torch.zeros(1, 20, 8, dtype=torch.bool)
     masks[0, 15:18, 1:7] = True
-    assert mask_boxes(masks).tolist() == [[1, 15, 7, 18]]
-    assert mask_boxes_inclusive(masks).tolist() == [[1, 15, 6, 17]]
+    assert _exclusive(masks) == [[1, 15, 7, 18]]
+    assert mask_boxes(masks).tolist() == [[1, 15, 6, 17]]
 
 
 # ---- context_crop_box ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ MODULES = [
     "ntt.bank",
     "ntt.geometry",
     "ntt.postprocess",
+    "ntt.predictor",
     "ntt.segmenter",
     "ntt.bank_encoder",
     "ntt.coco",

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
     ref = Reference(image=rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), class_id=1, class_name="x", mask=mask)
     bank = build_bank([ref], cfg)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = next(Segmenter(bank, cfg).predict_files([path]))
+    result = next(Segmenter(bank, cfg).run([path]))
     inst = result.instances
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n_rle = len(coco.instances_to_results(1, inst))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ntt.bank import MemoryBank
 from ntt.config import get_config
-from ntt.segmenter import Segmenter
+from ntt.predictor import Predictor
 
 DIM = 6
 
@@ -84,7 +84,7 @@ def test_postprocessing_invariants(scene):
         encoder={"name": "fake", "image_size": 56, "weights": "fake", "dim": DIM},
     )
     cfg = get_config("paper", {"model": {"device": "cpu"}, "segment": segment})
-    seg = Segmenter(bank, cfg, proposer=_Proposer(logits, ious, m), encoder=_Encoder(tokens))
+    seg = Predictor(bank, cfg, proposer=_Proposer(logits, ious, m), encoder=_Encoder(tokens))
     inst = seg.predict([np.zeros((h, w, 3), np.uint8)])[0]
 
     assert inst.image_size == (h, w)
@@ -119,7 +119,7 @@ def test_reduced_merge_resolution_never_drops_a_small_mask(monkeypatch):
         encoder={"name": "fake", "image_size": 56, "weights": "fake", "dim": DIM},
     )
     cfg = get_config("paper", {"model": {"device": "cpu"}, "segment": {"nms_thresh": 1.0}})
-    seg = Segmenter(bank, cfg, proposer=_Proposer(logits, ious, m), encoder=_Encoder(tokens))
+    seg = Predictor(bank, cfg, proposer=_Proposer(logits, ious, m), encoder=_Encoder(tokens))
     image = np.zeros((160, 160, 3), np.uint8)
     full = seg.predict([image])[0]
     monkeypatch.setattr(pp, "merge_size", lambda n, size: (size[0] // 16, size[1] // 16))  # the small mask vanishes

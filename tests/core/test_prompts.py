@@ -9,8 +9,8 @@ from oracle_scenes import CATEGORIES, OracleEncoder, OracleProposer, draw_scene
 
 from ntt.bank import MemoryBank
 from ntt.config import get_config
+from ntt.predictor import Predictor
 from ntt.prompts import guided_points
-from ntt.segmenter import Segmenter
 
 
 def test_guided_points_are_spread_best_first():
@@ -63,7 +63,7 @@ def test_guided_mode_prompts_every_instance_plus_coarse_grid():
     )
     segment = {"prompt_mode": "guided", "guided_points": 8, "guided_grid": 3}
     cfg = get_config("paper", {"model": {"device": "cpu"}, "segment": segment})
-    inst = Segmenter(bank, cfg, proposer=proposer, encoder=encoder).predict([image])[0]
+    inst = Predictor(bank, cfg, proposer=proposer, encoder=encoder).predict([image])[0]
     coords = proposer.coords
     assert len(coords) <= 8 + 9
     grid = coords[-9:]

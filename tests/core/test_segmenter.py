@@ -1,4 +1,4 @@
-"""Segmenter on real COCO images with tiny random-weight models: invariants, batching, empty results."""
+"""Predictor and Segmenter on real COCO images with tiny random-weight models: invariants, batching, empty results."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ntt.bank_encoder import build_bank
 from ntt.config import derive, get_config
 from ntt.geometry import mask_tight_box_xywh
 from ntt.images import load_image
+from ntt.predictor import DecoderOutOfMemory, Predictor
 from ntt.segmenter import MAX_AUTO_BATCH, MIN_POINTS_CHUNK, Segmenter, fit_batch_size
 
 
@@ -38,7 +39,7 @@ def _config(**segment):
 
 
 def test_predictions_are_well_formed(bank, images):
-    seg = Segmenter(bank, _config())
+    seg = Predictor(bank, _config())
     results = seg.predict(images)
     assert len(results) == len(images)
     assert sum(len(r) for r in results) > 0
@@ -56,9 +57,9 @@ def test_predictions_are_well_formed(bank, images):
 
 
 def test_batching_does_not_change_results(bank, images):
-    one = Segmenter(bank, _config(batch_size=1))
+    one = Predictor(bank, _config(batch_size=1))
     batched = [one.predict([img])[0] for img in images]
-    together = Segmenter(bank, _config(batch_size=3)).predict(images)
+    together = Predictor(bank, _config(batch_size=3)).predict(images)
     for a, b in zip(batched, together):
         assert len(a) == len(b)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
@@ -66,32 +67,32 @@ def test_batching_does_not_change_results(bank, images):
 
 
 def test_every_prompt_is_decoded_whatever_the_chunk(bank, images):
-    seg = Segmenter(bank, _config(points_per_side=5, points_batch_size=7))
+    seg = Predictor(bank, _config(points_per_side=5, points_batch_size=7))
     seg.predict(images[:1])
     assert seg.last_counts[0]["prompts"] == 25
 
 
 def test_nothing_left_gives_empty_result(bank, images):
-    seg = Segmenter(bank, _config(pred_iou_thresh=1.5))
+    seg = Predictor(bank, _config(pred_iou_thresh=1.5))
     inst = seg.predict(images[:1])[0]
     assert len(inst) == 0
     assert inst.masks.shape == (0, *images[0].shape[:2])
 
 
 def test_score_threshold_and_max_instances(bank, images):
-    base = Segmenter(bank, _config()).predict(images[:1])[0]
+    base = Predictor(bank, _config()).predict(images[:1])[0]
     assert len(base) >= 2
     cut = float(np.median(base.scores))
-    limited = Segmenter(bank, _config(score_thresh=cut, max_instances=1)).predict(images[:1])[0]
+    limited = Predictor(bank, _config(score_thresh=cut, max_instances=1)).predict(images[:1])[0]
     assert len(limited) == 1 and limited.scores[0] >= cut
 
 
 def test_per_class_threshold_removes_only_that_class(bank, images):
-    base = Segmenter(bank, _config()).predict(images)
+    base = Predictor(bank, _config()).predict(images)
     names = {c["id"]: c["name"] for c in bank.classes}
     present = {names[i] for r in base for i in r.class_ids.tolist()}
     target = sorted(present)[0]
-    gated = Segmenter(bank, _config(class_thresholds={target: 1.0})).predict(images)  # scores < 1 here
+    gated = Predictor(bank, _config(class_thresholds={target: 1.0})).predict(images)  # scores < 1 here
     kept = {names[i] for r in gated for i in r.class_ids.tolist()}
     assert target not in kept
     assert kept == present - {target}
@@ -99,67 +100,86 @@ def test_per_class_threshold_removes_only_that_class(bank, images):
 
 def test_unknown_class_threshold_is_rejected(bank):
     with pytest.raises(ValueError, match="not in the bank"):
-        Segmenter(bank, _config(class_thresholds={"unicorn": 0.5}))
+        Predictor(bank, _config(class_thresholds={"unicorn": 0.5}))
 
 
 def test_bank_from_other_encoder_is_rejected(bank):
     cfg = get_config("smoke", {"model": {"random_weights": True, "device": "cpu", "seed": 7}})
     with pytest.raises(BankError, match="random"):
-        Segmenter(bank, cfg)
+        Predictor(bank, cfg)
 
 
 def test_bf16_autocast_runs_and_agrees_on_shapes(bank, images):
     cfg = derive(_config(), model={"dtype": "bf16"})
-    inst = Segmenter(bank, cfg).predict(images[:1])[0]
-    ref = Segmenter(bank, _config()).predict(images[:1])[0]
+    inst = Predictor(bank, cfg).predict(images[:1])[0]
+    ref = Predictor(bank, _config()).predict(images[:1])[0]
     assert inst.masks.dtype == bool and inst.scores.dtype == np.float32
     assert np.all((inst.scores >= 0) & (inst.scores <= 1)) and len(inst) > 0
     assert abs(len(inst) - len(ref)) <= max(2, len(ref) // 5)
 
 
 def test_out_of_memory_splits_the_batch_and_keeps_going(bank, images, monkeypatch):
-    seg = Segmenter(bank, _config(batch_size=3))
-    expected = seg.predict(images)
-    real_predict = seg.predict
+    seg = Segmenter(bank, _config(batch_size=3, loader_workers=0))
+    expected = seg.predictor.predict(images)
+    real_predict = seg.predictor.predict
     sizes = []
 
-    def predict_with_small_memory(batch):
+    def predict_with_small_memory(batch, prepared=None, points_chunk=None):
         sizes.append(len(batch))
-        if len(batch) > 1:
+        if len(batch) > 1:  # an encoder's failure: only a smaller batch helps
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_predict(batch)
+        return real_predict(batch, prepared, points_chunk)
 
-    monkeypatch.setattr(seg, "predict", predict_with_small_memory)
-    got = seg.predict_resilient(images)
+    monkeypatch.setattr(seg.predictor, "predict", predict_with_small_memory)
+    got = [r.instances for r in seg.run(images)]
     assert sizes[:3] == [3, 1, 2] and seg.batch_size == 1
     assert [len(r) for r in got] == [len(r) for r in expected]
+    assert seg.points_chunk == 256  # the decoder did not fail: its chunk is left alone
 
 
 def test_image_that_never_fits_is_reported_not_raised(bank, images, monkeypatch):
     seg = Segmenter(bank, _config())
 
-    def always_oom(batch):
-        raise torch.OutOfMemoryError("CUDA out of memory.")
+    def always_oom(batch, prepared=None, points_chunk=None):
+        raise DecoderOutOfMemory("CUDA out of memory.")
 
-    monkeypatch.setattr(seg, "predict", always_oom)
-    assert seg.predict_resilient(images[:2]) == ["out of memory even alone (CUDA out of memory.)"] * 2
+    monkeypatch.setattr(seg.predictor, "predict", always_oom)
+    got = list(seg.run(images[:2]))
+    assert [r.error for r in got] == ["out of memory even alone (CUDA out of memory.)"] * 2
+    assert [r.instances for r in got] == [None, None]
     assert seg.points_chunk == MIN_POINTS_CHUNK  # fewer prompts per decoder call were tried first
 
 
-def test_one_image_out_of_memory_retries_with_smaller_decoder_chunks(bank, images, monkeypatch):
-    seg = Segmenter(bank, _config(points_batch_size=256))
-    expected = seg.predict(images[:1])[0]
-    real_predict = seg.predict
+def test_an_encoder_out_of_memory_on_one_image_is_reported_at_once(bank, images, monkeypatch):
+    seg = Segmenter(bank, _config())
+    calls = []
 
-    def predict_needing_small_chunks(batch):
-        if seg.points_chunk > 64:
+    def encoder_oom(batch, prepared=None, points_chunk=None):
+        calls.append(points_chunk)
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(seg.predictor, "predict", encoder_oom)
+    assert [r.error for r in seg.run(images[:1])] == ["out of memory even alone (CUDA out of memory.)"]
+    assert calls == [256]  # smaller decoder chunks cannot help an encoder
+
+
+def test_decoder_out_of_memory_halves_the_chunk_not_the_batch(bank, images, monkeypatch):
+    seg = Segmenter(bank, _config(batch_size=3, points_batch_size=256, loader_workers=0))
+    expected = seg.predictor.predict(images)
+    real_decode = seg.predictor.sam.decode_batch
+    batches = []
+
+    def decode_needing_small_chunks(feats, prompts, chunk, compiled=False):
+        batches.append(len(prompts))
+        if chunk > 64:
             raise torch.OutOfMemoryError("CUDA out of memory.")
-        return real_predict(batch)
+        return real_decode(feats, prompts, chunk, compiled)
 
-    monkeypatch.setattr(seg, "predict", predict_needing_small_chunks)
-    got = seg.predict_resilient(images[:1])[0]
-    assert seg.points_chunk == 64 and len(got) == len(expected)
-    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)
+    monkeypatch.setattr(seg.predictor.sam, "decode_batch", decode_needing_small_chunks)
+    got = [r.instances for r in seg.run(images)]
+    assert seg.points_chunk == 64 and seg.batch_size == 3 and batches == [3, 3, 3]
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -191,28 +211,28 @@ def test_automatic_batch_size_fits_the_first_images_peak_memory(bank, coco128, i
     seg = Segmenter(bank, _config(batch_size=0))
     seg._fit_batch = True  # as on a GPU
     paths = sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:3]
-    got = [r.instances for r in seg.predict_files(paths)]
+    got = [r.instances for r in seg.run(paths)]
     assert seg.batch_size == 8 and not seg._fit_batch
-    expected = Segmenter(bank, _config(batch_size=1)).predict(images)
+    expected = Predictor(bank, _config(batch_size=1)).predict(images)
     assert [len(r) for r in got] == [len(r) for r in expected]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_predict_files_loading_ahead_or_not_gives_the_same_results(bank, coco128, images, workers):
+def test_run_loading_ahead_or_not_gives_the_same_results(bank, coco128, images, workers):
     paths = sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:3]
-    expected = Segmenter(bank, _config(batch_size=2)).predict(images)
-    got = [r.instances for r in Segmenter(bank, _config(batch_size=2, loader_workers=workers)).predict_files(paths)]
+    expected = Predictor(bank, _config(batch_size=2)).predict(images)
+    got = [r.instances for r in Segmenter(bank, _config(batch_size=2, loader_workers=workers)).run(paths)]
     for a, b in zip(got, expected):
         assert len(a) == len(b) and np.array_equal(a.class_ids, b.class_ids)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
         assert np.array_equal(a.masks, b.masks)
 
 
-def test_predict_files_keeps_the_order_of_sources(bank, coco128, tmp_path):
+def test_run_keeps_the_order_of_sources(bank, coco128, tmp_path):
     good = sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:3]
     bad = tmp_path / "bad.jpg"
     bad.write_text("nope")
     sources = [good[0], bad, good[1], tmp_path / "missing.jpg", good[2]]
-    results = list(Segmenter(bank, _config(batch_size=2)).predict_files(sources))
+    results = list(Segmenter(bank, _config(batch_size=2)).run(sources))
     assert [r.source for r in results] == sources
     assert [r.instances is None for r in results] == [False, True, False, True, False]

@@ -10,7 +10,7 @@ import pytest
 from oracle_scenes import CATEGORIES, OracleEncoder, OracleProposer, draw_scene, write_coco
 
 import ntt.fo as nfo
-from ntt import bank_encoder, segmenter
+from ntt import bank_encoder, predictor
 
 CAT_IDS = [c["id"] for c in CATEGORIES]
 
@@ -42,8 +42,8 @@ def oracle_dataset(tmp_path):
 def test_oracle_through_fiftyone_reaches_map_095(oracle_dataset, monkeypatch):
     encoder, proposer = OracleEncoder(), OracleProposer()
     monkeypatch.setattr(bank_encoder, "get_dinov2", lambda cfg: encoder)
-    monkeypatch.setattr(segmenter, "get_dinov2", lambda cfg: encoder)
-    monkeypatch.setattr(segmenter, "get_sam2", lambda cfg, no_mem=False: proposer)
+    monkeypatch.setattr(predictor, "get_dinov2", lambda cfg: encoder)
+    monkeypatch.setattr(predictor, "get_sam2", lambda cfg, no_mem=False: proposer)
     config = {"model": {"device": "cpu", "random_weights": True}}
     ds = oracle_dataset
     bank = nfo.build_bank(ds, "shapes", label_field="gt", config=config)

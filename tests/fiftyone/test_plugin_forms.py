@@ -55,7 +55,7 @@ def test_device_errors_name_this_machines_devices(banked):
 
 
 BAD_VALUES = [
-    ({"score_thresh": 1.5}, "score_thresh must be a number between 0 and 1"),
+    ({"score_thresh": 1.5}, "score_thresh must be a number in [0, 1]"),
     ({"max_instances": 0}, "max_instances must be an integer >= 1"),
     ({"batch_size": -1}, "batch_size must be an integer >= 0"),
     ({"class_thresholds": {"unicorn": 0.5}}, "class_thresholds name classes the bank does not have"),

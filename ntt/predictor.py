@@ -1,0 +1,259 @@
+"""The NTT prediction, stage by stage: encode -> propose -> match -> select.
+
+Each stage is a method over typed values (``Encoded``, ``Proposals``, ``Candidates``, ``Instances``), and
+``Predictor.predict`` is their composition: this is where faithfulness to the paper lives. Engineering policy
+(loading ahead, batch sizes, out-of-memory back-off) belongs to ``ntt.segmenter``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import postprocess as pp
+from .bank import MemoryBank
+from .config import NTTConfig
+from .geometry import mask_boxes, point_grid
+from .models import autocast, encoder_identity, get_dinov2, get_sam2, resolve_device
+from .prompts import guided_points
+from .timing import NullTimer
+from .types import Instances
+
+log = logging.getLogger(__name__)
+
+
+class DecoderOutOfMemory(torch.OutOfMemoryError):
+    """Out of memory in SAM2's mask decoder: fewer prompts per decoder call may fit."""
+
+
+@dataclass
+class Encoded:
+    """A batch through both encoders: ``features``, SAM2's image features (as its ``encode`` returns them);
+    ``tokens``, float32 (B, g, g, D) DINOv2 patch tokens."""
+
+    features: dict
+    tokens: torch.Tensor
+
+
+@dataclass
+class Proposals:
+    """One image's decoded prompts: float (P, m, m) low-res mask logits and float (P,) SAM-predicted IoU."""
+
+    logits: torch.Tensor
+    iou: torch.Tensor
+
+
+@dataclass
+class Candidates:
+    """One image's masks after filtering, class matching and NMS, on the device.
+
+    logits: float (N, m, m) low-res mask logits; iou: float (N,) SAM-predicted IoU;
+    embeddings: float (N, D) unit-norm; scores: float (N,); labels: int64 (N,) bank class indices;
+    counts: how many candidates each filter left (diagnostics).
+    """
+
+    logits: torch.Tensor
+    iou: torch.Tensor
+    embeddings: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def take(self, index: torch.Tensor) -> Candidates:
+        return Candidates(
+            self.logits[index],
+            self.iou[index],
+            self.embeddings[index],
+            self.scores[index],
+            self.labels[index],
+            self.counts,
+        )
+
+
+class Predictor:
+    """Every instance of the bank's classes in a batch of target images.
+
+    Example:
+        >>> bank = MemoryBank.load("bank.safetensors")
+        >>> instances = Predictor(bank, get_config("paper")).predict([load_image("a.jpg")])[0]
+    """
+
+    def __init__(self, bank: MemoryBank, cfg: NTTConfig, proposer=None, encoder=None, timer=None):
+        """Load (or take) the models and check that the bank was built with the same encoder.
+
+        Args:
+            proposer / encoder: models to use instead of the configured SAM2 / DINOv2 (same interfaces as
+                ``SAM2Proposer`` / ``DinoV2Encoder``; used by tests and for other backbones).
+            timer: a ``StageTimer`` to charge each stage's time to (benchmarks).
+        """
+        self.cfg = cfg.validate()
+        self.bank = bank
+        self.device = resolve_device(cfg.model.device)
+        if self.device.type == "cpu" and cfg.model.dtype == "bf16":
+            log.warning("bf16 on a CPU is often slower than fp32 (many have no native bf16): consider the lite preset")
+        self.dinov2 = encoder if encoder is not None else get_dinov2(cfg.model)
+        bank.check_encoder(encoder_identity(self.dinov2, cfg.model))
+        self.sam = proposer if proposer is not None else get_sam2(cfg.model, cfg.segment.add_no_mem_embed)
+        self.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
+        self.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)
+        seg = cfg.segment
+        side = seg.points_per_side if seg.prompt_mode == "grid" else seg.guided_grid
+        self.grid = point_grid(side, self.sam.image_size).to(self.device) if side > 0 else None
+        self.timer = timer or NullTimer()
+        self.class_thresh = self._class_thresholds()
+        self.last_counts: list[dict[str, int]] = []  # per image of the last ``predict``
+
+    def _class_thresholds(self) -> torch.Tensor | None:
+        given = self.cfg.segment.class_thresholds
+        if not given:
+            return None
+        unknown = set(given) - set(self.bank.class_names)
+        if unknown:
+            raise ValueError(f"class_thresholds name classes not in the bank: {sorted(unknown)}")
+        values = [given.get(name, self.cfg.segment.score_thresh) for name in self.bank.class_names]
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        prepared: Sequence[torch.Tensor] | None = None,
+        points_chunk: int | None = None,
+    ) -> list[Instances]:
+        """Instances for RGB uint8 images (H, W, 3), run as one batch through the encoders.
+
+        Args:
+            prepared: the images already through ``prepare`` (a loader did it ahead), else done here.
+            points_chunk: prompts per decoder call (default ``segment.points_batch_size``); no effect on results.
+        """
+        if not images:
+            return []
+        if prepared is None:
+            with self.timer("resize"):
+                prepared = [self.prepare(img) for img in images]
+        encoded = self.encode(prepared)
+        proposals = self.propose(encoded, points_chunk or self.cfg.segment.points_batch_size)
+        out, self.last_counts = [], []
+        for props, tokens, image in zip(proposals, encoded.tokens, images):
+            cand = self.match(props, tokens)
+            out.append(self.select(cand, image.shape[:2]))
+            self.last_counts.append(cand.counts)
+        return out
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) -> float (3, S, S): SAM2's input (thread-safe: loaders call it ahead)."""
+        return self.sam.prepare(image)
+
+    def encode(self, prepared: Sequence[torch.Tensor]) -> Encoded:
+        """Both encoders on a batch of prepared images (float (3, S, S) each)."""
+        sam_in = torch.stack(list(prepared)).to(self.device, non_blocking=True)
+        with autocast(self.cfg.model):
+            with self.timer("sam2_encoder"):
+                feats = self.sam.encode(sam_in)
+            with self.timer("dinov2"):
+                tokens = self.dinov2(self.dinov2.resize(sam_in)).float()
+        return Encoded(feats, tokens)
+
+    def propose(self, encoded: Encoded, points_chunk: int) -> list[Proposals]:
+        """SAM2 masks for every prompt of every image (grid, or DINOv2-guided points plus a coarse grid).
+
+        Raises:
+            DecoderOutOfMemory: the decoder ran out of memory (a smaller ``points_chunk`` may fit).
+        """
+        with self.timer("decoder"):
+            prompts = [self._prompts(t) for t in encoded.tokens]  # fp32: guided prompts rank close similarities
+            try:
+                with autocast(self.cfg.model):
+                    decoded = self.sam.decode_batch(encoded.features, prompts, points_chunk, self.cfg.model.compile)
+            except torch.OutOfMemoryError as err:
+                raise DecoderOutOfMemory(str(err)) from err
+        return [Proposals(logits, iou) for logits, iou in decoded]
+
+    def _prompts(self, tokens: torch.Tensor) -> torch.Tensor:
+        seg = self.cfg.segment
+        if seg.prompt_mode == "grid":
+            return self.grid
+        guided = guided_points(tokens, self.prototypes, seg.guided_points, self.sam.image_size)
+        return guided if self.grid is None else torch.cat([guided, self.grid])
+
+    def match(self, proposals: Proposals, tokens: torch.Tensor) -> Candidates:
+        """Filter one image's masks by predicted IoU, give each the class of its best-matching prototype and
+        keep the best of overlapping same-class boxes (NMS). ``tokens``: float (g, g, D) of the image."""
+        seg = self.cfg.segment
+        counts = {"prompts": len(proposals.iou)}
+        with self.timer("matching"):
+            keep = proposals.iou > seg.pred_iou_thresh
+            logits, iou = proposals.logits[keep].float(), proposals.iou[keep]
+            counts["iou_filter"] = len(iou)
+            masks = logits > 0
+            nonempty = masks.flatten(1).any(1)
+            logits, iou, masks = logits[nonempty], iou[nonempty], masks[nonempty]
+            counts["nonempty"] = len(iou)
+            emb = pp.pool_mask_features(masks, tokens)
+            scores, labels = pp.match_classes(emb, self.prototypes)
+        cand = Candidates(logits, iou, emb, scores, labels, counts)
+        with self.timer("nms_merge"):
+            boxes = mask_boxes(masks)
+            keep = pp.class_aware_nms(boxes, iou, labels, seg.nms_thresh, seg.nms_max_keep)
+        cand = cand.take(keep)
+        counts["nms"] = len(keep)
+        cand = cand.take(cand.scores > 0)
+        counts["positive_score"] = len(cand.scores)
+        return cand
+
+    def select(self, cand: Candidates, size: tuple[int, int]) -> Instances:
+        """Soft-merge the scores, keep the best ``max_instances`` above the thresholds, and bring their masks to
+        the image's (H, W) (cropped to their boxes)."""
+        with self.timer("nms_merge"):
+            cand, scores, keep = self._merge_and_select(cand, size)
+        with self.timer("full_res_masks"):
+            found = pp.logits_to_crops(cand.logits[keep], size)
+        kept = [i for i, f in enumerate(found) if f is not None]
+        keep = keep[kept]
+        cand.counts["final"] = len(keep)
+        return Instances(
+            boxes=np.array([found[i][0] for i in kept], np.float32).reshape(-1, 4),
+            crops=[found[i][1] for i in kept],
+            scores=scores[keep].float().cpu().numpy().clip(0.0, 1.0),
+            class_ids=self.class_ids[cand.labels[keep].cpu()].numpy(),
+            image_size=(int(size[0]), int(size[1])),
+        )
+
+    def _merge_and_select(self, cand: Candidates, size: tuple[int, int]):
+        """Soft-merge the scores and pick the final candidates: (candidates, scores, kept indices); the
+        candidates lose those whose mask vanishes at full resolution."""
+        seg = self.cfg.segment
+        if seg.merge_resolution == "full" and len(cand.scores):
+            # Faithful: IoS on full-resolution masks (scaled down only past a memory budget).
+            merge_at = pp.merge_size(len(cand.scores), size)
+            merge_masks = pp.upsample_logits(cand.logits, merge_at)
+            if merge_at == tuple(size):  # truly empty at full resolution: nothing to keep
+                nonempty = merge_masks.flatten(1).any(1)
+                cand, merge_masks = cand.take(nonempty), merge_masks[nonempty]
+            else:  # a mask that vanishes when scaled down is kept (IoS 0); its full-res crop decides
+                log.info(
+                    "soft merge of %d masks at %dx%d instead of %dx%d (memory budget)",
+                    len(cand.scores),
+                    *merge_at,
+                    *size,
+                )
+        else:
+            merge_masks = cand.logits > 0
+        scores = cand.scores
+        if seg.soft_merge and len(scores):
+            scores = pp.apply_decay(scores, self._decay(cand, merge_masks), seg.soft_merge_exponent)
+        keep = pp.select_top(scores, cand.labels, seg.max_instances, seg.score_thresh, self.class_thresh)
+        return cand, scores, keep
+
+    def _decay(self, cand: Candidates, masks: torch.Tensor) -> torch.Tensor:
+        """Soft-merge decay per candidate, computed class by class (only same-class pairs interact)."""
+        decay = torch.zeros_like(cand.scores)
+        for label in cand.labels.unique():
+            idx = torch.nonzero(cand.labels == label).flatten()  # keeps NMS (rank) order
+            inter, areas = pp.mask_intersections(masks[idx])
+            decay[idx] = pp.soft_merge_decay(inter, areas, cand.labels[idx], cand.embeddings[idx])
+        return decay
