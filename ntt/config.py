@@ -282,8 +282,8 @@ def _check_type(section: str, spec: dataclasses.Field, value: Any) -> None:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        want = "a path or null" if default is None else type(default).__name__
-        raise ConfigError(f"{section}.{spec.name} must be {want}, got {value!r}")
+        want = {type(None): "be a path or null", dict: "map class names to values"}.get(type(default))
+        raise ConfigError(f"{section}.{spec.name} must {want or 'be ' + type(default).__name__}, got {value!r}")
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

@@ -125,7 +125,7 @@ BAD_SEGMENT_ARGS = [
     ({"score_thresh": "high"}, "score_thresh"),
     ({"class_thresholds": {"person": 2.0}}, "class_thresholds.*must be a number"),
     ({"class_thresholds": {"unicorn": 0.5}}, "the bank does not have: \\['unicorn'\\]"),
-    ({"class_thresholds": 0.5}, "class_thresholds must be dict"),
+    ({"class_thresholds": 0.5}, "map class names"),
     ({"max_instances": 0}, "max_instances must be an integer >= 1"),
     ({"max_instances": 2.5}, "max_instances"),
     ({"batch_size": -1}, "batch_size must be an integer >= 0"),
