@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", dest="json_out", default=None, help="write the numbers to this JSON file")
     _model_args(k)
 
+    w = sub.add_parser("weights", help="check that the checkpoints a preset needs are here (or say where they go)")
+    _model_args(w)
+
     e = sub.add_parser("evaluate", help="COCO bbox and segm AP of a results JSON")
     e.add_argument("gt", help="ground-truth COCO instance JSON")
     e.add_argument("preds", help="results JSON written by `ntt segment`")
@@ -216,6 +219,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "benchmark":
         seg = {"points_per_side": args.points_per_side, "prompt_mode": args.prompt_mode}
         return commands.benchmark(args, _config(args, seg))
+    if args.command == "weights":
+        return commands.weights(_config(args))
     return commands.evaluate(args)
 
 

@@ -13,7 +13,7 @@ from . import coco, pipeline
 from .bank import MemoryBank
 from .config import NTTConfig
 from .evaluation import format_metrics
-from .models import ensure_weights
+from .models import describe_checkpoint, ensure_weights
 
 
 def bank_build(args: argparse.Namespace, cfg: NTTConfig) -> int:
@@ -28,12 +28,23 @@ def bank_build(args: argparse.Namespace, cfg: NTTConfig) -> int:
 def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
     start = time.perf_counter()
     bank = MemoryBank.load(args.bank)
-    cfg = pipeline.adopt_bank_encoder(cfg, bank, explicit_dinov2=args.dinov2 is not None)
+    cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
     merged = bank.add(_bank_from_args(args, cfg))
     path = merged.save(args.output or args.bank)
     added = len(merged.shots) - len(bank.shots)
     total = f"{len(merged.classes)} classes, {len(merged.shots)} shots"
     print(f"wrote {path}: {added} shots added, {total} ({elapsed(start)})")
+    return 0
+
+
+def weights(cfg: NTTConfig) -> int:
+    """Where each checkpoint of the config resolves; every missing one named at once (exit 2), none downloaded."""
+    ensure_weights(cfg.model)
+    if cfg.model.random_weights:
+        print("random weights: no checkpoint needed (predictions are meaningless)")
+        return 0
+    for kind, name in (("sam2", cfg.model.sam2), ("dinov2", cfg.model.dinov2)):
+        print(f"{kind} {name}: {describe_checkpoint(cfg.model, kind)}")
     return 0
 
 
@@ -91,7 +102,7 @@ def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
     start = time.perf_counter()
     bank = MemoryBank.load(args.bank)
     bank.info["path"] = str(args.bank)
-    cfg = pipeline.adopt_bank_encoder(cfg, bank, explicit_dinov2=args.dinov2 is not None)
+    cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
     targets = _targets(args.images, args.image_root)  # checked before the weights: the cheaper mistake first
     if args.max_images is not None:
         targets = targets[: args.max_images]

@@ -331,6 +331,23 @@ def get_config(preset: str = "paper", overrides: dict[str, dict[str, Any]] | Non
     return layered(PRESETS[preset], overrides)
 
 
+def describe_settings(data: dict[str, dict[str, Any]]) -> str:
+    """A stored config (``to_dict``) as its closest preset plus what differs, device aside: "lite", or
+    "smoke + model.random_weights=True"."""
+
+    def changes(preset: str) -> list[str]:
+        base = get_config(preset).to_dict()
+        return [
+            f"{section}.{key}={value!r}"
+            for section, values in data.items()
+            for key, value in values.items()
+            if key != "device" and base.get(section, {}).get(key, value) != value
+        ]
+
+    best = min(PRESETS, key=lambda name: len(changes(name)))
+    return " + ".join([best, *changes(best)])
+
+
 def layered(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]] | None) -> NTTConfig:
     """A config from per-section settings (a preset's, or a config's ``to_dict``) with per-section
     overrides on top; ``None`` override values leave the base alone."""

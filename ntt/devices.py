@@ -17,6 +17,11 @@ def available_devices() -> list[str]:
     return ["cpu"] + [f"cuda:{i}" for i in range(count)]
 
 
+def machine_preset() -> str:
+    """The preset this machine runs well: "fast" (the paper's models, batched, bf16) with a GPU, else "lite"."""
+    return "fast" if torch.cuda.is_available() else "lite"
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``"auto"`` (or None) -> CUDA when available else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` checked to exist.
 

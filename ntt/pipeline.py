@@ -62,13 +62,14 @@ def _chosen_categories(data: dict, classes: list[str] | None, split: str | None)
     return coco.select_categories(data, classes), bool(classes)
 
 
-def adopt_bank_encoder(cfg: NTTConfig, bank: MemoryBank, explicit_dinov2: bool = False) -> NTTConfig:
-    """Use the bank's DINOv2 encoder and input size for targets (unless the user named one).
+def adopt_bank_encoder(cfg: NTTConfig, encoder: dict, explicit_dinov2: bool = False) -> NTTConfig:
+    """Use the bank's DINOv2 encoder (``bank.encoder``: its name and input size) for targets (unless the user
+    named one).
 
     A bank from a custom encoder (not a known DINOv2 name) leaves the config alone: the caller supplies
     that encoder."""
-    if not explicit_dinov2 and bank.encoder["name"] in DINOV2_MODELS:
-        return derive(cfg, model={"dinov2": bank.encoder["name"], "dinov2_image_size": int(bank.encoder["image_size"])})
+    if not explicit_dinov2 and encoder["name"] in DINOV2_MODELS:
+        return derive(cfg, model={"dinov2": encoder["name"], "dinov2_image_size": int(encoder["image_size"])})
     return cfg.validate()
 
 

@@ -89,17 +89,27 @@ def resolve_checkpoint(kind: str, file_name: str, hub_id: str, explicit: str | N
         hub_id: the hub repository to download from when online.
         explicit: a path given by the user; it must exist.
     """
+    path = local_checkpoint(kind, file_name, explicit)
+    if path is not None:
+        return path
+    if _online():
+        return _download(kind, file_name, hub_id)
+    raise WeightsNotFoundError(missing_message([(kind, file_name, hub_id)]))
+
+
+def local_checkpoint(kind: str, file_name: str, explicit: str | None = None) -> Path | None:
+    """The checkpoint's path on this machine (steps 1-4 above), or None; a missing explicit path is an error."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist")
         return path
-    for candidate in _local_candidates(kind, file_name):
-        if candidate.is_file():
-            return candidate
-    if _online():
-        return _download(kind, file_name, hub_id)
-    raise WeightsNotFoundError(_missing_message(kind, file_name, hub_id))
+    return next((path for path in _local_candidates(kind, file_name) if path.is_file()), None)
+
+
+def available(kind: str, file_name: str, explicit: str | None = None) -> bool:
+    """Whether a job could get this checkpoint now (on disk, or downloadable), without downloading it."""
+    return local_checkpoint(kind, file_name, explicit) is not None or _online()
 
 
 def _local_candidates(kind: str, file_name: str) -> list[Path]:
@@ -130,12 +140,18 @@ def _download(kind: str, file_name: str, hub_id: str) -> Path:
     return Path(hf_hub_download(repo_id=hub_id, filename=hub_file))
 
 
-def _missing_message(kind: str, file_name: str, hub_id: str) -> str:
-    env = _ENV_FILE[kind]
+CLI_RANDOM_HINT = "--random-weights"
+
+
+def missing_message(files: list[tuple[str, str, str]], random_hint: str = CLI_RANDOM_HINT) -> str:
+    """One message naming every checkpoint a job lacks (``(kind, Meta's file name, hub id)`` each), where to put
+    them, and ``random_hint``: how to try the flow without weights (the CLI flag, a form's checkbox, ...)."""
+    names = "; ".join(f"`{name}` ({kind}: Meta's release, or hub id {hub})" for kind, name, hub in files)
+    envs = " / ".join(_ENV_FILE[kind] for kind, _, _ in files)
     return (
-        f"No {kind} checkpoint found and no network to download it. Get `{file_name}` "
-        f"(Meta's release; or hub id {hub_id}) and either put it in $NTT_CHECKPOINT_DIR "
-        f"(currently {os.environ.get('NTT_CHECKPOINT_DIR', 'unset')}) or in {cache_dir()}, "
-        f"or point {env} at the file, or pass its path explicitly. "
-        "For a smoke run without weights, use --random-weights (predictions are meaningless)."
+        f"Model weights not found here and no network to download them. Get {names}. Put "
+        f"{'them' if len(files) > 1 else 'it'} in $NTT_CHECKPOINT_DIR (currently "
+        f"{os.environ.get('NTT_CHECKPOINT_DIR', 'unset')}) or in {cache_dir()}, or point {envs} at the "
+        f"file, or pass its path explicitly. To try the flow without weights: {random_hint} (predictions are "
+        "meaningless)."
     )

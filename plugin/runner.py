@@ -18,6 +18,7 @@ from .settings import DELEGATE_ABOVE
 
 _HINTS = {
     "WeightsNotFoundError": "Model weights not found",
+    "CheckpointError": "Unusable checkpoint",
     "BankError": "Memory bank problem",
     "InvalidReferenceError": "Invalid reference",
     "ConfigError": "Invalid settings",
@@ -37,9 +38,10 @@ def sdk_errors() -> tuple[type[Exception], ...]:
     from ntt.config import ConfigError
     from ntt.fo import NTTFiftyOneError
     from ntt.images import ImageLoadError
-    from ntt.weights import WeightsNotFoundError
+    from ntt.weights import CheckpointError, WeightsNotFoundError
 
-    return (NTTFiftyOneError, InvalidReferenceError, BankError, WeightsNotFoundError, ConfigError, ImageLoadError)
+    known = (NTTFiftyOneError, InvalidReferenceError, BankError, WeightsNotFoundError, CheckpointError, ConfigError)
+    return (*known, ImageLoadError)
 
 
 def explain(err: BaseException) -> str:
@@ -57,14 +59,24 @@ def clear_errors():
         raise OperatorFailure(explain(err)) from err
 
 
+def background_available() -> bool:
+    """Whether this App can schedule runs for ``fiftyone delegated launch``: open-source FiftyOne offers "Schedule"
+    only with ``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true`` (otherwise it lists registered orchestrators, which
+    only FiftyOne Enterprise has)."""
+    import fiftyone as fo
+
+    return bool(fo.config.allow_legacy_orchestrators)
+
+
 def execution_options(ctx, count: int) -> foo.ExecutionOptions:
-    """Both modes allowed; delegated by default above ``DELEGATE_ABOVE``; only delegated when forced."""
+    """Both modes allowed; "Schedule" preferred above ``DELEGATE_ABOVE`` when this App can schedule; only
+    delegated when forced (``delegate=True``)."""
     if ctx.params.get("delegate"):
         return foo.ExecutionOptions(allow_immediate_execution=False, allow_delegated_execution=True)
     return foo.ExecutionOptions(
         allow_immediate_execution=True,
         allow_delegated_execution=True,
-        default_choice_to_delegated=count > DELEGATE_ABOVE,
+        default_choice_to_delegated=count > DELEGATE_ABOVE and background_available(),
     )
 
 
@@ -79,22 +91,23 @@ def forced_delegation(ctx) -> bool | None:
     return True if ctx.params.get("delegate") else None
 
 
-def run(ctx, steps, outputs):
+def run(ctx, steps, outputs, show_field: str | None = None):
     """What ``execute`` returns for ``steps``, a generator of ``Step``\\ s that returns the run's summary.
 
     Delegated: runs it now, reports to ``ctx.set_progress`` and returns the summary (stored with the
     operation and shown by ``resolve_output``). Immediate: returns a generator of App messages (progress,
-    then reload, a notification and the summary in ``outputs``); closing it closes ``steps``.
+    then reload, ``show_field`` made visible, a notification and the summary in ``outputs``); closing it closes
+    ``steps``.
     """
     from ntt.steps import drive  # lazily, as every ntt import here: a missing dependency is the form's message
 
     if ctx.delegated:
         with clear_errors():
             return drive(steps, lambda fraction, label: ctx.set_progress(progress=fraction, label=label))
-    return _stream(ctx, steps, outputs)
+    return _stream(ctx, steps, outputs, show_field)
 
 
-def _stream(ctx, steps, outputs):
+def _stream(ctx, steps, outputs, show_field):
     from ntt.steps import relay
 
     def show(step):
@@ -110,6 +123,8 @@ def _stream(ctx, steps, outputs):
             raise OperatorFailure(message) from err
         raise
     yield ctx.trigger("reload_dataset")
+    if show_field:  # a new field starts unticked in the sidebar: show the labels just written
+        yield ctx.trigger("set_active_fields", dict(fields=sorted({*ctx.active_fields, show_field})))
     yield ctx.trigger("notify", dict(message=summary_line(result), variant="success"))
     yield ctx.trigger("show_output", dict(outputs=outputs.to_json(), results=result))
 

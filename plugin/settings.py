@@ -56,18 +56,37 @@ def reference_count(ctx, field: str | None) -> int:
     return len(nfo.reference_ids(ctx.target_view(), reference_tag(ctx), field))
 
 
-def settings_problem(ctx) -> tuple[str | None, str | None]:
-    """``(problem, note)``: why the preset / device / config overrides cannot make a valid configuration (else
-    None), and a note for the form (see ``device_problem``)."""
+def default_preset() -> str:
+    """The preset forms start with: what this machine runs well (lite on a CPU, fast on a GPU)."""
+    from ntt.devices import machine_preset
+
+    return machine_preset()
+
+
+def settings_problem(ctx, preset: str, settings=None, kinds=("sam2", "dinov2")) -> tuple[str | None, str | None]:
+    """``(problem, note)``: why ``preset`` with the form's device and overrides cannot run here (else None): an
+    invalid configuration, a device this machine lacks, or checkpoint files of ``kinds`` it cannot get (every
+    missing file named, with where it goes and the 'Random weights' way out); and a note for the form. For a
+    background run, a missing device or file is only a note: the worker may have it.
+
+    Args:
+        settings: ``(preset, overrides, device) -> NTTConfig`` (default: ``make_config``; segmenting uses the
+            bank's settings).
+    """
     from ntt.config import ConfigError, make_config
+    from ntt.models import missing_weights
+    from ntt.weights import missing_message
 
     try:
-        overrides = config_overrides(ctx)
-        preset = param(ctx, "preset", "paper")
-        cfg = make_config("paper" if preset == SAME_AS_BANK else preset, overrides, device(ctx))
+        cfg = (settings or make_config)(preset, config_overrides(ctx), device(ctx))
     except (ConfigError, ValueError) as err:
         return f"Invalid settings: {err}", None
-    return device_problem(ctx, cfg.model.device)
+    problem, note = device_problem(ctx, cfg.model.device)
+    missing = [] if problem else missing_weights(cfg.model, kinds)
+    if not missing:
+        return problem, note
+    message = missing_message(missing, "tick 'Random weights' below")
+    return (None, f"{message} The machine running it must have them.") if delegating(ctx) else (message, None)
 
 
 def device_problem(ctx, name: str) -> tuple[str | None, str | None]:
@@ -91,7 +110,8 @@ def delegating(ctx) -> bool:
 
 
 def config_overrides(ctx) -> dict | None:
-    """The ``config`` param (a dict, from code) or the form's JSON overrides; None when neither is set.
+    """The ``config`` param (a dict, from code) or the form's JSON overrides, with the form's 'Random weights'; None
+    when none is set.
 
     Raises:
         ValueError: the JSON does not parse or is not an object of sections.
@@ -102,7 +122,20 @@ def config_overrides(ctx) -> dict | None:
         config = json.loads(text) if text else None
     if config is not None and not (isinstance(config, dict) and all(isinstance(v, dict) for v in config.values())):
         raise ValueError('overrides must be an object of sections, e.g. {"model": {"dtype": "bf16"}}')
+    if param(ctx, "random_weights", False):
+        config = {**(config or {}), "model": {**(config or {}).get("model", {}), "random_weights": True}}
     return config or None
+
+
+def class_thresholds(ctx, classes: list[str]) -> dict[str, float] | None:
+    """The ``class_thresholds`` param (a dict, from code), else the form's per-class table over the bank's
+    ``classes`` (empty cells: the global score threshold); None when neither sets any."""
+    given = ctx.params.get("class_thresholds")
+    if given is not None or not param(ctx, "per_class", False):
+        return given
+    table = param(ctx, "class_table", {}) or {}
+    chosen = {name: table.get(f"c{i}") for i, name in enumerate(classes)}
+    return {name: value for name, value in chosen.items() if value is not None} or None
 
 
 def device(ctx) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fiftyone.operators.types as types
 
-from .settings import DELEGATE_ABOVE, SAME_AS_BANK, device_problem, param, sdk, settings_problem
+from .settings import DELEGATE_ABOVE, SAME_AS_BANK, default_preset, device_problem, param, sdk, settings_problem
 
 PRESET_LABELS = {
     SAME_AS_BANK: "Same models and settings as the bank",
@@ -95,15 +95,24 @@ def target_input(inputs, ctx, action: str, **kwargs):
     return ctx.target_view()
 
 
-def model_inputs(inputs, ctx, default_preset: str = "paper", same_as_bank: bool = False) -> str | None:
-    """Preset, device and the advanced JSON overrides; returns why the settings are invalid, else None."""
+def model_inputs(inputs, ctx, same_as_bank: bool = False, settings=None, kinds=("sam2", "dinov2")) -> str | None:
+    """Preset (default: the bank's when ``same_as_bank``, else what this machine runs well), device, random
+    weights and the advanced JSON overrides; returns why they cannot run here, else None (see
+    ``settings.settings_problem`` for ``settings`` and ``kinds``)."""
     from ntt.config import PRESETS
 
     presets = types.RadioGroup()
     for key in ([SAME_AS_BANK] if same_as_bank else []) + list(PRESETS):
         presets.add_choice(key, label=PRESET_LABELS.get(key, key))
-    inputs.enum("preset", presets.values(), label="Models", default=default_preset, view=presets)
+    default = SAME_AS_BANK if same_as_bank else default_preset()
+    inputs.enum("preset", presets.values(), label="Models", default=default, view=presets)
     device_input(inputs)
+    inputs.bool(
+        "random_weights",
+        label="Random weights (no model files needed)",
+        description="Randomly initialised models: the predictions are MEANINGLESS. Only to try the flow.",
+        default=False,
+    )
     inputs.bool("advanced", label="Advanced settings (JSON overrides)", default=False)
     if param(ctx, "advanced", False):
         inputs.str(
@@ -113,7 +122,25 @@ def model_inputs(inputs, ctx, default_preset: str = "paper", same_as_bank: bool 
             description='e.g. {"model": {"dtype": "bf16"}, "segment": {"points_per_side": 16}}',
             view=types.CodeView(language="json"),
         )
-    return noted(inputs, settings_problem(ctx))
+    return noted(inputs, settings_problem(ctx, param(ctx, "preset", default), settings, kinds))
+
+
+def class_thresholds_input(inputs, ctx, classes: list[str]) -> None:
+    """A "per-class thresholds" box that opens a table: one threshold per bank class (params ``class_table.c<i>``,
+    read by ``settings.class_thresholds``)."""
+    inputs.bool(
+        "per_class",
+        label="Per-class score thresholds",
+        default=False,
+        description="Close classes are the method's main failure mode: raise the threshold of a class that takes "
+        "other classes' instances",
+    )
+    if not param(ctx, "per_class", False):
+        return
+    table = types.Object()
+    for i, name in enumerate(classes):
+        table.float(f"c{i}", label=name, min=0.0, max=1.0)
+    inputs.define_property("class_table", table, label="Threshold per class (empty: the score threshold above)")
 
 
 def device_input(inputs, ctx=None) -> str | None:
@@ -135,13 +162,23 @@ def noted(inputs, checked: tuple[str | None, str | None]) -> str | None:
 
 
 def delegation_notice(inputs, count: int, what: str = "samples") -> None:
-    """Tell the user how the run will go: immediate, or in the background above ``DELEGATE_ABOVE``."""
-    if count > DELEGATE_ABOVE:
-        inputs.view(
-            "delegation",
-            types.Notice(
-                label=f"{count} {what}: this runs in the background by default",
-                description="Background (delegated) runs need `fiftyone delegated launch` running; choose "
-                "'Execute' to run now instead (keep the App open: closing it stops the run).",
-            ),
+    """Say what Execute and Schedule do here, truthfully: whether this App can schedule, what must run for a
+    scheduled run to start, and (above ``DELEGATE_ABOVE``) that the run is long enough to schedule."""
+    from .runner import background_available
+
+    now = (
+        f"Execute runs it now, in this App ({count} {what}), with progress here; leaving or reloading the page stops "
+        "it after the batch in progress (what is done stays)."
+    )
+    if background_available():
+        later = (
+            "Schedule queues it for a `fiftyone delegated launch` worker, which must be running (in a terminal, with "
+            "this database); follow it with `fiftyone delegated list`."
         )
+    else:
+        later = (
+            "Schedule is off in this App: start the App with FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true and run "
+            "`fiftyone delegated launch` in another terminal to run it in the background."
+        )
+    label = f"{count} {what}: a long run; Schedule keeps it off this App" if count > DELEGATE_ABOVE else "How it runs"
+    inputs.view("delegation", types.Notice(label=label, description=f"{now} {later}"))

@@ -36,6 +36,7 @@ MAX_IMAGES="${NTT_DEMO_MAX_IMAGES:-$([[ "$HAS_CUDA" == 1 ]] && echo 100000 || ec
 SHOTS="${NTT_DEMO_SHOTS:-5}"
 
 echo "== data: $DATA; options: ${ARGS[*]}; max images: $MAX_IMAGES"
+$NTT weights "${ARGS[@]}"  # every checkpoint the demo needs, named at once when missing
 echo "== 1/3 memory bank from $SHOTS shots per class (paper sampling protocol, seed 33)"
 $NTT bank build "$DATA/annotations/instances_train2017.json" --images "$DATA/images/train2017" \
   --shots "$SHOTS" -o "$OUT/bank.safetensors" "${ARGS[@]}"

@@ -197,3 +197,18 @@ def test_folder_targets_keep_their_ids_and_evaluate_by_file_name(coco128, bank_p
     monkeypatch.setattr(pipeline, "evaluate_results", lambda g, r, cat_ids, img_ids: seen.update(ids=img_ids) or {})
     pipeline.evaluate_files(gt, preds)
     assert sorted(seen["ids"]) == sorted([first["id"], second["id"], third["id"]])
+
+
+def test_weights_names_every_missing_checkpoint_then_where_each_is(tmp_path, capsys, monkeypatch):
+    assert main(["weights", "--preset", "lite"]) == 2
+    err = capsys.readouterr().err
+    assert "sam2.1_hiera_tiny.pt" in err and "dinov2_vits14_pretrain.pth" in err and "--random-weights" in err
+    monkeypatch.setenv("NTT_CHECKPOINT_DIR", str(tmp_path))
+    for name in ("sam2.1_hiera_tiny.pt", "dinov2_vits14_pretrain.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    assert main(["weights", "--preset", "lite"]) == 0
+    out = capsys.readouterr().out
+    assert f"sam2 sam2.1_hiera_t: {tmp_path / 'sam2.1_hiera_tiny.pt'}" in out
+    assert f"dinov2 dinov2_vits14: {tmp_path / 'dinov2_vits14_pretrain.pth'}" in out
+    assert main(["weights", "--preset", "paper", "--random-weights"]) == 0
+    assert "no checkpoint needed" in capsys.readouterr().out

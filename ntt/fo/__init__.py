@@ -27,7 +27,7 @@ from .banks import (
     load_bank,
     rename_bank,
 )
-from .checks import check_segment_args
+from .checks import check_segment_args, check_weights
 from .evaluate import evaluate
 from .references import (
     DEFAULT_TAG,
@@ -40,7 +40,7 @@ from .references import (
     unmark_references,
     without_references,
 )
-from .segment import segment, segment_steps, segment_targets, to_detections
+from .segment import segment, segment_settings, segment_steps, segment_targets, to_detections
 
 __all__ = [
     "DEFAULT_TAG",
@@ -54,6 +54,7 @@ __all__ = [
     "check_bank_name",
     "check_detections_field",
     "check_segment_args",
+    "check_weights",
     "collect_references",
     "delete_bank",
     "detections_fields",
@@ -65,6 +66,7 @@ __all__ = [
     "reference_ids",
     "rename_bank",
     "segment",
+    "segment_settings",
     "segment_steps",
     "segment_targets",
     "to_detections",

@@ -14,7 +14,7 @@ from ..config import NTTConfig, make_config
 from ..steps import Step, Steps, drive, signature_of
 from ..types import Progress
 from . import store
-from .checks import check_device, settings_here, shot_sample_ids
+from .checks import check_device, check_weights, settings_here, shot_sample_ids
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references
 from .store import bank_dir, dataset_of, schema_lock  # noqa: F401 - re-exported: a dataset's bank folder and lock
 
@@ -96,6 +96,7 @@ def build_bank_steps(
     cfg = make_config(preset, config, device)
     check_device(cfg)
     refs = collect_references(coll, label_field, tag)
+    check_weights(cfg, needed_models(refs))
     bank = yield from memory_bank_steps(refs, cfg)
     _store(dataset_of(coll), name, bank, label_field, tag, cfg)
     return bank
@@ -141,6 +142,7 @@ def add_references_steps(
         yield Step(1.0, "Nothing new to encode: every reference is in the bank already")
         return bank
     log.info("bank %r: encoding %d new reference(s), %d already in it", name, len(new), len(refs) - len(new))
+    check_weights(cfg, needed_models(new))
     merged = bank.add((yield from memory_bank_steps(new, cfg)))
     _store(dataset_of(coll), name, merged, field, info["tag"], cfg)
     return merged
@@ -177,6 +179,11 @@ def delete_bank(coll, name: str, delete_file: bool = True) -> None:
         dataset.delete_run(name)
     if delete_file:
         store.release(path, _records(path))
+
+
+def needed_models(refs) -> tuple[str, ...]:
+    """The models encoding ``refs`` needs: DINOv2, and SAM2 to make masks of box-only references."""
+    return ("dinov2", "sam2") if any(ref.mask is None for ref in refs) else ("dinov2",)
 
 
 def _records(path: str | Path) -> int:

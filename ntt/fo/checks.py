@@ -10,6 +10,7 @@ from typing import Any
 from ..bank import MemoryBank
 from ..config import ConfigError, NTTConfig, derive, layered, make_config
 from ..devices import resolve_device
+from ..models import ensure_weights
 from .references import NTTFiftyOneError
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")
@@ -47,6 +48,15 @@ def check_settings(cfg: NTTConfig, class_names: Iterable[str]) -> None:
 def check_device(cfg: NTTConfig) -> None:
     """The configured device exists on this machine (``ConfigError`` naming the devices it has)."""
     resolve_device(cfg.model.device)
+
+
+RANDOM_WEIGHTS = 'config={"model": {"random_weights": True}} in Python, or "Random weights" in the App\'s forms'
+
+
+def check_weights(cfg: NTTConfig, kinds=("sam2", "dinov2"), random_hint: str = RANDOM_WEIGHTS) -> None:
+    """Every checkpoint of ``kinds`` the run needs can be had here (``WeightsNotFoundError`` naming each missing
+    file and where it goes, and ``random_hint``: how to try without weights)."""
+    ensure_weights(cfg.model, kinds, random_hint)
 
 
 def check_usable(bank: MemoryBank, name: str | None) -> None:

@@ -15,7 +15,7 @@ from ..segmenter import Segmenter
 from ..steps import Step, Steps, drive, signature_of
 from ..types import Instances, Progress
 from .banks import get_bank_info, load_bank
-from .checks import check_segment_args, check_settings, check_usable, settings_here, whole_number
+from .checks import check_segment_args, check_settings, check_usable, check_weights, settings_here, whole_number
 from .provenance import Source, declare_field, record_done, recorded
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
 from .store import dataset_of
@@ -65,7 +65,8 @@ def segment_steps(
     check_settings(cfg, source.classes)
     excluded = _references(coll, source) if exclude_references else []
     view = _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
-    cfg = adopt_bank_encoder(cfg, source.bank)
+    cfg = adopt_bank_encoder(cfg, source.bank.encoder)
+    check_weights(cfg)
     yield Step(0.0, "Loading models")
     segmenter = Segmenter(source.bank, cfg)
     dataset = dataset_of(coll)
@@ -123,6 +124,14 @@ def segment_targets(
     return _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
 
 
+def segment_settings(coll, bank: str, preset: str | None = None, config=None, device: str | None = None) -> NTTConfig:
+    """The settings ``segment`` would run with for these arguments (before its thresholds and batch size): the
+    bank's own or ``preset``'s, ``config`` layered on, ``device`` or this machine's, the bank's DINOv2 encoder.
+    From the bank's record alone (cheap enough for forms)."""
+    info = get_bank_info(coll, bank)
+    return adopt_bank_encoder(_settings(Source.of_record(info, ""), preset, config, device), info["encoder"])
+
+
 def _resolve_bank(coll, bank, tag, load: bool = True) -> Source:
     if isinstance(bank, MemoryBank):
         return Source.of_bank(bank, bank.info.get("name"), tag or DEFAULT_TAG)
@@ -145,6 +154,11 @@ def _references(coll, source: Source) -> list[str]:
 
 
 def _target_view(coll, view, source: Source, label_field: str, skip_existing: bool, overwrite: bool):
+    if skip_existing and overwrite:
+        raise NTTFiftyOneError(
+            "skip_existing ('Skip samples already labelled': continue a stopped run) and overwrite ('Overwrite "
+            "existing labels': replace them) contradict each other: choose one"
+        )
     if label_field not in coll.get_field_schema(flat=True):
         return view
     check_detections_field(coll, label_field)

@@ -8,7 +8,14 @@ import torch
 
 from ..config import DINOV2_MODELS, SAM2_MODELS, ModelConfig
 from ..devices import resolve_device
-from ..weights import WeightsNotFoundError, resolve_checkpoint
+from ..weights import (
+    CLI_RANDOM_HINT,
+    WeightsNotFoundError,
+    available,
+    local_checkpoint,
+    missing_message,
+    resolve_checkpoint,
+)
 from .dinov2 import DinoV2Encoder, build_dinov2
 from .sam2 import SAM2Proposer, build_sam2_model
 
@@ -38,18 +45,27 @@ def weights_id(cfg: ModelConfig, kind: str) -> str:
     return f"checkpoint:{_checkpoint(cfg, kind).name}"
 
 
-def ensure_weights(cfg: ModelConfig, kinds=("sam2", "dinov2")) -> None:
-    """Resolve the checkpoints a job will need before it starts, so a missing file fails at once."""
+def missing_weights(cfg: ModelConfig, kinds=("sam2", "dinov2")) -> list[tuple[str, str, str]]:
+    """``(kind, Meta's file name, hub id)`` of each checkpoint of ``kinds`` a job could not get now (neither on
+    this machine nor downloadable); none with random weights. Downloads nothing."""
     if cfg.random_weights:
-        return
-    missing = []
-    for kind in kinds:
-        try:
-            _checkpoint(cfg, kind)
-        except WeightsNotFoundError as err:
-            missing.append(str(err))
+        return []
+    specs = [(kind, *_spec(cfg, kind)) for kind in kinds]
+    return [(kind, name, hub) for kind, name, hub, explicit in specs if not available(kind, name, explicit)]
+
+
+def ensure_weights(cfg: ModelConfig, kinds=("sam2", "dinov2"), random_hint: str = CLI_RANDOM_HINT) -> None:
+    """Fail at once, naming every missing file, when a job could not get the checkpoints it will need."""
+    missing = missing_weights(cfg, kinds)
     if missing:
-        raise WeightsNotFoundError("\n".join(missing))
+        raise WeightsNotFoundError(missing_message(missing, random_hint))
+
+
+def describe_checkpoint(cfg: ModelConfig, kind: str) -> str:
+    """Where a model's checkpoint is on this machine, or that it would be downloaded (nothing is)."""
+    file_name, hub, explicit = _spec(cfg, kind)
+    path = local_checkpoint(kind, file_name, explicit)
+    return str(path) if path is not None else f"{file_name}: not here; downloaded from {hub} on first use"
 
 
 def encoder_identity(encoder, cfg: ModelConfig) -> dict:
@@ -70,12 +86,15 @@ def encoder_identity(encoder, cfg: ModelConfig) -> dict:
     }
 
 
-def _checkpoint(cfg: ModelConfig, kind: str):
+def _spec(cfg: ModelConfig, kind: str) -> tuple[str, str, str | None]:
+    """A model's (Meta's file name, hub id, explicit checkpoint path or None)."""
     if kind == "sam2":
-        _, file_name, hub = SAM2_MODELS[cfg.sam2]
-        return resolve_checkpoint("sam2", file_name, hub, cfg.sam2_checkpoint)
-    _, file_name, hub = DINOV2_MODELS[cfg.dinov2]
-    return resolve_checkpoint("dinov2", file_name, hub, cfg.dinov2_checkpoint)
+        return SAM2_MODELS[cfg.sam2][1], SAM2_MODELS[cfg.sam2][2], cfg.sam2_checkpoint
+    return DINOV2_MODELS[cfg.dinov2][1], DINOV2_MODELS[cfg.dinov2][2], cfg.dinov2_checkpoint
+
+
+def _checkpoint(cfg: ModelConfig, kind: str):
+    return resolve_checkpoint(kind, *_spec(cfg, kind))
 
 
 def get_sam2(cfg: ModelConfig, add_no_mem_embed: bool = False) -> SAM2Proposer:

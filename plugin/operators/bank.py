@@ -68,7 +68,7 @@ class BuildBank(BackgroundOperator):
         inputs.bool("overwrite", label="Replace the existing bank" if exists else "Replace if it exists", default=False)
         if exists and not param(ctx, "overwrite", False):
             return ui.invalid(inputs, f"A bank named '{name}' exists: tick 'Replace' or choose another name.")
-        problem = ui.model_inputs(inputs, ctx)
+        problem = ui.model_inputs(inputs, ctx, kinds=("dinov2",))
         if problem:
             return ui.invalid(inputs, problem)
         ui.delegation_notice(inputs, len(refs), "reference samples")
@@ -83,7 +83,7 @@ class BuildBank(BackgroundOperator):
         kwargs = dict(
             label_field=ctx.params["label_field"],
             tag=settings.reference_tag(ctx),
-            preset=param(ctx, "preset", "paper"),
+            preset=param(ctx, "preset", settings.default_preset()),
             config=settings.config_overrides(ctx),
             device=settings.device(ctx),
             overwrite=bool(param(ctx, "overwrite", False)),

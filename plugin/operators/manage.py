@@ -126,17 +126,27 @@ def brief_outputs(outputs, when: str):
     outputs.int("num_shots", label="Shots")
     outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
     outputs.str("label_field", label="Reference field")
-    outputs.str("encoder", label="Encoder")
+    outputs.str("settings", label="Preset (and what differs from it)")
+    outputs.str("models", label="Models")
+    outputs.str("weights", label="DINOv2 weights (content fingerprint)")
+    outputs.str("size", label="File size")
     outputs.str("timestamp", label=when)
     return outputs
 
 
 def brief(info: dict) -> dict:
     """The JSON-friendly essentials of ``get_bank_info``."""
+    from ntt.config import describe_settings
+
+    encoder, path = info["encoder"], Path(info["bank_path"])
+    sam2 = info.get("config", {}).get("model", {}).get("sam2", "?")
     return {
         "num_shots": info["num_shots"],
         "shots_per_class": info["shots_per_class"],
         "label_field": info["label_field"],
-        "encoder": info["encoder"]["name"],
+        "settings": describe_settings(info.get("config", {})),
+        "models": f"SAM2 {sam2}, DINOv2 {encoder['name']} at {encoder['image_size']} px",
+        "weights": f"{encoder.get('weights', '?')} ({str(encoder.get('fingerprint', '?'))[:12]})",
+        "size": f"{path.stat().st_size / 1e6:.2f} MB" if path.is_file() else f"file missing: {path}",
         "timestamp": info["timestamp"],
     }

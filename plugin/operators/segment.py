@@ -66,6 +66,7 @@ class SegmentWithBank(BackgroundOperator):
             max=1.0,
             description="Drop instances scoring below this (empty: the preset's, 0)",
         )
+        ui.class_thresholds_input(inputs, ctx, sdk().get_bank_info(ctx.dataset, bank)["classes"])
         inputs.int("max_instances", label="Max instances per image", min=1, description="Empty: the preset's (100)")
         inputs.int(
             "batch_size",
@@ -79,7 +80,7 @@ class SegmentWithBank(BackgroundOperator):
         problem = (
             self._args_problem(ctx, bank)
             or self._target_problem(ctx, view, bank)
-            or ui.model_inputs(inputs, ctx, default_preset=SAME_AS_BANK, same_as_bank=True)
+            or ui.model_inputs(inputs, ctx, same_as_bank=True, settings=self._bank_settings(ctx, bank))
         )
         if problem:
             return ui.invalid(inputs, problem)
@@ -113,7 +114,7 @@ class SegmentWithBank(BackgroundOperator):
             loaded = nfo.load_bank(ctx.dataset, bank)
             if not loaded.shots:
                 return f"Bank '{bank}' has no reference shots left: add references to it first."
-            nfo.check_segment_args(*[param(ctx, k) for k in SEGMENT_ARGS], class_names=loaded.class_names)
+            nfo.check_segment_args(**SegmentWithBank._segment_args(ctx, bank), class_names=loaded.class_names)
         except nfo.NTTFiftyOneError as err:
             return str(err)
         return None
@@ -146,7 +147,7 @@ class SegmentWithBank(BackgroundOperator):
         preset, config = self._settings(ctx)
         kwargs = dict(
             **self._target_args(ctx),
-            **{k: param(ctx, k) for k in SEGMENT_ARGS},
+            **self._segment_args(ctx, bank),
             device=settings.device(ctx),
             preset=preset,
             config=config,
@@ -164,7 +165,25 @@ class SegmentWithBank(BackgroundOperator):
                 "skipped_samples": [f"{s['filepath']}: {s['reason']}" for s in skipped[:20]],
             }
 
-        return runner.run(ctx, steps(), self.resolve_output(ctx))
+        return runner.run(ctx, steps(), self.resolve_output(ctx), show_field=kwargs["label_field"])
+
+    @staticmethod
+    def _segment_args(ctx, bank) -> dict:
+        """The inference knobs of ``segment`` from the form (per-class thresholds from its table)."""
+        args = {key: param(ctx, key) for key in SEGMENT_ARGS}
+        args["class_thresholds"] = settings.class_thresholds(ctx, sdk().get_bank_info(ctx.dataset, bank)["classes"])
+        return args
+
+    @staticmethod
+    def _bank_settings(ctx, bank):
+        """The settings the SDK will segment with, for the form's checks (device, weights)."""
+
+        def settings(preset, overrides, device):
+            return sdk().segment_settings(
+                ctx.dataset, bank, None if preset == SAME_AS_BANK else preset, overrides, device
+            )
+
+        return settings
 
     @staticmethod
     def _settings(ctx):

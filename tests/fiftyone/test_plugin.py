@@ -178,6 +178,8 @@ def test_operators_immediate_end_to_end(dataset):
         "Segmenting 1/2 samples",
         "Segmenting 2/2 samples",
     ]
+    shown = [params["fields"] for uri, params in messages if uri.endswith("set_active_fields")]
+    assert shown == [["pred"]], "the new field is made visible after the reload"
     summary = messages[-1][1]["results"]
     assert sorted(dataset.exists("pred").values("id")) == sorted(first_ids)
     dets = [d for s in first for d in s.pred.detections]
@@ -307,6 +309,30 @@ def test_large_runs_default_to_background(dataset):
     assert forced.allow_delegated_execution and not forced.allow_immediate_execution
 
 
+def test_run_notice_tells_the_truth_about_scheduling(dataset, monkeypatch):
+    """The notice says what Execute does here and whether Schedule can work: without legacy orchestrators the
+    open-source App cannot schedule, so nothing defaults to it and the notice says how to turn it on."""
+    import fiftyone as fo
+
+    nfo.mark_references(dataset.limit(1))
+    params = {"label_field": "gt", "bank": "b", "random_weights": True}
+
+    def notice():
+        form = _form("build_bank", dataset, params)
+        assert not form.invalid, form.error_message
+        return form.type.properties["delegation"].view.description
+
+    assert "Execute runs it now" in notice() and "`fiftyone delegated launch` worker" in notice()
+    monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", False)
+    assert "Schedule is off in this App" in notice() and "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true" in notice()
+    big = fo.Dataset()
+    try:
+        big.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg") for i in range(25)])
+        assert not _options("segment_with_bank", big).default_choice_to_delegated
+    finally:
+        big.delete()
+
+
 def test_forms_explain_why_they_cannot_run(dataset):
     import fiftyone as fo
     from fiftyone.operators.executor import ExecutionError
@@ -322,7 +348,7 @@ def test_forms_explain_why_they_cannot_run(dataset):
     assert "nothing to unmark" in _form("unmark_references", dataset).error_message
 
     nfo.mark_references(dataset.limit(1))
-    ok = _form("build_bank", dataset, {"label_field": "gt", "bank": "good"})
+    ok = _form("build_bank", dataset, {"label_field": "gt", "bank": "good", "random_weights": True})
     assert not ok.invalid
     dataset.add_sample_field("weather", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
     assert ok.type.properties["label_field"].type.values == ["gt"]  # only Detections fields are offered
@@ -341,12 +367,15 @@ def test_forms_explain_why_they_cannot_run(dataset):
         assert form.invalid and message in form.error_message, message
 
 
-def test_sdk_errors_surface_as_clear_messages(dataset):
+def test_sdk_errors_surface_as_clear_messages(dataset, tmp_path, monkeypatch):
+    """A checkpoint that passes the form (it exists) but cannot be read fails the run with the SDK's message."""
     nfo.mark_references(dataset.skip(5).limit(1))
+    monkeypatch.setenv("NTT_CHECKPOINT_DIR", str(tmp_path))
+    (tmp_path / "dinov2_vits14_pretrain.pth").write_bytes(b"not a checkpoint")
     real = {"bank": "real", "label_field": "gt", "preset": "smoke", "config": {"model": {"device": "cpu"}}}
-    messages, error = _stream("build_bank", dataset, real)  # real weights: none cached, no network
+    messages, error = _stream("build_bank", dataset, real)
     assert type(error).__name__ == "OperatorFailure"
-    assert str(error).startswith("Model weights not found: No dinov2 checkpoint found")
+    assert str(error).startswith("Unusable checkpoint: ") and "dinov2_vits14_pretrain.pth" in str(error)
     assert messages[-1] == ("notify", {"message": str(error), "variant": "error"})
     assert _result("build_bank", dataset, real).error_message == str(error)
     assert nfo.list_banks(dataset) == []

@@ -39,7 +39,7 @@ def test_device_auto_runs_on_the_machine_running_the_operation(banked):
 def test_device_errors_name_this_machines_devices(banked):
     ds = banked
     forms = {
-        "build_bank": {"bank": "fresh", "label_field": "gt"},
+        "build_bank": {"bank": "fresh", "label_field": "gt", "random_weights": True},
         "segment_with_bank": {"bank": "pets", "label_field": "p"},
         "add_references": {"bank": "pets"},
     }
@@ -52,6 +52,32 @@ def test_device_errors_name_this_machines_devices(banked):
         assert form.invalid and "unknown device 'tpu'" in form.error_message, name
     background = {**forms["segment_with_bank"], "device": "cuda:99", "delegate": True}
     assert not _form("segment_with_bank", ds, background).invalid, "a background worker may have that GPU"
+
+
+def test_model_forms_start_with_what_this_machine_can_run_and_name_every_missing_file(banked, tmp_path, monkeypatch):
+    """On this CPU machine without checkpoints: the build form starts on the lite preset; Execute is blocked by a
+    message naming the file each chosen model needs, where it goes, and the 'Random weights' way out; ticking
+    it, or putting the files in NTT_CHECKPOINT_DIR, unblocks the form. A background run only notes it."""
+    ds = banked
+    build = {"bank": "fresh", "label_field": "gt"}
+    form = _form("build_bank", ds, build)
+    assert form.type.properties["preset"].default == "lite"
+    assert form.invalid and "dinov2_vits14_pretrain.pth" in form.error_message  # lite's DINOv2 (masks: no SAM2)
+    assert "NTT_CHECKPOINT_DIR" in form.error_message and "Random weights" in form.error_message
+    assert not _form("build_bank", ds, {**build, "random_weights": True}).invalid
+    assert not _form("build_bank", ds, {**build, "delegate": True}).invalid  # the worker may have the files
+
+    segment = {"bank": "pets", "label_field": "p", "preset": "paper"}  # not the (random) bank's own settings
+    form = _form("segment_with_bank", ds, segment)
+    assert form.invalid and "sam2_hiera_large.pt" in form.error_message
+    assert "dinov2_vits14_pretrain.pth" in form.error_message  # the bank's encoder, whatever the preset says
+    assert not _form("segment_with_bank", ds, {"bank": "pets", "label_field": "p"}).invalid  # same as the bank
+
+    monkeypatch.setenv("NTT_CHECKPOINT_DIR", str(tmp_path))
+    for name in ("sam2_hiera_large.pt", "dinov2_vits14_pretrain.pth"):
+        (tmp_path / name).write_bytes(b"found, not read by a form")
+    assert not _form("build_bank", ds, build).invalid
+    assert not _form("segment_with_bank", ds, segment).invalid
 
 
 BAD_VALUES = [
@@ -91,3 +117,33 @@ def test_evaluate_form_and_run_after_the_bank_is_deleted(banked):
     result = _run("evaluate_predictions", dataset=ds, params=params).result
     assert 0.0 <= result["mAP"] <= 1.0
     assert ds.skip(5).first()["ev_tp"] is None, "the deleted bank's reference sample stays out"
+
+
+def test_segment_form_takes_per_class_thresholds(banked):
+    ds = banked
+    classes = nfo.get_bank_info(ds, "pets")["classes"]
+    base = {"bank": "pets", "label_field": "p", "per_class": True}
+    form = _form("segment_with_bank", ds, base)
+    assert not form.invalid, form.error_message
+    assert [p.view.label for p in form.type.properties["class_table"].type.properties.values()] == classes
+    bad = _form("segment_with_bank", ds, {**base, "class_table": {"c0": 1.5}})
+    assert bad.invalid and f"class_thresholds[{classes[0]!r}] must be a number in [0, 1]" in bad.error_message
+
+    targets = ds.skip(6).limit(3)
+    _, error = _stream("segment_with_bank", targets, {"bank": "pets", "label_field": "all"})
+    assert error is None
+    found = set(ds.values("all.detections.label", unwind=True))
+    assert found, "random weights with the bank's open filters find instances"
+    gated = sorted(found)[0]
+    table = {f"c{classes.index(gated)}": 1.0}  # scores are < 1: nothing of that class passes
+    _, error = _stream("segment_with_bank", targets, {**base, "class_table": table})
+    assert error is None
+    kept = set(ds.values("p.detections.label", unwind=True))
+    assert gated not in kept and kept >= found - {gated}
+
+
+def test_skip_and_overwrite_together_are_refused_clearly(banked):
+    form = _form(
+        "segment_with_bank", banked, {"bank": "pets", "label_field": "gt2", "skip_existing": True, "overwrite": True}
+    )
+    assert form.invalid and "contradict each other" in form.error_message
