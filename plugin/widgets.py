@@ -125,6 +125,18 @@ def model_inputs(inputs, ctx, same_as_bank: bool = False, settings=None, kinds=(
     return noted(inputs, settings_problem(ctx, param(ctx, "preset", default), settings, kinds))
 
 
+def classes_input(inputs, counts: dict[str, int]) -> None:
+    """A multi-choice of the references' classes (``counts``: name -> instances) that become shots; empty: all."""
+    listed = ", ".join(f"{name} ({n})" for name, n in counts.items())
+    inputs.list(
+        "classes",
+        types.String(),
+        label="Classes",
+        description=f"Only these classes become shots (empty: all of them: {listed})",
+        view=choices(types.AutocompleteView(), counts),
+    )
+
+
 def class_thresholds_input(inputs, ctx, classes: list[str]) -> None:
     """A "per-class thresholds" box that opens a table: one threshold per bank class (params ``class_table.c<i>``,
     read by ``settings.class_thresholds``)."""

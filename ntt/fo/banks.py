@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +90,14 @@ def build_bank_steps(
     config: NTTConfig | dict | None = None,
     device: str | None = None,
     overwrite: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> Steps[MemoryBank]:
     """``build_bank`` as a generator (same arguments, checked at the first step): yields a ``Step(fraction,
     label)`` after each reference image and returns the stored bank. Closed before its end, it stores nothing."""
     _check_free(coll, name, overwrite)
     cfg = make_config(preset, config, device)
     check_device(cfg)
-    refs = collect_references(coll, label_field, tag)
+    refs = collect_references(coll, label_field, tag, classes=classes)
     check_weights(cfg, needed_models(refs))
     bank = yield from memory_bank_steps(refs, cfg)
     _store(dataset_of(coll), name, bank, label_field, tag, cfg)
@@ -114,6 +116,7 @@ def build_bank(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
             dict of per-section overrides such as ``{"model": {"dtype": "bf16"}}``; ``device`` ("auto",
             "cpu", "cuda", "cuda:N") is checked against this machine before anything runs.
         overwrite: replace an existing bank of that name (its old file is removed once replaced).
+        classes: only the reference instances of these class names become shots (None: every class).
         progress: optional callback ``(fraction, label)``, called for each step of ``build_bank_steps``.
     """
     return drive(build_bank_steps(*args, **kwargs), progress)

@@ -8,7 +8,8 @@ tagging, e.g. tagged in the App grid), or a single ``Detection`` whose own tags 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 import fiftyone as fo
 import numpy as np
@@ -93,11 +94,25 @@ def without_references(coll, tag=DEFAULT_TAG):
     return coll.exclude(reference_ids(coll, tag))
 
 
+def reference_classes(coll, label_field: str, tag: str = DEFAULT_TAG) -> dict[str, int]:
+    """Class name -> number of reference instances of ``coll`` in ``label_field`` (crowd regions included)."""
+    counts: Counter[str] = Counter()
+    view = coll.select(reference_ids(coll, tag, label_field)).select_fields(label_field)
+    for tags, labels, label_tags in zip(
+        *view.values(["tags", f"{label_field}.detections.label", f"{label_field}.detections.tags"])
+    ):
+        for label, own in zip(labels or [], label_tags or []):
+            if tag in tags or tag in (own or []):
+                counts[label] += 1
+    return dict(sorted(counts.items()))
+
+
 def collect_references(
     coll,
     label_field: str,
     tag: str = DEFAULT_TAG,
     class_ids: dict[str, int] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> list[Reference]:
     """The reference instances of ``coll`` in ``label_field`` as ``ntt`` references.
 
@@ -106,6 +121,7 @@ def collect_references(
 
     Args:
         class_ids: existing class name -> id mapping (a bank's); new names get the next free ids.
+        classes: only instances of these class names are references (None: every class).
     Raises:
         NTTFiftyOneError: bad collection or field, or no reference at all.
         InvalidReferenceError: a reference sample whose image cannot be read.
@@ -118,13 +134,16 @@ def collect_references(
     for sample in view.iter_samples():
         sample_tagged = tag in sample.tags
         dets = sample[label_field].detections if sample[label_field] is not None else []
-        chosen = [d for d in dets if sample_tagged or tag in (d.tags or [])]
+        chosen = [d for d in dets if (sample_tagged or tag in (d.tags or [])) and (not classes or d.label in classes)]
         crowd = [d for d in chosen if _is_crowd(d)]
         if crowd:  # a crowd region is not one instance: never a shot
             log.warning("sample %s: %d crowd label(s) left out of the references", sample.id, len(crowd))
             chosen = [d for d in chosen if not _is_crowd(d)]
         if chosen:
             refs.extend(_sample_references(sample, chosen, ids))
+    if not refs and classes:
+        have = ", ".join(reference_classes(coll, label_field, tag)) or "none"
+        raise NTTFiftyOneError(f"no references of the classes {sorted(classes)}: the references here are of: {have}")
     if not refs:
         raise NTTFiftyOneError(
             f"no references: tag samples or {label_field!r} labels with {tag!r} first (mark_references)"

@@ -31,6 +31,7 @@ class BuildBank(BackgroundOperator):
         config: dict | None = None,
         device: str | None = None,
         overwrite: bool = False,
+        classes: list[str] | None = None,
         delegate: bool = False,
         delegation_target: str | None = None,
     ):
@@ -52,12 +53,14 @@ class BuildBank(BackgroundOperator):
         tag = ui.tag_input(inputs, ctx)
         refs = nfo.reference_ids(view, tag, field)
         if not refs:
-            return ui.invalid(
-                inputs,
-                f"No references: no sample or label here is tagged '{tag}'. "
-                "Tag a few good examples first ('NTT: mark references').",
-            )
+            elsewhere = len(nfo.reference_ids(ctx.dataset, tag, field))
+            if elsewhere:
+                message = f"No references among the chosen samples; the whole dataset has {elsewhere}: choose it above."
+            else:
+                message = f"No references: nothing here is tagged '{tag}'. Tag good examples ('NTT: mark references')."
+            return ui.invalid(inputs, message)
         inputs.view("found", types.Notice(label=f"{len(refs)} reference sample(s) found"))
+        ui.classes_input(inputs, nfo.reference_classes(view, field, tag))
         inputs.str("bank", label="Bank name", default="bank", required=True, description="Letters, digits and _")
         name = param(ctx, "bank", "bank")
         try:
@@ -87,6 +90,7 @@ class BuildBank(BackgroundOperator):
             config=settings.config_overrides(ctx),
             device=settings.device(ctx),
             overwrite=bool(param(ctx, "overwrite", False)),
+            classes=param(ctx, "classes") or None,
         )
         view = ctx.target_view()
 

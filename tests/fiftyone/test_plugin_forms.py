@@ -147,3 +147,23 @@ def test_skip_and_overwrite_together_are_refused_clearly(banked):
         "segment_with_bank", banked, {"bank": "pets", "label_field": "gt2", "skip_existing": True, "overwrite": True}
     )
     assert form.invalid and "contradict each other" in form.error_message
+
+
+def test_build_takes_only_the_chosen_classes_and_points_at_the_dataset(dataset):
+    ds = dataset
+    nfo.mark_references(ds.skip(5).limit(2))
+    found = nfo.reference_classes(ds, "gt")
+    assert len(found) >= 2 and all(n > 0 for n in found.values())
+    params = {"label_field": "gt", "bank": "one", "random_weights": True}
+    form = _form("build_bank", ds, params)
+    assert not form.invalid and form.type.properties["classes"].view.choices  # the references' classes offered
+    chosen = sorted(found)[0]
+    _, error = _stream("build_bank", ds, {**params, "preset": "smoke", "classes": [chosen]})
+    assert error is None
+    assert nfo.get_bank_info(ds, "one")["classes"] == [chosen]
+    with pytest.raises(nfo.NTTFiftyOneError, match=r"no references of the classes \['unicorn'\].*here are of: "):
+        nfo.build_bank(ds, "two", label_field="gt", config=RANDOM, classes=["unicorn"])
+
+    others = ds.exclude(nfo.reference_ids(ds))
+    message = _form("build_bank", others, params).error_message
+    assert "No references among the chosen samples; the whole dataset has 2" in message
