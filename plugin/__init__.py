@@ -7,6 +7,7 @@ from .operators.bank import AddReferences, BuildBank
 from .operators.evaluate import EvaluatePredictions
 from .operators.manage import BankInfo, DeleteBank, RenameBank
 from .operators.references import MarkReferences, UnmarkReferences
+from .operators.runs import Runs
 from .operators.segment import SegmentWithBank
 
 OPERATORS = (
@@ -16,6 +17,7 @@ OPERATORS = (
     AddReferences,
     SegmentWithBank,
     EvaluatePredictions,
+    Runs,
     BankInfo,
     RenameBank,
     DeleteBank,

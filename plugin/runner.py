@@ -23,6 +23,7 @@ _HINTS = {
     "InvalidReferenceError": "Invalid reference",
     "ConfigError": "Invalid settings",
     "ImageLoadError": "Unreadable image",
+    "RunStopped": "Stopped",
     "NTTFiftyOneError": "Cannot run",
 }
 
@@ -97,7 +98,7 @@ def run(ctx, steps, outputs, show_field: str | None = None):
     Delegated: runs it now, reports to ``ctx.set_progress`` and returns the summary (stored with the
     operation and shown by ``resolve_output``). Immediate: returns a generator of App messages (progress,
     then reload, ``show_field`` made visible, a notification and the summary in ``outputs``); closing it closes
-    ``steps``.
+    ``steps``, and so does 'NTT: runs' (``ntt.fo.stop_run``) at the next step.
     """
     from ntt.steps import drive  # lazily, as every ntt import here: a missing dependency is the form's message
 
@@ -108,13 +109,15 @@ def run(ctx, steps, outputs, show_field: str | None = None):
 
 
 def _stream(ctx, steps, outputs, show_field):
+    from ntt.fo import tracked
     from ntt.steps import relay
 
     def show(step):
         return ctx.trigger("set_progress", dict(progress=step.fraction, label=step.label))
 
-    try:
-        result = yield from relay(steps, show)
+    operation = ctx.operator_uri.rsplit("/", 1)[-1]
+    try:  # listed by 'NTT: runs', which can stop it at its next step
+        result = yield from relay(tracked(steps, ctx.dataset.name, operation), show)
     except Exception as err:  # noqa: BLE001 - shown in the App, then raised as the run's error
         known = isinstance(err, sdk_errors())
         message = explain(err) if known else f"{type(err).__name__}: {err}"

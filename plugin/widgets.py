@@ -179,18 +179,18 @@ def delegation_notice(inputs, count: int, what: str = "samples") -> None:
     from .runner import background_available
 
     now = (
-        f"Execute runs it now, in this App ({count} {what}), with progress here; leaving or reloading the page stops "
-        "it after the batch in progress (what is done stays)."
+        f"Execute runs it now, in this App ({count} {what}), with progress here; 'NTT: runs' (or leaving the page) "
+        "stops it after the batch in progress, and what is done stays."
     )
     if background_available():
         later = (
-            "Schedule queues it for a `fiftyone delegated launch` worker, which must be running (in a terminal, with "
-            "this database); follow it with `fiftyone delegated list`."
+            "Schedule queues it for a `fiftyone delegated launch -m` worker, which must be running (in a terminal, "
+            "with this database); follow or stop it with 'NTT: runs'."
         )
     else:
         later = (
             "Schedule is off in this App: start the App with FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true and run "
-            "`fiftyone delegated launch` in another terminal to run it in the background."
+            "`fiftyone delegated launch -m` in another terminal to run it in the background."
         )
     label = f"{count} {what}: a long run; Schedule keeps it off this App" if count > DELEGATE_ABOVE else "How it runs"
     inputs.view("delegation", types.Notice(label=label, description=f"{now} {later}"))

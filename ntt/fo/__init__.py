@@ -41,11 +41,13 @@ from .references import (
     unmark_references,
     without_references,
 )
+from .runs import RunStopped, list_runs, stop_run, tracked
 from .segment import segment, segment_settings, segment_steps, segment_targets, to_detections
 
 __all__ = [
     "DEFAULT_TAG",
     "NTTFiftyOneError",
+    "RunStopped",
     "Step",
     "add_references",
     "add_references_steps",
@@ -62,6 +64,7 @@ __all__ = [
     "evaluate",
     "get_bank_info",
     "list_banks",
+    "list_runs",
     "load_bank",
     "mark_references",
     "reference_classes",
@@ -71,7 +74,9 @@ __all__ = [
     "segment_settings",
     "segment_steps",
     "segment_targets",
+    "stop_run",
     "to_detections",
+    "tracked",
     "unmark_references",
     "without_references",
 ]

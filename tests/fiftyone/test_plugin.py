@@ -322,7 +322,7 @@ def test_run_notice_tells_the_truth_about_scheduling(dataset, monkeypatch):
         assert not form.invalid, form.error_message
         return form.type.properties["delegation"].view.description
 
-    assert "Execute runs it now" in notice() and "`fiftyone delegated launch` worker" in notice()
+    assert "Execute runs it now" in notice() and "`fiftyone delegated launch -m` worker" in notice()
     monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", False)
     assert "Schedule is off in this App" in notice() and "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true" in notice()
     big = fo.Dataset()
