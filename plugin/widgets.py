@@ -120,7 +120,7 @@ def model_inputs(inputs, ctx, same_as_bank: bool = False, settings=None, kinds=(
             label="Overrides per section",
             default="{}",
             description='e.g. {"model": {"dtype": "bf16"}, "segment": {"points_per_side": 16}}',
-            view=types.CodeView(language="json"),
+            view=types.TextFieldView(multiline=True, rows=3),  # the code editor comes from a CDN: offline, never
         )
     return noted(inputs, settings_problem(ctx, param(ctx, "preset", default), settings, kinds))
 
