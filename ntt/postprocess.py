@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
 
 from .geometry import tight_crop
 
@@ -68,6 +67,8 @@ def class_aware_nms(
     Returns:
         int64 indices of the kept candidates in descending ``ranking`` order, at most ``max_keep``.
     """
+    from torchvision.ops import batched_nms  # lazily: importing torchvision takes a second forms need not wait
+
     keep = batched_nms(boxes.float(), strict_ranks(ranking), labels, iou_thresh)
     return keep[:max_keep]
 

@@ -22,18 +22,21 @@ def sdk():
 
 
 def dependency_problem() -> str | None:
-    """A message when ntt or its model dependencies cannot be imported, else None."""
+    """A message when ntt cannot be imported or a model package is not installed, else None. The model packages
+    are only looked up (importing timm alone takes seconds: the first form would wait for it)."""
+    import importlib.util
+
     try:
         sdk()
-        import sam2  # noqa: F401
-        import timm  # noqa: F401
-        import torch  # noqa: F401
+        missing = [name for name in ("sam2", "timm") if importlib.util.find_spec(name) is None]
     except Exception as err:  # noqa: BLE001 - any import failure must become a form message
-        return (
-            f"The ntt library is not usable here ({type(err).__name__}: {err}). Install it into the "
-            "environment FiftyOne runs in: `pip install -e <plugin dir>`."
-        )
-    return None
+        missing = [f"{type(err).__name__}: {err}"]
+    if not missing:
+        return None
+    return (
+        f"The ntt library is not usable here (missing: {', '.join(missing)}). Install it into the environment "
+        "FiftyOne runs in: `pip install -e <plugin dir>`."
+    )
 
 
 def param(ctx, key: str, default=None):
