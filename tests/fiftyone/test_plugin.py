@@ -420,3 +420,18 @@ def test_missing_dependency_is_explained_in_the_form(dataset, monkeypatch):
     for name in OPERATORS:
         form = _form(name, dataset)
         assert form.invalid and "not usable here" in form.error_message and "sam2" in form.error_message, name
+
+
+def test_forms_do_not_wait_for_the_model_packages():
+    """Opening a form imports ntt.fo and checks the dependencies; neither may import timm, sam2 or torchvision
+    (seconds of imports before the first form shows)."""
+    code = (
+        "import sys, fiftyone\n"
+        "import ntt.fo\n"
+        "from plugin.settings import dependency_problem\n"
+        "assert dependency_problem() is None\n"
+        "print(sorted(m for m in ('timm', 'sam2', 'torchvision') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
