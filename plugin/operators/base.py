@@ -11,6 +11,7 @@ from .. import runner, settings
 from .. import widgets as ui
 
 ICON = "/assets/icon.svg"
+BUTTON_ICON = "/assets/icon-button.svg"  # white: the samples grid draws its buttons on the App's orange
 
 
 def operator_config(name: str, label: str, description: str, **kwargs) -> foo.OperatorConfig:
@@ -22,7 +23,8 @@ def grid_button(ctx, label: str):
     """A button in the App's samples grid actions that opens the operator's form (image datasets only)."""
     if ctx.dataset is None or ctx.dataset.media_type != "image":
         return None
-    return types.Placement(types.Places.SAMPLES_GRID_ACTIONS, types.Button(label=label, icon=ICON, prompt=True))
+    button = types.Button(label=label, icon=BUTTON_ICON, prompt=True)
+    return types.Placement(types.Places.SAMPLES_GRID_ACTIONS, button)
 
 
 class NTTOperator(foo.Operator):
@@ -33,12 +35,13 @@ class NTTOperator(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         problem = settings.dependency_problem()
-        if problem:
-            return ui.invalid(inputs, problem)
         try:
-            return self.form(inputs, ctx)
+            form = ui.invalid(inputs, problem) if problem else self.form(inputs, ctx)
         except runner.sdk_errors() as err:
-            return ui.invalid(inputs, runner.explain(err))
+            form = ui.invalid(inputs, runner.explain(err))
+        if form.invalid:  # the App shows the reason in red above the form: the title stays the operator's
+            form.view = types.View(label=f"{self.config.label}: cannot run")
+        return form
 
     def form(self, inputs, ctx):
         """The operator's form on ``inputs`` (called only when ntt is usable)."""

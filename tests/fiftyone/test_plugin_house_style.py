@@ -26,6 +26,14 @@ def _placement(name, view):
     return _operator(name).resolve_placement(ExecutionContext(request_params=_request(view, {})))
 
 
+def test_blocked_forms_keep_their_title_and_say_their_reason_once(dataset):
+    form = _form("segment_with_bank", dataset)  # no bank yet
+    assert form.invalid and form.view.label == "NTT: segment with bank: cannot run"
+    shown = [p.view.label for p in form.type.properties.values() if p.view is not None and hasattr(p.view, "label")]
+    assert not any(label and "bank" in str(label).lower() and "no " in str(label).lower() for label in shown)
+    assert form.error_message.count("no NTT bank") == 1
+
+
 def test_every_operator_has_the_icon_and_the_main_ones_a_grid_button(dataset):
     import fiftyone as fo
 
@@ -34,9 +42,11 @@ def test_every_operator_has_the_icon_and_the_main_ones_a_grid_button(dataset):
     for name in ("mark_references", "segment_with_bank"):
         button = _placement(name, dataset).to_json()
         assert button["place"] == "samples-grid-actions", name
-        assert button["view"]["prompt"] and button["view"]["icon"] == "/assets/icon.svg", name
+        assert button["view"]["prompt"] and button["view"]["icon"] == "/assets/icon-button.svg", name
         assert button["view"]["label"] == _operator(name).config.label, name
     assert _placement("build_bank", dataset) is None
+    button_icon = (REPO / "assets" / "icon-button.svg").read_text()
+    assert "#ffffff" in button_icon and "#ff6d04" not in button_icon  # the grid draws buttons on the App's orange
     video = fo.Dataset()
     try:
         video.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))

@@ -1,0 +1,445 @@
+"""Driving the FiftyOne App in Debian's chromium with Playwright, for ``test_app_browser.py``.
+
+- ``write_meta_checkpoints``: random-init SAM2 hiera-t / DINOv2 ViT-S/14 files in Meta's formats (what
+  ``NTT_CHECKPOINT_DIR`` holds), made as ``tests/core/test_models.py`` makes them.
+- ``AppServer``: ``fo.launch_app`` in a subprocess (own process group) on 127.0.0.1, on the test's database.
+- ``AppDriver``: the UI steps (operator browser, operator forms, grid selection, sample modal, panels), each
+  step's screenshot numbered in an artifacts folder. Selectors are FiftyOne 1.22's ``data-cy`` attributes and
+  visible labels; a form counts as accepted when its Execute button is enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+# Offline machine: without the background-networking flags chromium keeps dialling out (refused connections).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Requests that leave the machine (web fonts, the code editor's CDN) are refused at once, online or not, so
+# every run sees the same App.
+EXTERNAL = re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/])[a-z]+://")
+PROGRESS = re.compile(r"\d+%|Executing")  # a run's progress bar: streamed steps, or the App's "Executing..."
+MIDWAY = re.compile(r"\b[1-9]\d?%")  # a streamed run between 1 % and 99 %
+SAM2_FILE, DINOV2_FILE = "sam2_hiera_tiny.pt", "dinov2_vits14_pretrain.pth"
+
+
+def find_chromium() -> str | None:
+    """Debian's chromium (``NTT_CHROMIUM`` overrides), or None."""
+    explicit = os.environ.get("NTT_CHROMIUM")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    return shutil.which("chromium")
+
+
+def write_meta_checkpoints(folder: Path) -> Path:
+    """Random-init checkpoints in Meta's original formats, as ``NTT_CHECKPOINT_DIR`` would hold the real ones:
+    ``sam2_hiera_tiny.pt`` (``{"model": state_dict}``) and ``dinov2_vits14_pretrain.pth`` (plain state dict
+    at 518 px with a ``mask_token``). Seeded: the same files every run."""
+    import timm
+    import torch
+
+    from ntt.models.sam2 import build_sam2_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sam2 = build_sam2_model("sam2_hiera_t", 1024, None, seed=5)
+    torch.save({"model": sam2.model.state_dict()}, folder / SAM2_FILE)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, num_classes=0)
+    state = dict(vit.state_dict())
+    state["mask_token"] = torch.zeros(1, vit.embed_dim)
+    torch.save(state, folder / DINOV2_FILE)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_port() -> str:
+    """The port of the ``mongod`` this process uses, for ``FIFTYONE_PRIVATE_DATABASE_PORT``: FiftyOne hands its own
+    children the database that way; without it the App would attach to whichever ``mongod`` service of this user
+    it finds first (another test run's, possibly)."""
+    import fiftyone.core.odm.database as food
+
+    return str(food.get_db_client().address[1])
+
+
+_APP = """
+import sys
+import fiftyone as fo
+
+session = fo.launch_app(fo.load_dataset(sys.argv[1]), remote=True, address="127.0.0.1", port=int(sys.argv[2]))
+print("NTT-APP-LAUNCHED", flush=True)
+session.wait(-1)
+"""
+
+
+class AppServer:
+    """The App on ``http://127.0.0.1:<port>`` serving ``dataset_name``, in a subprocess with its own process group
+    (the App's server runs there as a child, and the operators' immediate runs in that server)."""
+
+    def __init__(self, dataset_name: str, env: dict[str, str], log_path: Path):
+        self.dataset_name = dataset_name
+        self.env = env
+        self.log_path = log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+
+    def start(self, timeout: float = 150) -> AppServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _APP, self.dataset_name, str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the App exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/fiftyone", timeout=5) as resp:
+                    if resp.status == 200:
+                        self.startup_s = time.monotonic() - started
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the App did not answer on {self.url} within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "<no log>"
+
+    def stop(self, wait: float = 15) -> None:
+        """End the App's process group (only it: the database belongs to the test process): SIGTERM, then
+        SIGKILL for what is left after ``wait`` seconds."""
+        if self.proc is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                self.proc.poll()  # reap the main process: a zombie would keep the group "alive"
+                if not _group_alive(self.proc.pid):
+                    return
+                time.sleep(0.2)
+        self.proc.poll()
+
+    def __enter__(self) -> AppServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class UIError(AssertionError):
+    """The App did not do what a step expected (the message holds what it showed instead)."""
+
+
+class AppDriver:
+    """The UI steps on a Playwright ``page`` of the App; ``shot`` writes numbered screenshots to ``artifacts``."""
+
+    def __init__(self, page, artifacts: Path):
+        self.page = page
+        self.artifacts = artifacts
+        self.shots: list[Path] = []
+        self.started = time.monotonic()
+
+    # ---- general
+    def shot(self, name: str) -> Path:
+        """A numbered screenshot of the page; its name and the time since the start go to ``steps.log``."""
+        path = self.artifacts / f"{len(self.shots) + 1:02d}_{name}.png"
+        self.page.screenshot(path=str(path))
+        self.shots.append(path)
+        with open(self.artifacts / "steps.log", "a") as log:
+            log.write(f"{time.monotonic() - self.started:7.1f} s  {path.name}\n")
+        return path
+
+    @staticmethod
+    def text_of(locator, timeout: float = 2) -> str:
+        """The text of ``locator``'s first match, "" when there is none or it went away meanwhile (the App swaps
+        its modals: a plain ``inner_text`` would wait the default 30 s for a detached one)."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        try:
+            return locator.first.inner_text(timeout=timeout * 1000) if locator.count() else ""
+        except PlaywrightError:
+            return ""
+
+    def by_cy(self, name: str, within=None):
+        return (within or self.page).locator(f'[data-cy="{name}"]')
+
+    def open_dataset(self, url: str, timeout: float = 120) -> None:
+        """Load the dataset page and wait for its grid's tiles; dismiss the App's promotional pop-up."""
+        self.page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
+        self.by_cy("looker").first.wait_for(state="visible", timeout=timeout * 1000)
+        self.page.wait_for_timeout(1000)
+        dismiss = self.page.get_by_role("button", name="Dismiss", exact=True)
+        if dismiss.count() and dismiss.first.is_visible():
+            dismiss.first.click()
+
+    def settle(self, locator, timeout: float = 20, quiet: float = 0.8) -> str:
+        """Wait until ``locator``'s text stops changing (a dynamic form re-resolving); return the text."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            text = self.text_of(locator)
+            if text == last:
+                return text
+            last = text
+            self.page.wait_for_timeout(int(quiet * 1000))
+        return last or ""
+
+    def errors_shown(self) -> list[str]:
+        """Error notifications and operator errors the App is showing."""
+        texts = [self.text_of(a) for a in self.page.locator(".notistack-MuiContent-error").all()]
+        for cy in ("operators-prompt-modal", "operators-prompt-view-modal"):
+            text = self.text_of(self.by_cy(cy))
+            if "Error occurred during operator execution" in text:
+                texts.append(text)
+        return [t for t in texts if t]
+
+    # ---- grid
+    def tiles(self):
+        return self.by_cy("looker", self.by_cy("fo-grid"))
+
+    def select_tiles(self, indices) -> None:
+        for i in indices:
+            tile = self.tiles().nth(i)
+            tile.hover()
+            self.by_cy("looker-checkbox-", tile).click()
+        self.page.wait_for_timeout(500)
+
+    def clear_selection(self) -> None:
+        self.by_cy("action-manage-selected").click()
+        self.page.get_by_text("Clear selected samples", exact=True).click()
+        self.page.wait_for_timeout(500)
+
+    def show_sidebar_field(self, path: str, within=None) -> None:
+        """Tick a field's visibility checkbox in the sidebar (e.g. ``tags`` to show sample tags on tiles)."""
+        box = self.by_cy(f"checkbox-{path}", within)
+        if "Mui-checked" not in (box.get_attribute("class") or ""):
+            box.click()
+
+    def hide_sidebar_field(self, path: str, within=None) -> None:
+        box = self.by_cy(f"checkbox-{path}", within)
+        if "Mui-checked" in (box.get_attribute("class") or ""):
+            box.click()
+
+    # ---- operator browser
+    def operator_browser(self, search: str) -> list[tuple[str, str]]:
+        """Open the operator browser (backtick key), type ``search``; return the listed (label, name) pairs."""
+        browser = self.by_cy("operators-browser")
+        if not browser.count():
+            self.page.locator("body").press("`")
+            browser.wait_for(state="visible", timeout=15_000)
+        self.by_cy("operators-browser-search", browser).fill(search)
+        self.page.wait_for_timeout(500)
+        lines = [line.strip() for line in browser.inner_text().splitlines() if line.strip()]
+        return list(zip(lines[0::2], lines[1::2], strict=False))
+
+    def close_operator_browser(self) -> None:
+        if self.by_cy("operators-browser").count():
+            self.page.keyboard.press("Escape")
+            self.by_cy("operators-browser").wait_for(state="detached", timeout=10_000)
+
+    def open_operator(self, label: str, timeout: float = 60):
+        """Open ``label``'s form from the operator browser; return the form (prompt modal), settled."""
+        self.operator_browser(label.split(":")[0])
+        browser = self.by_cy("operators-browser")
+        entry = browser.get_by_text(label, exact=True)
+        if not entry.count():
+            raise UIError(f"operator {label!r} is not in the operator browser:\n{self.text_of(browser)}")
+        entry.first.click()
+        form = self.by_cy("operators-prompt-modal")
+        self.execute_button(form).wait_for(state="visible", timeout=timeout * 1000)
+        self.settle(form)
+        return form
+
+    # ---- operator forms
+    @staticmethod
+    def execute_button(form):
+        return form.get_by_role("button", name="Execute", exact=True)
+
+    def field(self, form, label: str):
+        """The innermost form item holding the text ``label`` (a property's label)."""
+        items = form.locator(".MuiGrid-item").filter(has=self.page.get_by_text(label, exact=True))
+        if not items.count():
+            raise UIError(f"no form field labelled {label!r}:\n{self.text_of(form)}")
+        return items.last
+
+    def choose(self, form, value: str) -> None:
+        """Pick the radio choice whose value is ``value`` (a preset, a target view ...)."""
+        radio = form.locator(f'input[type="radio"][value="{value}"]')
+        if not radio.count():
+            raise UIError(f"no choice {value!r} in the form:\n{self.text_of(form)}")
+        radio.check(force=True)
+        self.settle(form)
+        if not radio.is_checked():
+            raise UIError(f"the form did not keep the choice {value!r}:\n{self.text_of(form)}")
+
+    def tick(self, form, label: str, on: bool = True) -> None:
+        box = form.locator("label").filter(has_text=label).locator('input[type="checkbox"]')
+        if not box.count():
+            raise UIError(f"no checkbox {label!r} in the form:\n{self.text_of(form)}")
+        box.first.set_checked(on, force=True)
+        self.settle(form)
+
+    def type_text(self, form, label: str, value: str) -> None:
+        """Replace the text of the input under ``label``."""
+        box = self.field(form, label).locator("input, textarea").first
+        box.fill(value)
+        box.press("Tab")
+        self.settle(form)
+        if box.input_value() != value:
+            raise UIError(f"the form did not keep {label!r} = {value!r} (shows {box.input_value()!r})")
+
+    def code_text(self, form, text: str, timeout: float = 8) -> bool:
+        """Put ``text`` in the form's code/JSON field: a plain text box, or the App's code editor (Monaco) once
+        it has loaded. False when neither can be typed into within ``timeout`` (the editor's code comes from a
+        CDN, so it never loads offline)."""
+        editor = form.locator(".monaco-editor")
+        # MUI's multiline fields carry a hidden read-only twin textarea (for sizing): skip it, and Monaco's own
+        plain = form.locator('textarea:not(.inputarea):not([aria-hidden="true"]):not([readonly])')
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if editor.count():
+                editor.first.click()
+                self.page.keyboard.press("ControlOrMeta+A")
+                self.page.keyboard.press("Delete")
+                self.page.keyboard.insert_text(text)
+                break
+            if plain.count():
+                plain.last.fill(text)
+                plain.last.press("Tab")
+                self.settle(form)
+                if plain.last.input_value() != text:
+                    raise UIError(f"the form did not keep {text!r} (shows {plain.last.input_value()!r})")
+                break
+            self.page.wait_for_timeout(500)
+        else:
+            return False
+        self.settle(form)
+        return True
+
+    def expect_runnable(self, form, timeout: float = 20) -> None:
+        """Fail unless the form accepts its input: Execute enabled (a form with a problem disables it)."""
+        button = self.execute_button(form)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if button.is_enabled():
+                return
+            self.page.wait_for_timeout(500)
+        raise UIError(f"the form refused its input (Execute stays disabled):\n{self.text_of(form)}")
+
+    def execute(self, form, expect: str, timeout: float = 180, progress_shot: str | None = None) -> str:
+        """Click Execute (an immediate run) and wait for the operator's output: a Close / Done button, no
+        progress bar, and ``expect`` (a value the output shows) in its text; return that text. Fails at once on an
+        error notification or an operator error; ``progress_shot`` names a screenshot of the progress bar."""
+        self.expect_runnable(form)
+        self.execute_button(form).click()
+        deadline = time.monotonic() + timeout
+        progress_path = None
+        while time.monotonic() < deadline:
+            errors = self.errors_shown()
+            if errors:
+                raise UIError("the operator failed in the App:\n" + "\n---\n".join(errors))
+            modals = [self.by_cy(cy) for cy in ("operators-prompt-view-modal", "operators-prompt-modal")]
+            modals = [m for m in modals if m.count()]
+            running = any(m.get_by_role("progressbar").count() for m in modals)
+            texts = [self.text_of(m) for m in modals]
+            if progress_shot and any(PROGRESS.search(t) for t in texts):
+                progress_path = self.shot(progress_shot)
+                progress_shot = None
+            elif progress_path and any(MIDWAY.search(t) for t in texts):
+                self.page.screenshot(path=str(progress_path))  # a later, more telling moment of the same step
+                progress_path = None
+            for modal in modals:
+                closes = modal.get_by_role("button", name=re.compile(r"^(Close|Done)$"))
+                if not running and closes.count() and not self.execute_button(modal).count():
+                    text = self.settle(modal)
+                    if expect in text:
+                        return text
+            self.page.wait_for_timeout(500)
+        raise UIError(f"no output showing {expect!r} within {timeout:.0f} s; the App shows:\n{self.visible_text()}")
+
+    def close_output(self) -> None:
+        for name in ("Done", "Close"):
+            button = self.page.get_by_role("button", name=name, exact=True)
+            if button.count() and button.first.is_visible():
+                button.first.click()
+                break
+        for cy in ("operators-prompt-view-modal", "operators-prompt-modal"):
+            self.by_cy(cy).wait_for(state="detached", timeout=15_000)
+
+    def visible_text(self) -> str:
+        return self.text_of(self.page.locator("body"))[-3000:]
+
+    # ---- sample modal and panels
+    def open_sample(self, index: int):
+        self.tiles().nth(index).click()
+        modal = self.by_cy("modal")
+        self.by_cy("modal-looker-container", modal).wait_for(state="visible", timeout=30_000)
+        self.page.wait_for_timeout(1500)
+        return modal
+
+    def close_sample(self) -> None:
+        modal = self.by_cy("modal")
+        for _ in range(3):
+            if not modal.count():
+                return
+            self.by_cy("modal-looker-container", modal).hover()
+            self.page.keyboard.press("Escape")
+            self.page.wait_for_timeout(700)
+        if modal.count():
+            raise UIError("the sample modal did not close")
+
+    def open_panel(self, option: str):
+        """Open a panel from the grid's "+" tab (``option``: the panel's name, e.g. model_evaluation_panel_builtin)."""
+        self.by_cy("new-panel-btn").first.click()
+        self.by_cy(f"new-panel-option-{option}").click()
+        content = self.by_cy(f"panel-content-{option}")
+        content.wait_for(state="visible", timeout=30_000)
+        return content
