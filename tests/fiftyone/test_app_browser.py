@@ -38,11 +38,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATORS = yaml.safe_load((REPO / "fiftyone.yml").read_text())["operators"]
-MARK, BUILD, SEGMENT, EVALUATE = (
+MARK, BUILD, SEGMENT, EVALUATE, RUNS = (
     "NTT: mark references",
     "NTT: build memory bank",
     "NTT: segment with bank",
     "NTT: evaluate predictions",
+    "NTT: runs",
 )
 BANK, FIELD, EVAL_KEY = "browser_bank", "ntt", "browser_eval"
 # Random weights: open the filters so that proposals reach the output (used when the form's JSON field works).
@@ -173,6 +174,14 @@ def _flow(ui: AppDriver, url: str, ds) -> None:
     ui.close_output()
     shown = _segmented(ds, targets)
     assert shown is not None, "segmentation wrote no masks"
+
+    # The runs view lists this App's runs with their state; Execute with nothing chosen just reloads.
+    form = ui.open_operator(RUNS)
+    listed = ui.settle(form)
+    ui.shot("runs")
+    assert "segment_with_bank" in listed and "build_bank" in listed and "completed" in listed, listed
+    ui.execute(form, expect="Nothing stopped", timeout=60)
+    ui.close_output()
 
     # The masks in the sample modal: the predictions field shown, the ground truth hidden.
     modal = ui.open_sample(ids.index(shown))
