@@ -5,8 +5,8 @@ Every knob of the pipeline is a field here. The defaults are the faithful defaul
 (``to_dict`` / ``from_dict``) so they can travel in JSON (bank metadata, operator params).
 
 Configs are frozen: they are cache keys and get persisted, so nothing changes one after it is made. There is
-one way to make one, ``get_config(preset, overrides)`` (``layered`` for overrides on a stored config), and
-one way to derive one, ``derive(cfg, segment={...})`` (``dataclasses.replace`` per section).
+one way to make one, ``get_config(preset, overrides, device)`` (``layered`` for overrides on a stored config),
+and one way to derive one, ``derive(cfg, segment={...})`` (``dataclasses.replace`` per section).
 """
 
 from __future__ import annotations
@@ -318,17 +318,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def get_config(preset: str = "paper", overrides: dict[str, dict[str, Any]] | None = None) -> NTTConfig:
-    """Return the config of a preset with optional per-section overrides.
+def get_config(
+    preset: str = "paper",
+    overrides: dict[str, dict[str, Any]] | NTTConfig | None = None,
+    device: str | None = None,
+) -> NTTConfig:
+    """The one way to make a config: a preset with optional per-section overrides, and a device.
 
     Args:
         preset: one of ``PRESETS`` ("paper", "fast", "lite", "smoke").
         overrides: e.g. ``{"model": {"device": "cpu"}, "segment": {"batch_size": 4}}``; ``None``
-            values are ignored so CLI flags that were not given leave the preset alone.
+            values are ignored so CLI flags that were not given leave the preset alone. An ``NTTConfig``
+            is used as is (the preset is then ignored); ``layered`` puts overrides on a stored config.
+        device: when given, replaces the model device ("auto", "cpu", "cuda", "cuda:N").
     """
-    if preset not in PRESETS:
+    if isinstance(overrides, NTTConfig):
+        cfg = overrides.validate()
+    elif preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return layered(PRESETS[preset], overrides)
+    else:
+        cfg = layered(PRESETS[preset], overrides)
+    return derive(cfg, model={"device": device}) if device else cfg
 
 
 def describe_settings(data: dict[str, dict[str, Any]]) -> str:
@@ -359,15 +369,6 @@ def layered(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]
             raise ConfigError(f"config section {section!r} must be an object, got {type(values).__name__}")
         data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     return NTTConfig.from_dict(data).validate()
-
-
-def make_config(
-    preset: str = "paper", config: NTTConfig | dict[str, Any] | None = None, device: str | None = None
-) -> NTTConfig:
-    """A config from a preset, or an ``NTTConfig`` as is, or a preset plus a dict of per-section overrides
-    (the JSON form operators pass); ``device``, when given, replaces the model device."""
-    cfg = config if isinstance(config, NTTConfig) else get_config(preset, config)
-    return derive(cfg, model={"device": device}) if device else cfg.validate()
 
 
 def derive(cfg: NTTConfig, **sections: dict[str, Any]) -> NTTConfig:

@@ -73,15 +73,15 @@ def settings_problem(ctx, preset: str, settings=None, kinds=("sam2", "dinov2")) 
     background run, a missing device or file is only a note: the worker may have it.
 
     Args:
-        settings: ``(preset, overrides, device) -> NTTConfig`` (default: ``make_config``; segmenting uses the
+        settings: ``(preset, overrides, device) -> NTTConfig`` (default: ``get_config``; segmenting uses the
             bank's settings).
     """
-    from ntt.config import ConfigError, make_config
+    from ntt.config import ConfigError, get_config
     from ntt.models import missing_weights
     from ntt.weights import missing_message
 
     try:
-        cfg = (settings or make_config)(preset, config_overrides(ctx), device(ctx))
+        cfg = (settings or get_config)(preset, config_overrides(ctx), device(ctx))
     except (ConfigError, ValueError) as err:
         return f"Invalid settings: {err}", None
     problem, note = device_problem(ctx, cfg.model.device)

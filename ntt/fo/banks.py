@@ -11,7 +11,7 @@ from typing import Any
 
 from ..bank import BankError, MemoryBank
 from ..bank_encoder import build_bank_steps as memory_bank_steps
-from ..config import NTTConfig, make_config
+from ..config import NTTConfig, get_config
 from ..steps import Step, Steps, drive, signature_of
 from ..types import Progress
 from . import store
@@ -95,7 +95,7 @@ def build_bank_steps(
     """``build_bank`` as a generator (same arguments, checked at the first step): yields a ``Step(fraction,
     label)`` after each reference image and returns the stored bank. Closed before its end, it stores nothing."""
     _check_free(coll, name, overwrite)
-    cfg = make_config(preset, config, device)
+    cfg = get_config(preset, config, device)
     check_device(cfg)
     refs = collect_references(coll, label_field, tag, classes=classes)
     check_weights(cfg, needed_models(refs))

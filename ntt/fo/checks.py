@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..bank import MemoryBank
-from ..config import ConfigError, NTTConfig, derive, layered, make_config
+from ..config import ConfigError, NTTConfig, derive, get_config, layered
 from ..devices import resolve_device
 from ..models import ensure_weights
 from .references import NTTFiftyOneError
@@ -71,7 +71,7 @@ def settings_here(stored: dict[str, Any], overrides: dict | None = None, device:
     else the overrides', else "auto" (a bank built on a GPU machine still runs on a CPU worker)."""
     base = {section: dict(values) for section, values in stored.items()}
     base.get("model", {}).pop("device", None)
-    return make_config(config=layered(base, overrides), device=device)
+    return get_config(overrides=layered(base, overrides), device=device)
 
 
 def shot_sample_ids(shots: Iterable[dict[str, Any]]) -> list[str]:

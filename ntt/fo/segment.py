@@ -9,7 +9,7 @@ from typing import Any
 import fiftyone as fo
 
 from ..bank import MemoryBank
-from ..config import NTTConfig, derive, make_config
+from ..config import NTTConfig, derive, get_config
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
 from ..steps import Step, Steps, drive, signature_of
@@ -145,7 +145,7 @@ def _resolve_bank(coll, bank, tag, load: bool = True) -> Source:
 def _settings(source: Source, preset, config, device) -> NTTConfig:
     if preset is None and source.stored and not isinstance(config, NTTConfig):
         return settings_here(source.stored, config, device)
-    return make_config(preset or "paper", config, device)
+    return get_config(preset or "paper", config, device)
 
 
 def _references(coll, source: Source) -> list[str]:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ntt.config import ConfigError, NTTConfig, derive, get_config, layered, make_config
+from ntt.config import ConfigError, NTTConfig, derive, get_config, layered
 
 
 def test_configs_are_frozen():
@@ -29,10 +29,11 @@ def test_derive_changes_only_what_it_names():
         derive(cfg, segment={"scor_thresh": 0.5})
 
 
-def test_make_config_with_a_device_derives_a_new_config():
+def test_a_config_with_a_device_derives_a_new_config():
     base = get_config("lite")
-    cfg = make_config(config=base, device="cpu")
+    cfg = get_config(overrides=base, device="cpu")
     assert cfg.model.device == "cpu" and base.model.device == "auto"
+    assert get_config("smoke", {"segment": {"batch_size": 2}}, device="cpu").model.device == "cpu"
 
 
 def test_overrides_layer_on_a_stored_config_and_round_trip():
