@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", dest="json_out", default=None, help="write the numbers to this JSON file")
     _model_args(k)
 
+    c = sub.add_parser("cache", help="the candidate cache (bank-independent work per image): show or free it")
+    c.add_argument("cache_cmd", choices=["info", "clear"], help="info: where, entries, bytes, limit; clear: free it")
+
     w = sub.add_parser("weights", help="check that the checkpoints a preset needs are here (or say where they go)")
     _model_args(w)
 
@@ -219,6 +222,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "benchmark":
         seg = {"points_per_side": args.points_per_side, "prompt_mode": args.prompt_mode}
         return commands.benchmark(args, _config(args, seg))
+    if args.command == "cache":
+        return commands.cache(args.cache_cmd)
     if args.command == "weights":
         return commands.weights(_config(args))
     return commands.evaluate(args)

@@ -37,6 +37,15 @@ def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
     return 0
 
 
+def cache(action: str) -> int:
+    """``ntt cache info`` / ``ntt cache clear``: the candidate cache's place, entries, bytes and limit."""
+    from .cache import CandidateStore
+
+    store = CandidateStore()
+    print_json(store.info() if action == "info" else {"root": str(store.root), "freed": store.clear()})
+    return 0
+
+
 def weights(cfg: NTTConfig) -> int:
     """Where each checkpoint of the config resolves; every missing one named at once (exit 2), none downloaded."""
     ensure_weights(cfg.model)
