@@ -1,6 +1,7 @@
-"""The NTT prediction, stage by stage: encode -> propose -> match -> select.
+"""The NTT prediction, stage by stage: encode -> propose -> pool_masks -> match -> select.
 
-Each stage is a method over typed values (``Encoded``, ``Proposals``, ``Candidates``, ``Instances``), and
+Each stage is a method over typed values (``Encoded``, ``Proposals``, ``MaskPool``, ``Candidates``,
+``Instances``); with grid prompts, the stages before ``match`` do not depend on the bank (a cache can keep them);
 ``Predictor.predict`` is their composition: this is where faithfulness to the paper lives. Engineering policy
 (loading ahead, batch sizes, out-of-memory back-off) belongs to ``ntt.segmenter``.
 """
@@ -45,6 +46,19 @@ class Proposals:
 
     logits: torch.Tensor
     iou: torch.Tensor
+
+
+@dataclass
+class MaskPool:
+    """One image's masks that pass the predicted-IoU filter, with what the bank does not change (cacheable):
+    logits float (N, m, m), iou float (N,), embeddings float (N, D) unit-norm mask-pooled DINOv2 features, boxes
+    float (N, 4) low-res (x1, y1, x_max, y_max); counts: how many each filter left."""
+
+    logits: torch.Tensor
+    iou: torch.Tensor
+    embeddings: torch.Tensor
+    boxes: torch.Tensor
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,7 +153,7 @@ class Predictor:
         proposals = self.propose(encoded, points_chunk or self.cfg.segment.points_batch_size)
         out, self.last_counts = [], []
         for props, tokens, image in zip(proposals, encoded.tokens, images):
-            cand = self.match(props, tokens)
+            cand = self.match(self.pool_masks(props, tokens))
             out.append(self.select(cand, image.shape[:2]))
             self.last_counts.append(cand.counts)
         return out
@@ -180,29 +194,36 @@ class Predictor:
         guided = guided_points(tokens, self.prototypes, seg.guided_points, self.sam.image_size)
         return guided if self.grid is None else torch.cat([guided, self.grid])
 
-    def match(self, proposals: Proposals, tokens: torch.Tensor) -> Candidates:
-        """Filter one image's masks by predicted IoU, give each the class of its best-matching prototype and
-        keep the best of overlapping same-class boxes (NMS). ``tokens``: float (g, g, D) of the image."""
-        seg = self.cfg.segment
+    def pool_masks(self, proposals: Proposals, tokens: torch.Tensor) -> MaskPool:
+        """Keep one image's non-empty masks whose predicted IoU passes the filter, with their mask-pooled DINOv2
+        features and boxes: everything the bank does not change. ``tokens``: float (g, g, D) of the image."""
         counts = {"prompts": len(proposals.iou)}
         with self.timer("matching"):
-            keep = proposals.iou > seg.pred_iou_thresh
+            keep = proposals.iou > self.cfg.segment.pred_iou_thresh
             logits, iou = proposals.logits[keep].float(), proposals.iou[keep]
             counts["iou_filter"] = len(iou)
             masks = logits > 0
             nonempty = masks.flatten(1).any(1)
             logits, iou, masks = logits[nonempty], iou[nonempty], masks[nonempty]
             counts["nonempty"] = len(iou)
-            emb = pp.pool_mask_features(masks, tokens)
-            scores, labels = pp.match_classes(emb, self.prototypes)
-        cand = Candidates(logits, iou, emb, scores, labels, counts)
+            embeddings = pp.pool_mask_features(masks, tokens)
         with self.timer("nms_merge"):
             boxes = mask_boxes(masks)
-            keep = pp.class_aware_nms(boxes, iou, labels, seg.nms_thresh, seg.nms_max_keep)
+        return MaskPool(logits, iou, embeddings, boxes, counts)
+
+    def match(self, pool: MaskPool) -> Candidates:
+        """Give each mask the class of its best-matching prototype and keep the best of overlapping same-class
+        boxes (NMS, ranked by predicted IoU), then those with a positive score."""
+        seg = self.cfg.segment
+        with self.timer("matching"):
+            scores, labels = pp.match_classes(pool.embeddings, self.prototypes)
+        cand = Candidates(pool.logits, pool.iou, pool.embeddings, scores, labels, dict(pool.counts))
+        with self.timer("nms_merge"):
+            keep = pp.class_aware_nms(pool.boxes, pool.iou, labels, seg.nms_thresh, seg.nms_max_keep)
         cand = cand.take(keep)
-        counts["nms"] = len(keep)
+        cand.counts["nms"] = len(keep)
         cand = cand.take(cand.scores > 0)
-        counts["positive_score"] = len(cand.scores)
+        cand.counts["positive_score"] = len(cand.scores)
         return cand
 
     def select(self, cand: Candidates, size: tuple[int, int]) -> Instances:

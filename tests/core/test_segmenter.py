@@ -236,3 +236,22 @@ def test_run_keeps_the_order_of_sources(bank, coco128, tmp_path):
     results = list(Segmenter(bank, _config(batch_size=2)).run(sources))
     assert [r.source for r in results] == sources
     assert [r.instances is None for r in results] == [False, True, False, True, False]
+
+
+def test_with_grid_prompts_the_mask_pool_does_not_depend_on_the_bank(bank, images):
+    """What a cache may keep across bank changes: the same pool from two banks; and the stages compose to
+    ``predict``."""
+    smaller = bank.remove(class_names=[bank.class_names[0]])
+    first, second = Predictor(bank, _config()), Predictor(smaller, _config())
+    pools = []
+    for predictor in (first, second):
+        encoded = predictor.encode([predictor.prepare(images[0])])
+        pools.append(predictor.pool_masks(predictor.propose(encoded, 256)[0], encoded.tokens[0]))
+    assert len(pools[0].iou) > 0
+    for name in ("logits", "iou", "embeddings", "boxes"):
+        assert torch.equal(getattr(pools[0], name), getattr(pools[1], name)), name
+    staged = first.select(first.match(pools[0]), images[0].shape[:2])
+    whole = first.predict(images[:1])[0]
+    np.testing.assert_array_equal(staged.boxes, whole.boxes)
+    np.testing.assert_array_equal(staged.scores, whole.scores)
+    assert np.array_equal(staged.masks, whole.masks)
