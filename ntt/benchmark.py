@@ -88,13 +88,14 @@ def reference_config(cfg: NTTConfig) -> NTTConfig:
     )
 
 
-def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: bool = True) -> RunReport:
-    """Segment ``paths`` the way ``ntt segment`` does (batches, images loaded ahead) and measure every stage."""
+def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: bool = True, cache=None) -> RunReport:
+    """Segment ``paths`` the way ``ntt segment`` does (batches, images loaded ahead, the candidate ``cache`` when
+    given) and measure every stage."""
     device = resolve_device(cfg.model.device)
     cuda = device.type == "cuda"
     timer = StageTimer(sync=torch.cuda.synchronize if cuda else None)
     started = time.perf_counter()
-    seg = Segmenter(bank, cfg, timer=timer)
+    seg = Segmenter(bank, cfg, timer=timer, cache=cache)
     if warmup:  # model load, kernel selection, compilation, allocator; sizes an automatic batch
         first = load_image(paths[0])
         list(seg.run([first]))
@@ -128,6 +129,30 @@ def run(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], mode: str, warmup: 
         warmup_s=warmup_s,
         instances=instances,
     )
+
+
+def resegment(cfg: NTTConfig, bank: MemoryBank, paths: list[Path], store) -> tuple[list[RunReport], dict[str, float]]:
+    """What the candidate cache is worth: a fresh run without it, the run that fills ``store``, the same images
+    from the cache with the same bank and after a bank change (a quarter of its classes removed), and a fresh run
+    with the changed bank. Returns the reports and the summary: ms per image fresh and from the cache, their
+    ratio, cache bytes per image, and the agreement of the cached runs with fresh ones (``agreement``)."""
+    changed = bank.remove(class_names=bank.class_names[: max(1, len(bank.classes) // 4)])
+    fresh = run(cfg, bank, paths, "fresh")
+    filling = run(cfg, bank, paths, "fresh+fill", warmup=False, cache=store)
+    same = run(cfg, bank, paths, "cache", warmup=False, cache=store)
+    cached = run(cfg, changed, paths, "cache,new bank", warmup=False, cache=store)
+    truth = run(cfg, changed, paths, "fresh,new bank", warmup=False)
+    n = len(paths)
+    summary = {
+        "fresh_ms_per_image": 1000 * fresh.seconds / n,
+        "fill_ms_per_image": 1000 * filling.seconds / n,
+        "cached_ms_per_image": 1000 * cached.seconds / n,
+        "speedup": fresh.seconds / max(cached.seconds, 1e-9),
+        "cache_bytes_per_image": store.info()["bytes"] / n,
+        "agreement_same_bank": agreement(same.instances, fresh.instances),
+        "agreement_changed_bank": agreement(cached.instances, truth.instances),
+    }
+    return [fresh, filling, same, cached, truth], summary
 
 
 def agreement(fast: list[Instances], ref: list[Instances], iou: float = 0.9) -> float:

@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--points-per-side", type=int, default=None, help="prompt grid side (default 32)")
     s.add_argument("--prompt-mode", default=None, choices=["grid", "guided"], help="dense grid or DINOv2-guided")
     s.add_argument("--box-inclusive", action="store_true", help="research code's 1-px-short COCO boxes")
+    s.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read and fill the candidate cache (grid prompts): re-segmenting after a bank change takes a fraction "
+        "of the time (default: the preset's: on in fast and lite, off in the faithful paper preset)",
+    )
     _model_args(s)
 
     k = sub.add_parser("benchmark", help="time every stage on real images (optionally vs the faithful mode)")
@@ -148,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--prompt-mode", default=None, choices=["grid", "guided"], help="dense grid or DINOv2-guided")
     k.add_argument("--force-candidates", action="store_true", help="also run the worst case: every mask kept")
     k.add_argument("--compare-reference", action="store_true", help="also run the faithful reference mode")
+    k.add_argument(
+        "--resegment",
+        action="store_true",
+        help="measure the candidate cache: fresh runs vs re-segmenting from it after a bank change (grid prompts)",
+    )
     k.add_argument("--json", dest="json_out", default=None, help="write the numbers to this JSON file")
     _model_args(k)
 
@@ -217,6 +229,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             "max_instances": args.max_instances,
             "points_per_side": args.points_per_side,
             "prompt_mode": args.prompt_mode,
+            "cache": args.cache,
         }
         return commands.segment(args, _config(args, seg))
     if args.command == "benchmark":

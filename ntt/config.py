@@ -163,6 +163,10 @@ class SegmentConfig:
             the CPU. An out-of-memory error halves it either way.
         loader_workers: threads that decode and resize the next images while a batch runs (0: load in
             the main thread, between batches).
+        cache: with grid prompts, keep each image's bank-independent work (its masks up to the IoU filter,
+            their DINOv2 features and boxes) in the candidate cache and reuse it, so re-segmenting after a
+            bank change skips the encoders and the decoder. Masks then go through int8 logits: pixels within
+            one quantisation step of an edge may differ from an uncached run. Off in the faithful default.
     """
 
     points_per_side: int = 32
@@ -182,6 +186,7 @@ class SegmentConfig:
     guided_grid: int = 4
     batch_size: int = 1
     loader_workers: int = 2
+    cache: bool = False
 
     def validate(self) -> None:
         for name, minimum in _SEGMENT_COUNTS.items():
@@ -293,7 +298,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # per decoder call (across images), compiled decoder, soft-merge IoS on the 256x256 SAM2 masks.
     "fast": {
         "model": {"dtype": "bf16", "compile": True},
-        "segment": {"batch_size": 0, "points_batch_size": 1024, "merge_resolution": "low"},
+        "segment": {"batch_size": 0, "points_batch_size": 1024, "merge_resolution": "low", "cache": True},
     },
     # For CPUs and laptops: small models at reduced inputs, DINOv2-guided prompts (32 instead of 1024).
     "lite": {
@@ -303,7 +308,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "sam2_image_size": 768,
             "dinov2_image_size": 448,
         },
-        "segment": {"prompt_mode": "guided", "guided_points": 16, "guided_grid": 4, "merge_resolution": "low"},
+        "segment": {
+            "prompt_mode": "guided",
+            "guided_points": 16,
+            "guided_grid": 4,
+            "merge_resolution": "low",
+            "cache": True,
+        },
     },
     # Tiny inputs and 16 prompts: only for smoke tests with random weights (fast on any CPU).
     "smoke": {

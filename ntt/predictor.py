@@ -138,12 +138,26 @@ class Predictor:
         prepared: Sequence[torch.Tensor] | None = None,
         points_chunk: int | None = None,
     ) -> list[Instances]:
-        """Instances for RGB uint8 images (H, W, 3), run as one batch through the encoders.
+        """Instances for RGB uint8 images (H, W, 3), run as one batch through the encoders: ``mask_pools`` then
+        ``finish`` per image (their counts are kept in ``last_counts``).
 
         Args:
             prepared: the images already through ``prepare`` (a loader did it ahead), else done here.
             points_chunk: prompts per decoder call (default ``segment.points_batch_size``); no effect on results.
         """
+        pools = self.mask_pools(images, prepared, points_chunk)
+        done = [self.finish(pool, image.shape[:2]) for pool, image in zip(pools, images)]
+        self.last_counts = [counts for _, counts in done]
+        return [instances for instances, _ in done]
+
+    @torch.no_grad()
+    def mask_pools(
+        self,
+        images: Sequence[np.ndarray],
+        prepared: Sequence[torch.Tensor] | None = None,
+        points_chunk: int | None = None,
+    ) -> list[MaskPool]:
+        """encode -> propose -> pool_masks for a batch (arguments as ``predict``)."""
         if not images:
             return []
         if prepared is None:
@@ -151,12 +165,13 @@ class Predictor:
                 prepared = [self.prepare(img) for img in images]
         encoded = self.encode(prepared)
         proposals = self.propose(encoded, points_chunk or self.cfg.segment.points_batch_size)
-        out, self.last_counts = [], []
-        for props, tokens, image in zip(proposals, encoded.tokens, images):
-            cand = self.match(self.pool_masks(props, tokens))
-            out.append(self.select(cand, image.shape[:2]))
-            self.last_counts.append(cand.counts)
-        return out
+        return [self.pool_masks(props, tokens) for props, tokens in zip(proposals, encoded.tokens)]
+
+    @torch.no_grad()
+    def finish(self, pool: MaskPool, size: tuple[int, int]) -> tuple[Instances, dict[str, int]]:
+        """match -> select for one image of (H, W) ``size``: its instances and how many candidates each filter left."""
+        cand = self.match(pool)
+        return self.select(cand, size), cand.counts
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """RGB uint8 (H, W, 3) -> float (3, S, S): SAM2's input (thread-safe: loaders call it ahead)."""

@@ -20,6 +20,7 @@ from .bank import MemoryBank
 from .config import NTTConfig
 from .images import load_image
 from .loader import prefetch
+from .pool_codec import PoolCache
 from .predictor import DecoderOutOfMemory, Predictor
 from .timing import NullTimer
 from .types import Instances
@@ -50,11 +51,22 @@ class Segmenter:
         ...     print(result.source, result.error or len(result.instances))
     """
 
-    def __init__(self, bank: MemoryBank, cfg: NTTConfig, proposer=None, encoder=None, timer=None):
-        """Arguments as ``Predictor``'s; the timer is charged the waiting for images too (``load``)."""
+    def __init__(self, bank: MemoryBank, cfg: NTTConfig, proposer=None, encoder=None, timer=None, cache=None):
+        """Arguments as ``Predictor``'s; the timer is charged the waiting for images too (``load``).
+
+        Args:
+            cache: a ``CandidateStore``: with grid prompts, each image's bank-independent work (its mask pool) is
+                taken from it when there and stored when not, so re-segmenting after a bank change skips the
+                encoders and the decoder. None: no cache.
+        """
         self.timer = timer or NullTimer()
         self.predictor = Predictor(bank, cfg, proposer, encoder, self.timer)
         self.cfg, self.bank = self.predictor.cfg, bank
+        self.cache = None
+        if cache is not None and cfg.segment.prompt_mode == "grid":
+            self.cache = PoolCache(self.predictor, cache)
+        elif cache is not None:
+            log.info("candidate cache not used: guided prompts depend on the bank")
         self.batch_size = cfg.segment.batch_size or 1  # halved when a batch runs out of memory
         self.points_chunk = cfg.segment.points_batch_size  # halved when the decoder runs out of memory
         self._fit_batch = cfg.segment.batch_size == 0 and self.predictor.device.type == "cuda"
@@ -83,50 +95,69 @@ class Segmenter:
         if pending:
             yield from self._run_batch(pending)
 
-    def _load(self, source) -> tuple[np.ndarray, torch.Tensor | None]:
+    def _load(self, source) -> tuple[np.ndarray, torch.Tensor | None, str | None]:
+        """The image, its SAM2 input when loading ahead, and its cache key (all in the loader's thread)."""
         image = source if isinstance(source, np.ndarray) else load_image(source)
-        return image, (self.predictor.prepare(image) if self.cfg.segment.loader_workers else None)
+        prepared = self.predictor.prepare(image) if self.cfg.segment.loader_workers else None
+        return image, prepared, (self.cache.key(source, image) if self.cache else None)
 
     def _run_batch(self, pending) -> Iterator[ImageResult]:
         loaded = [got for _, got, _ in pending if got is not None]
-        images = [image for image, _ in loaded]
-        prepared = [p for _, p in loaded] if loaded and loaded[0][1] is not None else None
-        results = iter(self._predict(images, prepared))
+        images = [image for image, _, _ in loaded]
+        prepared = [p for _, p, _ in loaded] if loaded and loaded[0][1] is not None else None
+        results = iter(self._predict(images, prepared, [key for _, _, key in loaded]))
         for src, got, err in pending:
             yield dataclasses.replace(next(results), source=src) if got is not None else ImageResult(src, None, err)
 
-    def _predict(self, images: Sequence[np.ndarray], prepared: Sequence[torch.Tensor] | None) -> list[ImageResult]:
-        """``Predictor.predict`` that survives running out of (GPU) memory: a decoder failure is retried with
-        half as many prompts per decoder call (down to ``MIN_POINTS_CHUNK``), any other with the batch split
-        in halves (later batches use the smaller size); an image that fits in neither way gets the reason."""
+    def _predict(
+        self, images: Sequence[np.ndarray], prepared: Sequence[torch.Tensor] | None, keys
+    ) -> list[ImageResult]:
+        """The predictor's stages for a batch (mask pools from the cache when there), surviving running out of
+        (GPU) memory: a decoder failure is retried with half as many prompts per decoder call (down to
+        ``MIN_POINTS_CHUNK``), any other with the batch split in halves (later batches use the smaller size); an
+        image that fits in neither way gets the reason."""
         try:
             if self._fit_batch:
-                found = self._predict_and_fit_batch(images, prepared)
+                found = self._predict_and_fit_batch(images, prepared, keys)
             else:
-                found = self.predictor.predict(images, prepared, self.points_chunk)
-            return [ImageResult(None, inst, None, counts) for inst, counts in zip(found, self.predictor.last_counts)]
+                found = self._finish(images, self._pools(images, prepared, keys))
+            return [ImageResult(None, inst, None, counts) for inst, counts in found]
         except torch.OutOfMemoryError as err:
             _free_memory()
             if isinstance(err, DecoderOutOfMemory) and self.points_chunk > MIN_POINTS_CHUNK:
                 self.points_chunk = max(MIN_POINTS_CHUNK, self.points_chunk // 2)
                 log.warning("decoder out of memory: retrying with %d prompts per decoder call", self.points_chunk)
-                return self._predict(images, prepared)
+                return self._predict(images, prepared, keys)
             if len(images) == 1:
                 return [ImageResult(None, None, f"out of memory even alone ({str(err).splitlines()[0]})")]
             half = len(images) // 2
             self.batch_size = max(1, min(self.batch_size, half))
             log.warning("out of memory on %d images: retrying in batches of %d", len(images), half)
             first, rest = (None, None) if prepared is None else (prepared[:half], prepared[half:])
-            return self._predict(images[:half], first) + self._predict(images[half:], rest)
+            return self._predict(images[:half], first, keys[:half]) + self._predict(images[half:], rest, keys[half:])
 
-    def _predict_and_fit_batch(self, images, prepared) -> list[Instances]:
+    def _pools(self, images, prepared, keys) -> list:
+        """Each image's mask pool: from the cache when there, else computed (in one batch) and stored."""
+        pools = [self.cache.get(key) if self.cache else None for key in keys]
+        todo = [i for i, pool in enumerate(pools) if pool is None]
+        if todo:
+            chosen = None if prepared is None else [prepared[i] for i in todo]
+            fresh = self.predictor.mask_pools([images[i] for i in todo], chosen, self.points_chunk)
+            for i, pool in zip(todo, fresh):
+                pools[i] = self.cache.put(keys[i], pool) if self.cache else pool
+        return pools
+
+    def _finish(self, images, pools) -> list[tuple[Instances, dict]]:
+        return [self.predictor.finish(pool, image.shape[:2]) for pool, image in zip(pools, images)]
+
+    def _predict_and_fit_batch(self, images, prepared, keys) -> list[tuple[Instances, dict]]:
         """Run the first batch while measuring its peak GPU memory, then size later batches to the memory
         left (automatic batch size)."""
         self._fit_batch = False
         device = self.predictor.device
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        out = self.predictor.predict(images, prepared, self.points_chunk)
+        out = self._finish(images, self._pools(images, prepared, keys))
         per_image = (torch.cuda.max_memory_allocated(device) - base) / len(images)
         free, _ = torch.cuda.mem_get_info(device)
         spare = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

@@ -9,6 +9,7 @@ from typing import Any
 import fiftyone as fo
 
 from ..bank import MemoryBank
+from ..cache import CandidateStore
 from ..config import NTTConfig, derive, get_config
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
@@ -49,6 +50,7 @@ def segment_steps(
     overwrite: bool = False,
     exclude_references: bool = True,
     tag: str | None = None,
+    cache: bool | None = None,
 ) -> Steps[dict[str, Any]]:
     """``segment`` as a generator (same arguments, checked at the first step): yields ``Step(0.0, "Loading
     models")``, then a ``Step(fraction, label)`` after each batch is written, and returns the summary. Closed
@@ -60,7 +62,7 @@ def segment_steps(
     check_usable(source.bank, source.name)
     cfg = _settings(source, preset, config, device)
     overrides = dict(score_thresh=score_thresh, class_thresholds=class_thresholds)
-    overrides.update(max_instances=whole_number(max_instances), batch_size=whole_number(batch_size))
+    overrides.update(max_instances=whole_number(max_instances), batch_size=whole_number(batch_size), cache=cache)
     cfg = derive(cfg, segment={key: value for key, value in overrides.items() if value is not None})
     check_settings(cfg, source.classes)
     excluded = _references(coll, source) if exclude_references else []
@@ -68,7 +70,7 @@ def segment_steps(
     cfg = adopt_bank_encoder(cfg, source.bank.encoder)
     check_weights(cfg)
     yield Step(0.0, "Loading models")
-    segmenter = Segmenter(source.bank, cfg)
+    segmenter = Segmenter(source.bank, cfg, cache=CandidateStore() if cfg.segment.cache else None)
     dataset = dataset_of(coll)
     info = declare_field(dataset, label_field, source.info(excluded))
     summary = yield from _run(dataset, view, segmenter, label_field)
@@ -100,10 +102,14 @@ def segment(*args, progress: Progress | None = None, **kwargs) -> dict[str, Any]
         exclude_references: leave out the reference samples (default; they would match themselves): the
             bank's shot samples and the samples tagged ``tag``.
         tag: the reference tag (default: the bank's, else ``ntt_ref``).
+        cache: with grid prompts, keep each image's bank-independent work in the candidate cache (``ntt cache
+            info``) and reuse it: re-segmenting after the bank changed skips SAM2 and DINOv2 (None: the
+            settings', on in the fast and lite presets; see ``SegmentConfig.cache``).
         progress: optional callback ``(fraction, label)``, called for each step of ``segment_steps``.
     Returns:
         a summary: ``samples`` (in the target view), ``labelled``, ``instances``, ``per_class``,
-        ``skipped`` (``[{"id", "filepath", "reason"}]``).
+        ``skipped`` (``[{"id", "filepath", "reason"}]``), ``reused`` (images whose bank-independent work came
+        from the candidate cache).
     """
     return drive(segment_steps(*args, **kwargs), progress)
 
@@ -206,6 +212,7 @@ def _run(dataset, view, segmenter: Segmenter, label_field: str) -> Steps[dict[st
                 _write(dataset, label_field, values, summary)
                 yield Step(done / len(ids), f"Segmenting {done}/{len(ids)} samples")
     summary["per_class"] = dict(summary["per_class"])
+    summary["reused"] = segmenter.cache.hits if segmenter.cache else 0  # images taken from the candidate cache
     return summary
 
 

@@ -7,6 +7,7 @@ image embedding (NTT's behaviour; the stock ``SAM2ImagePredictor`` adds it).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -38,8 +39,22 @@ class SAM2Proposer(torch.nn.Module):
         self.add_no_mem_embed = add_no_mem_embed
         self.compile_backend = "inductor"  # tests use "eager": same graph capture, no code generation
         self._compiled = None
+        self._fingerprint: str | None = None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short sha256 of the weights as loaded (the first, middle and last tensors, and every shape): what a
+        cache of this model's outputs is keyed by. Computed once."""
+        if self._fingerprint is None:
+            state = self.model.state_dict()
+            names = sorted(state)
+            digest = hashlib.sha256(repr([(k, tuple(state[k].shape)) for k in names]).encode())
+            for key in names[:3] + names[len(names) // 2 : len(names) // 2 + 2] + names[-3:]:
+                digest.update(state[key].detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = "sha256:" + digest.hexdigest()[:16]
+        return self._fingerprint
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """RGB uint8 (H, W, 3) -> float (3, S, S) in [0, 1]: a square stretch with PIL bicubic, as NTT."""

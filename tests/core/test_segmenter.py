@@ -121,16 +121,16 @@ def test_bf16_autocast_runs_and_agrees_on_shapes(bank, images):
 def test_out_of_memory_splits_the_batch_and_keeps_going(bank, images, monkeypatch):
     seg = Segmenter(bank, _config(batch_size=3, loader_workers=0))
     expected = seg.predictor.predict(images)
-    real_predict = seg.predictor.predict
+    real_pools = seg.predictor.mask_pools
     sizes = []
 
-    def predict_with_small_memory(batch, prepared=None, points_chunk=None):
+    def pools_with_small_memory(batch, prepared=None, points_chunk=None):
         sizes.append(len(batch))
         if len(batch) > 1:  # an encoder's failure: only a smaller batch helps
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_predict(batch, prepared, points_chunk)
+        return real_pools(batch, prepared, points_chunk)
 
-    monkeypatch.setattr(seg.predictor, "predict", predict_with_small_memory)
+    monkeypatch.setattr(seg.predictor, "mask_pools", pools_with_small_memory)
     got = [r.instances for r in seg.run(images)]
     assert sizes[:3] == [3, 1, 2] and seg.batch_size == 1
     assert [len(r) for r in got] == [len(r) for r in expected]
@@ -143,7 +143,7 @@ def test_image_that_never_fits_is_reported_not_raised(bank, images, monkeypatch)
     def always_oom(batch, prepared=None, points_chunk=None):
         raise DecoderOutOfMemory("CUDA out of memory.")
 
-    monkeypatch.setattr(seg.predictor, "predict", always_oom)
+    monkeypatch.setattr(seg.predictor, "mask_pools", always_oom)
     got = list(seg.run(images[:2]))
     assert [r.error for r in got] == ["out of memory even alone (CUDA out of memory.)"] * 2
     assert [r.instances for r in got] == [None, None]
@@ -158,7 +158,7 @@ def test_an_encoder_out_of_memory_on_one_image_is_reported_at_once(bank, images,
         calls.append(points_chunk)
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(seg.predictor, "predict", encoder_oom)
+    monkeypatch.setattr(seg.predictor, "mask_pools", encoder_oom)
     assert [r.error for r in seg.run(images[:1])] == ["out of memory even alone (CUDA out of memory.)"]
     assert calls == [256]  # smaller decoder chunks cannot help an encoder
 

@@ -255,3 +255,18 @@ def test_box_only_references_get_masks_from_sam2(dataset, random_config, monkeyp
         assert all(shot["box_only"] for shot in bank.shots)
     finally:
         boxes.delete()
+
+
+def test_resegmenting_after_the_bank_changed_reuses_the_candidate_cache(dataset, random_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("NTT_CACHE_DIR", str(tmp_path))  # an empty cache: other tests' images are not this one's hits
+    ds = dataset
+    nfo.mark_references(ds.skip(5).limit(1))
+    nfo.build_bank(ds, "pets", label_field="gt", config=random_config)
+    first = nfo.segment(ds, "pets", label_field="pred", cache=True)
+    assert first["reused"] == 0 and first["labelled"] == 11
+    nfo.mark_references(ds.skip(6).limit(1))
+    nfo.add_references(ds, "pets")  # the bank changed: more shots
+    again = nfo.segment(ds, "pets", label_field="pred", overwrite=True, exclude_references=False, cache=True)
+    assert again["reused"] == again["labelled"] - 1  # all but the new reference, never segmented before
+    fresh = nfo.segment(ds, "pets", label_field="fresh", exclude_references=False)  # smoke: no cache by default
+    assert fresh["reused"] == 0 and fresh["labelled"] == again["labelled"]
