@@ -67,3 +67,18 @@ def test_benchmark_cli_compares_with_reference(coco128, tmp_path, capsys):
     # In fp32 the fast mode makes the reference's computation in another order: full agreement.
     assert data["agreement"] == 1.0 and data["speedup"] > 0
     assert "fast / reference" in capsys.readouterr().out
+
+
+def test_benchmark_measures_resegmenting_from_the_cache(coco128, tmp_path, capsys):
+    out = tmp_path / "reseg.json"
+    args = ["benchmark", "--images", str(coco128 / "images" / "val2017"), "--max-images", "2", "--classes", "8"]
+    assert main(args + ["--resegment", "--json", str(out), "--preset", "smoke", "--random-weights"]) == 0
+    data = json.loads(out.read_text())
+    modes = [r["mode"] for r in data["reports"]]
+    assert modes == ["fresh", "fresh+fill", "cache", "cache,new bank", "fresh,new bank"]
+    cached = {r["mode"]: r["ms_per_image"] for r in data["reports"]}
+    assert cached["cache,new bank"]["sam2_encoder"] == 0 and cached["cache,new bank"]["decoder"] == 0  # skipped
+    summary = data["resegment"]
+    assert summary["speedup"] > 1 and summary["cache_bytes_per_image"] > 0
+    assert summary["agreement_same_bank"] >= 0.99 and summary["agreement_changed_bank"] >= 0.95
+    assert "re-segmenting from the cache" in capsys.readouterr().out
