@@ -96,6 +96,15 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def remove_stale_temps(path: Path) -> None:
     """Remove temp files of ``path`` whose writing process no longer exists (a killed run's leftovers)."""
     if not path.parent.is_dir():

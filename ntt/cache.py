@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_bytes_atomic
+from .atomic import file_sha256, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,7 @@ def entry_key(**parts: Any) -> str:
 
 def image_digest(path: str | Path) -> str:
     """sha256 of an image file's bytes: the same picture under another name is the same entry."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 class CandidateStore:

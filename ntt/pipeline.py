@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import coco, sampling
-from .atomic import AtomicWriter, write_bytes_atomic
+from .atomic import AtomicWriter, file_sha256, write_bytes_atomic
 from .bank import MemoryBank
 from .bank_encoder import build_bank
 from .config import DINOV2_MODELS, NTTConfig, derive
@@ -159,7 +158,7 @@ def _sidecar_for(preds_json: str | Path) -> dict | None:
         return None
     meta = coco.load_json_file(path)
     want = meta.get("results_sha256") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or (want and want != _sha256(Path(preds_json))):
+    if not isinstance(meta, dict) or (want and want != file_sha256(Path(preds_json))):
         raise ValueError(
             f"{path} does not describe {preds_json} (a run was stopped while writing them, or one of them was "
             "replaced): run `ntt segment` again, or move the sidecar away to evaluate without it"
@@ -178,14 +177,6 @@ def _ids_by_file_name(files: dict[str, int], gt: dict) -> dict[int, int]:
         if len(found) == 1:
             remap[image_id] = found[0]
     return remap
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class JsonListWriter:
