@@ -4,8 +4,8 @@ The low-res mask logits are most of a pool's size (1,024 prompts x 256 x 256 flo
 masks is kept: each mask's logits inside its box widened by ``MARGIN`` cells (outside it the mask is empty),
 clipped to its own range (at most +-``CLIP``) and quantised to int8 in 127 steps of that range, all of them
 zlib-compressed in one blob (the clipped plateaus compress to almost nothing). Upsampled to full resolution
-they give the same masks up to the few pixels whose logit is within one step of zero. Embeddings are kept in
-float16, IoU and boxes exactly.
+they give the same masks up to the few pixels whose logit is within one step of zero. Embeddings are kept as
+int8 in steps of each one's largest component, IoU and boxes exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .models import encoder_identity
 from .predictor import MaskPool
 
 log = logging.getLogger(__name__)
-FORMAT = "pool-1"  # in every key: a new layout of the arrays is a miss, never a misread
+FORMAT = "pool-2"  # in every key: a new layout of the arrays is a miss, never a misread
 CLIP = 8.0  # logits beyond this are the mask's inside or outside, far from its edge
 MARGIN = 3  # cells around the box: bilinear upsampling reads one neighbour, antialiasing a few more
 COUNTS = ("prompts", "iou_filter", "nonempty")
@@ -31,7 +31,8 @@ COUNTS = ("prompts", "iou_filter", "nonempty")
 def pack(pool: MaskPool) -> dict[str, np.ndarray]:
     """The pool as arrays: ``blob`` (uint8, compressed int8 crops), ``crops`` int32 (N, 4) x1, y1, x2, y2
     (exclusive), ``ranges`` float32 (N,) each crop's quantisation range, ``iou`` float32 (N,), ``embeddings``
-    float16 (N, D), ``boxes`` float32 (N, 4), ``shape`` int64 [N, m], ``counts`` int64 (3,)."""
+    int8 (N, D) with ``embedding_scales`` float32 (N,), ``boxes`` float32 (N, 4), ``shape`` int64 [N, m],
+    ``counts`` int64 (3,)."""
     logits = pool.logits.float().cpu()
     n, m = logits.shape[0], logits.shape[-1]
     crops = _crops(pool.boxes.cpu(), m)
@@ -47,7 +48,7 @@ def pack(pool: MaskPool) -> dict[str, np.ndarray]:
         "crops": crops.numpy().astype(np.int32),
         "ranges": ranges,
         "iou": pool.iou.float().cpu().numpy(),
-        "embeddings": pool.embeddings.cpu().numpy().astype(np.float16),
+        **_pack_embeddings(pool.embeddings.float().cpu()),
         "boxes": pool.boxes.float().cpu().numpy(),
         "shape": np.array([n, m], np.int64),
         "counts": np.array([pool.counts.get(k, 0) for k in COUNTS], np.int64),
@@ -70,10 +71,22 @@ def unpack(arrays: dict[str, np.ndarray], device: torch.device) -> MaskPool:
     return MaskPool(
         logits=logits.to(device),
         iou=torch.from_numpy(arrays["iou"].astype(np.float32)).to(device),
-        embeddings=torch.from_numpy(arrays["embeddings"].astype(np.float32)).to(device),
+        embeddings=_unpack_embeddings(arrays).to(device),
         boxes=torch.from_numpy(arrays["boxes"].astype(np.float32)).to(device),
         counts=dict(zip(COUNTS, (int(v) for v in arrays["counts"]))),
     )
+
+
+def _pack_embeddings(embeddings: torch.Tensor) -> dict[str, np.ndarray]:
+    """Unit-norm features (N, D) as int8 in steps of each row's largest component (cosines move by ~1e-3)."""
+    scale = embeddings.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+    codes = (embeddings / scale * 127).round().to(torch.int8)
+    return {"embeddings": codes.numpy(), "embedding_scales": scale[:, 0].numpy().astype(np.float32)}
+
+
+def _unpack_embeddings(arrays: dict[str, np.ndarray]) -> torch.Tensor:
+    codes = torch.from_numpy(arrays["embeddings"].astype(np.float32))
+    return codes * torch.from_numpy(arrays["embedding_scales"])[:, None] / 127
 
 
 def _crops(boxes: torch.Tensor, m: int) -> torch.Tensor:
