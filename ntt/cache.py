@@ -87,7 +87,7 @@ class CandidateStore:
         return path
 
     def entries(self) -> list[Path]:
-        return [p for p in self.root.glob("??/*.safetensors") if not p.name.startswith(".")]
+        return list(self.root.glob("??/*.safetensors"))  # a writer's temp file ends in .tmp: never an entry
 
     def info(self) -> dict[str, Any]:
         """``root``, ``entries``, ``bytes`` and ``limit_bytes``."""

@@ -60,7 +60,7 @@ def list_runs(coll) -> list[dict[str, Any]]:
     ``label`` (the last step), ``started`` (ISO time) and ``error``."""
     name = dataset_of(coll).name
     with _LOCK:
-        live = [{k: v for k, v in run.items() if k != "stop"} for run in _LIVE.values() if run["dataset"] == name]
+        live = [_public(run) for run in _LIVE.values() if run["dataset"] == name]
     background = [_describe(op) for op in _delegated(name)]
     return sorted(live + background, key=lambda run: run["started"] or "", reverse=True)
 
@@ -107,7 +107,6 @@ def _describe(op) -> dict[str, Any]:
     started = op.started_at or op.queued_at or op.scheduled_at
     return {
         "id": str(op.id),
-        "dataset": None,
         "operation": str(op.operator).removeprefix(PLUGIN_PREFIX),
         "where": "background",
         "state": str(getattr(op.run_state, "value", op.run_state)),
@@ -116,6 +115,11 @@ def _describe(op) -> dict[str, Any]:
         "started": started.replace(tzinfo=timezone.utc).isoformat(timespec="seconds") if started else None,
         "error": str(error).strip().splitlines()[-1] if error else None,
     }
+
+
+def _public(run: dict[str, Any]) -> dict[str, Any]:
+    """A run of this process as ``list_runs`` describes every run (without its dataset and stop flag)."""
+    return {key: value for key, value in run.items() if key not in ("dataset", "stop")}
 
 
 def _forget_old_runs() -> None:

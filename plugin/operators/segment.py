@@ -66,7 +66,8 @@ class SegmentWithBank(BackgroundOperator):
             max=1.0,
             description="Drop instances scoring below this (empty: the preset's, 0)",
         )
-        ui.class_thresholds_input(inputs, ctx, sdk().get_bank_info(ctx.dataset, bank)["classes"])
+        info = sdk().get_bank_info(ctx.dataset, bank)
+        ui.class_thresholds_input(inputs, ctx, info["classes"])
         inputs.int("max_instances", label="Max instances per image", min=1, description="Empty: the preset's (100)")
         inputs.int(
             "batch_size",
@@ -79,7 +80,7 @@ class SegmentWithBank(BackgroundOperator):
         inputs.bool("exclude_references", label="Leave out the reference samples", default=True)
         problem = (
             self._args_problem(ctx, bank)
-            or self._target_problem(ctx, view, bank)
+            or self._target_problem(ctx, view, bank, info.get("label_field"))
             or ui.model_inputs(inputs, ctx, same_as_bank=True, settings=self._bank_settings(ctx, bank))
         )
         if problem:
@@ -114,19 +115,21 @@ class SegmentWithBank(BackgroundOperator):
             loaded = nfo.load_bank(ctx.dataset, bank)
             if not loaded.shots:
                 return f"Bank '{bank}' has no reference shots left: add references to it first."
-            nfo.check_segment_args(**SegmentWithBank._segment_args(ctx, bank), class_names=loaded.class_names)
+            nfo.check_segment_args(
+                **SegmentWithBank._segment_args(ctx, loaded.class_names), class_names=loaded.class_names
+            )
         except nfo.NTTFiftyOneError as err:
             return str(err)
         return None
 
-    def _target_problem(self, ctx, view, bank) -> str | None:
+    def _target_problem(self, ctx, view, bank, reference_field: str | None) -> str | None:
         """Why the output field or the chosen samples cannot be segmented: the checks of ``segment_targets``,
         plus a bad field name, the bank's own reference field, or nothing left to segment."""
         nfo = sdk()
         field = param(ctx, "label_field", "ntt")
         if not _FIELD.fullmatch(field):
             return f"'{field}' is not a valid field name: letters, digits and _, starting with a letter."
-        if field == nfo.get_bank_info(ctx.dataset, bank).get("label_field"):
+        if field == reference_field:
             return f"'{field}' holds the bank's reference labels: write the predictions to another field."
         try:
             if not self._targets(ctx, view, bank).count():
@@ -147,7 +150,7 @@ class SegmentWithBank(BackgroundOperator):
         preset, config = self._settings(ctx)
         kwargs = dict(
             **self._target_args(ctx),
-            **self._segment_args(ctx, bank),
+            **self._segment_args(ctx, nfo.get_bank_info(ctx.dataset, bank)["classes"]),
             device=settings.device(ctx),
             preset=preset,
             config=config,
@@ -168,10 +171,11 @@ class SegmentWithBank(BackgroundOperator):
         return runner.run(ctx, steps(), self.resolve_output(ctx), show_field=kwargs["label_field"])
 
     @staticmethod
-    def _segment_args(ctx, bank) -> dict:
-        """The inference knobs of ``segment`` from the form (per-class thresholds from its table)."""
+    def _segment_args(ctx, classes: list[str]) -> dict:
+        """The inference knobs of ``segment`` from the form (per-class thresholds from its table over the bank's
+        ``classes``)."""
         args = {key: param(ctx, key) for key in SEGMENT_ARGS}
-        args["class_thresholds"] = settings.class_thresholds(ctx, sdk().get_bank_info(ctx.dataset, bank)["classes"])
+        args["class_thresholds"] = settings.class_thresholds(ctx, classes)
         return args
 
     @staticmethod
