@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="read and fill the candidate cache (grid prompts): re-segmenting after a bank change takes a fraction "
-        "of the time (default: the preset's: on in fast and lite, off in the faithful paper preset)",
+        help="read and fill the candidate cache: re-segmenting after a bank change skips the encoders (and with grid "
+        "prompts the decoder) (default: the preset's: on in fast and lite, off in the faithful paper preset)",
     )
     _model_args(s)
 
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--resegment",
         action="store_true",
-        help="measure the candidate cache: fresh runs vs re-segmenting from it after a bank change (grid prompts)",
+        help="measure the candidate cache: fresh runs vs re-segmenting from it after a bank change",
     )
     k.add_argument("--json", dest="json_out", default=None, help="write the numbers to this JSON file")
     _model_args(k)

@@ -163,10 +163,12 @@ class SegmentConfig:
             the CPU. An out-of-memory error halves it either way.
         loader_workers: threads that decode and resize the next images while a batch runs (0: load in
             the main thread, between batches).
-        cache: with grid prompts, keep each image's bank-independent work (its masks up to the IoU filter,
-            their DINOv2 features and boxes) in the candidate cache and reuse it, so re-segmenting after a
-            bank change skips the encoders and the decoder. Masks then go through int8 logits: pixels within
-            one quantisation step of an edge may differ from an uncached run. Off in the faithful default.
+        cache: keep each image's bank-independent work in the candidate cache and reuse it. With grid
+            prompts that is its masks up to the IoU filter, their DINOv2 features and boxes: re-segmenting
+            after a bank change skips the encoders and the decoder; masks then go through int8 codes (exact
+            at low resolution; full-resolution edges may move by a fraction of a low-res cell). With guided
+            prompts (chosen with the bank) it is the encoders' outputs (SAM2's features as float16): only
+            the decoder runs again. Off in the faithful default.
     """
 
     points_per_side: int = 32

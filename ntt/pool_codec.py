@@ -11,18 +11,13 @@ largest component, IoU and boxes exactly.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import zlib
 
 import numpy as np
 import torch
 
-from .cache import entry_key, image_digest
-from .models import encoder_identity
 from .predictor import MaskPool
 
-log = logging.getLogger(__name__)
 FORMAT = "pool-3"  # in every key: a new layout of the arrays is a miss, never a misread
 LEVELS = 127  # int8 codes: +-LEVELS is "inside / outside, away from the edge"
 CHUNK = 64  # masks quantised at a time (bounds the float work memory)
@@ -132,55 +127,3 @@ def _crops(boxes: torch.Tensor, m: int) -> torch.Tensor:
     lo = (boxes[:, :2].floor() - MARGIN).clamp(min=0)
     hi = (boxes[:, 2:].ceil() + MARGIN + 1).clamp(max=m)
     return torch.cat([lo, hi], dim=1).long()
-
-
-class PoolCache:
-    """The candidate cache as a ``Segmenter`` uses it: one key per image for this predictor's models and settings,
-    hits unpacked onto its device, misses stored. Only for grid prompts (guided prompts depend on the bank).
-
-    The key: the image's bytes, both models with their weights' fingerprints, the input sizes, the precision and
-    device type, and the settings that shape the pool (grid, IoU filter, no-mem embedding) and this format.
-    """
-
-    def __init__(self, predictor, store):
-        model, seg = predictor.cfg.model, predictor.cfg.segment
-        self.parts = {
-            "format": FORMAT,
-            "sam2": [model.sam2, getattr(predictor.sam, "fingerprint", type(predictor.sam).__name__)],
-            "dinov2": [predictor.dinov2.name, encoder_identity(predictor.dinov2, model)["fingerprint"]],
-            "sizes": [int(predictor.sam.image_size), int(predictor.dinov2.image_size)],
-            "numerics": [model.dtype, predictor.device.type],
-            "prompts": [seg.points_per_side, seg.pred_iou_thresh, seg.add_no_mem_embed],
-        }
-        self.store, self.device = store, predictor.device
-        self.hits = self.misses = 0
-
-    def key(self, source, image: np.ndarray) -> str:
-        """The entry key of an image: from its file's bytes, or from the array itself."""
-        if isinstance(source, np.ndarray):
-            digest = hashlib.sha256(repr(image.shape).encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
-        else:
-            digest = image_digest(source)
-        return entry_key(image=digest, **self.parts)
-
-    def get(self, key: str) -> MaskPool | None:
-        arrays = self.store.get(key)
-        if arrays is not None:
-            try:
-                pool = unpack(arrays, self.device)
-                self.hits += 1
-                return pool
-            except (KeyError, ValueError, zlib.error) as err:
-                log.warning("candidate cache: ignoring entry %s (%s)", key[:12], err)
-        self.misses += 1
-        return None
-
-    def put(self, key: str, pool: MaskPool) -> MaskPool:
-        """Store ``pool``; returns it as a later hit will see it, so the run that fills the cache and the runs
-        that read it give the same detections."""
-        arrays = pack(pool)
-        try:
-            self.store.put(key, arrays)
-        except OSError as err:  # a full disk must not stop segmenting: the cache is only a shortcut
-            log.warning("candidate cache: not stored (%s)", err)
-        return unpack(arrays, self.device)

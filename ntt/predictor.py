@@ -39,6 +39,29 @@ class Encoded:
     features: dict
     tokens: torch.Tensor
 
+    def split(self) -> list[Encoded]:
+        """One ``Encoded`` per image (each a batch of one)."""
+        return [
+            Encoded({k: _take(v, slice(i, i + 1)) for k, v in self.features.items()}, self.tokens[i : i + 1])
+            for i in range(len(self.tokens))
+        ]
+
+    @staticmethod
+    def join(parts: Sequence[Encoded]) -> Encoded:
+        """The batch of several ``Encoded`` (inverse of ``split``)."""
+        first = parts[0].features
+        features = {
+            k: torch.cat([p.features[k] for p in parts])
+            if isinstance(v, torch.Tensor)
+            else [torch.cat([p.features[k][i] for p in parts]) for i in range(len(v))]
+            for k, v in first.items()
+        }
+        return Encoded(features, torch.cat([p.tokens for p in parts]))
+
+
+def _take(value, index: slice):
+    return value[index] if isinstance(value, torch.Tensor) else [v[index] for v in value]
+
 
 @dataclass
 class Proposals:
@@ -163,7 +186,11 @@ class Predictor:
         if prepared is None:
             with self.timer("resize"):
                 prepared = [self.prepare(img) for img in images]
-        encoded = self.encode(prepared)
+        return self.pools_from(self.encode(prepared), points_chunk)
+
+    @torch.no_grad()
+    def pools_from(self, encoded: Encoded, points_chunk: int | None = None) -> list[MaskPool]:
+        """propose -> pool_masks for a batch already through the encoders."""
         proposals = self.propose(encoded, points_chunk or self.cfg.segment.points_batch_size)
         return [self.pool_masks(props, tokens) for props, tokens in zip(proposals, encoded.tokens)]
 

@@ -20,8 +20,8 @@ from .bank import MemoryBank
 from .config import NTTConfig
 from .images import load_image
 from .loader import prefetch
-from .pool_codec import PoolCache
-from .predictor import DecoderOutOfMemory, Predictor
+from .predictor import DecoderOutOfMemory, Encoded, Predictor
+from .stage_cache import stage_cache
 from .timing import NullTimer
 from .types import Instances
 
@@ -55,18 +55,15 @@ class Segmenter:
         """Arguments as ``Predictor``'s; the timer is charged the waiting for images too (``load``).
 
         Args:
-            cache: a ``CandidateStore``: with grid prompts, each image's bank-independent work (its mask pool) is
-                taken from it when there and stored when not, so re-segmenting after a bank change skips the
-                encoders and the decoder. None: no cache.
+            cache: a ``CandidateStore``: each image's bank-independent work is taken from it when there and
+                stored when not. With grid prompts that is its mask pool, so re-segmenting after a bank change
+                skips the encoders and the decoder; with guided prompts (chosen with the bank), the encoders'
+                outputs, so only the decoder runs again. None: no cache.
         """
         self.timer = timer or NullTimer()
         self.predictor = Predictor(bank, cfg, proposer, encoder, self.timer)
         self.cfg, self.bank = self.predictor.cfg, bank
-        self.cache = None
-        if cache is not None and cfg.segment.prompt_mode == "grid":
-            self.cache = PoolCache(self.predictor, cache)
-        elif cache is not None:
-            log.info("candidate cache not used: guided prompts depend on the bank")
+        self.cache = stage_cache(self.predictor, cache) if cache is not None else None
         self.batch_size = cfg.segment.batch_size or 1  # halved when a batch runs out of memory
         self.points_chunk = cfg.segment.points_batch_size  # halved when the decoder runs out of memory
         self._fit_batch = cfg.segment.batch_size == 0 and self.predictor.device.type == "cuda"
@@ -137,15 +134,30 @@ class Segmenter:
             return self._predict(images[:half], first, keys[:half]) + self._predict(images[half:], rest, keys[half:])
 
     def _pools(self, images, prepared, keys) -> list:
-        """Each image's mask pool: from the cache when there, else computed (in one batch) and stored."""
-        pools = [self.cache.get(key) if self.cache else None for key in keys]
+        """Each image's mask pool: with grid prompts from the cache when there, else computed (in one batch)
+        and stored; with guided prompts, from the encoders' outputs (cached the same way)."""
+        if self.cache is None:
+            return self.predictor.mask_pools(images, prepared, self.points_chunk)
+        if self.cfg.segment.prompt_mode != "grid":
+            return self.predictor.pools_from(Encoded.join(self._encoded(images, prepared, keys)), self.points_chunk)
+        pools = [self.cache.get(key) for key in keys]
         todo = [i for i, pool in enumerate(pools) if pool is None]
         if todo:
             chosen = None if prepared is None else [prepared[i] for i in todo]
             fresh = self.predictor.mask_pools([images[i] for i in todo], chosen, self.points_chunk)
             for i, pool in zip(todo, fresh):
-                pools[i] = self.cache.put(keys[i], pool) if self.cache else pool
+                pools[i] = self.cache.put(keys[i], pool)
         return pools
+
+    def _encoded(self, images, prepared, keys) -> list[Encoded]:
+        """Each image's encoder outputs (a batch of one): from the cache when there, else encoded and stored."""
+        found = [self.cache.get(key) for key in keys]
+        todo = [i for i, got in enumerate(found) if got is None]
+        if todo:
+            inputs = [prepared[i] if prepared is not None else self.predictor.prepare(images[i]) for i in todo]
+            for i, encoded in zip(todo, self.predictor.encode(inputs).split()):
+                found[i] = self.cache.put(keys[i], encoded)
+        return found
 
     def _finish(self, images, pools) -> list[tuple[Instances, dict]]:
         return [self.predictor.finish(pool, image.shape[:2]) for pool, image in zip(pools, images)]

@@ -212,3 +212,26 @@ def test_weights_names_every_missing_checkpoint_then_where_each_is(tmp_path, cap
     assert f"dinov2 dinov2_vits14: {tmp_path / 'dinov2_vits14_pretrain.pth'}" in out
     assert main(["weights", "--preset", "paper", "--random-weights"]) == 0
     assert "no checkpoint needed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("prompt_mode", ["grid", "guided"])
+def test_segment_again_from_the_cache_then_clear_it(coco128, bank_path, tmp_path, capsys, monkeypatch, prompt_mode):
+    """--cache fills the cache, a second run reuses every image and writes the same results; --no-cache and
+    ``ntt cache clear`` leave nothing behind."""
+    monkeypatch.setenv("NTT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    for src in sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:2]:
+        shutil.copy(src, folder / src.name)
+    args = ["segment", "--bank", str(bank_path), "--images", str(folder), "--prompt-mode", prompt_mode] + SMOKE
+    results = []
+    for name in ("a.json", "b.json"):
+        assert main(args + ["-o", str(tmp_path / name), "--cache"]) == 0
+        results.append(json.loads((tmp_path / name).read_text()))
+    out = capsys.readouterr().out
+    assert "0 image(s) reused, 2 computed and stored" in out and "2 image(s) reused, 0 computed" in out
+    assert results[0] == results[1] and len(results[0]) > 0
+    assert main(["cache", "info"]) == 0 and json.loads(capsys.readouterr().out)["entries"] == 2
+    assert main(["cache", "clear"]) == 0 and json.loads(capsys.readouterr().out)["freed"]["entries"] == 2
+    assert main(args + ["-o", str(tmp_path / "c.json"), "--no-cache"]) == 0
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))

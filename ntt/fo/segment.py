@@ -102,9 +102,9 @@ def segment(*args, progress: Progress | None = None, **kwargs) -> dict[str, Any]
         exclude_references: leave out the reference samples (default; they would match themselves): the
             bank's shot samples and the samples tagged ``tag``.
         tag: the reference tag (default: the bank's, else ``ntt_ref``).
-        cache: with grid prompts, keep each image's bank-independent work in the candidate cache (``ntt cache
-            info``) and reuse it: re-segmenting after the bank changed skips SAM2 and DINOv2 (None: the
-            settings', on in the fast and lite presets; see ``SegmentConfig.cache``).
+        cache: keep each image's bank-independent work in the candidate cache (``ntt cache info``) and reuse
+            it: re-segmenting after the bank changed skips the encoders, and with grid prompts the decoder
+            too (None: the settings', on in the fast and lite presets; see ``SegmentConfig.cache``).
         progress: optional callback ``(fraction, label)``, called for each step of ``segment_steps``.
     Returns:
         a summary: ``samples`` (in the target view), ``labelled``, ``instances``, ``per_class``,

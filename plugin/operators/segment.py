@@ -15,6 +15,14 @@ _FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*")
 SEGMENT_ARGS = ("score_thresh", "class_thresholds", "max_instances", "batch_size")
 
 
+CACHE_LABELS = {
+    "settings": "As the settings say (on in fast and lite, off in the faithful paper preset)",
+    "on": "Reuse and fill it",
+    "off": "Off",
+}
+CACHE_CHOICES = {True: "on", False: "off"}
+
+
 class SegmentWithBank(BackgroundOperator):
     @property
     def config(self):
@@ -43,12 +51,14 @@ class SegmentWithBank(BackgroundOperator):
         overwrite: bool = False,
         exclude_references: bool = True,
         tag: str | None = None,
+        cache: bool | None = None,
         delegate: bool = False,
         delegation_target: str | None = None,
     ):
         """Segment a dataset or view with ``bank``, as ``ntt.fo.segment`` does (same arguments; ``preset=None``:
         the bank's own settings), through this operator: ``delegate=True`` queues it for ``fiftyone delegated
         launch`` (see ``run_on``)."""
+        cache = CACHE_CHOICES.get(cache)  # the form's choice: True "on", False "off", None the settings'
         return self.run_on(locals())
 
     def form(self, inputs, ctx):
@@ -74,6 +84,18 @@ class SegmentWithBank(BackgroundOperator):
             label="Batch size",
             min=0,
             description="Images per forward pass (empty: the preset's; 0: fit to the GPU's memory)",
+        )
+        cache_choices = types.RadioGroup()
+        for key, label in CACHE_LABELS.items():
+            cache_choices.add_choice(key, label=label)
+        inputs.enum(
+            "cache",
+            cache_choices.values(),
+            label="Candidate cache",
+            description="Keep each image's bank-independent work (ntt cache info) so re-segmenting after the bank "
+            "changes skips the encoders, and with grid prompts the decoder too",
+            default="settings",
+            view=cache_choices,
         )
         inputs.bool("skip_existing", label="Skip samples already labelled (resume a stopped run)", default=False)
         inputs.bool("overwrite", label="Overwrite existing labels", default=False)
@@ -154,6 +176,7 @@ class SegmentWithBank(BackgroundOperator):
             device=settings.device(ctx),
             preset=preset,
             config=config,
+            cache={"on": True, "off": False}.get(param(ctx, "cache", "settings")),
         )
         view = ctx.target_view()
 
@@ -163,7 +186,7 @@ class SegmentWithBank(BackgroundOperator):
             return {
                 "bank": bank,
                 "label_field": kwargs["label_field"],
-                **{k: summary[k] for k in ("samples", "labelled", "instances", "per_class")},
+                **{k: summary[k] for k in ("samples", "labelled", "instances", "per_class", "reused")},
                 "skipped": len(skipped),
                 "skipped_samples": [f"{s['filepath']}: {s['reason']}" for s in skipped[:20]],
             }
@@ -203,6 +226,7 @@ class SegmentWithBank(BackgroundOperator):
         outputs.int("labelled", label="Samples labelled")
         outputs.int("instances", label="Instances found")
         outputs.obj("per_class", label="Instances per class", view=types.JSONView())
+        outputs.int("reused", label="Images taken from the candidate cache")
         outputs.int("skipped", label="Samples skipped (unreadable media)")
         outputs.list("skipped_samples", types.String(), label="Skipped samples (first 20)")
         return types.Property(outputs)

@@ -11,9 +11,9 @@ from ntt.bank_encoder import build_bank
 from ntt.cache import CandidateStore
 from ntt.config import derive, get_config
 from ntt.images import load_image
-from ntt.pool_codec import PoolCache
 from ntt.predictor import Predictor
 from ntt.segmenter import Segmenter
+from ntt.stage_cache import stage_cache
 
 
 def _config(**segment):
@@ -83,7 +83,7 @@ def test_after_a_bank_change_the_cache_relabels_like_a_fresh_run(bank, paths, tm
 def test_the_key_follows_the_image_content_models_sizes_and_prompts(bank, paths, tmp_path):
     store = CandidateStore(tmp_path)
     image = load_image(paths[0])
-    base = PoolCache(Predictor(bank, _config()), store)
+    base = stage_cache(Predictor(bank, _config()), store)
     renamed = tmp_path / "renamed.jpg"
     renamed.write_bytes(paths[0].read_bytes())
     assert base.key(paths[0], image) == base.key(renamed, image)
@@ -98,7 +98,7 @@ def test_the_key_follows_the_image_content_models_sizes_and_prompts(bank, paths,
     ]
     for cfg in others:
         other_bank = bank if cfg.model.seed == 0 else build_bank_like(bank, cfg)
-        assert PoolCache(Predictor(other_bank, cfg), store).key(paths[0], image) != base.key(paths[0], image)
+        assert stage_cache(Predictor(other_bank, cfg), store).key(paths[0], image) != base.key(paths[0], image)
 
 
 def build_bank_like(bank, cfg):
@@ -110,9 +110,22 @@ def build_bank_like(bank, cfg):
     return MemoryBank(bank.classes, bank.shot_features, bank.shot_class_ids, bank.shots, encoder)
 
 
-def test_guided_prompts_do_not_use_the_cache(bank, paths, tmp_path):
+def test_guided_prompts_reuse_the_encoders_outputs(bank, paths, tmp_path):
+    """Guided prompts depend on the bank: the cache keeps the encoders' outputs and the decoder runs again."""
     store = CandidateStore(tmp_path)
-    seg = Segmenter(bank, _config(prompt_mode="guided"), cache=store)
-    assert seg.cache is None
-    list(seg.run(paths[:1]))
-    assert store.info()["entries"] == 0
+    guided = _config(prompt_mode="guided", guided_points=8, guided_grid=2)
+    filling = Segmenter(bank, guided, cache=store)
+    first = [r.instances for r in filling.run(paths)]
+    assert (filling.cache.hits, filling.cache.misses) == (0, len(paths)) and store.info()["entries"] == len(paths)
+    uncached = [r.instances for r in Segmenter(bank, guided).run(paths)]
+    assert sum(len(r) for r in uncached) > 0 and _agreement(uncached, first) >= 0.99
+
+    changed = bank.remove(class_names=[bank.class_names[0]])
+    more_points = derive(guided, segment={"guided_points": 12})  # prompts are not in the key: still hits
+    cached = Segmenter(changed, more_points, cache=store)
+    relabelled = [r.instances for r in cached.run(paths)]
+    assert (cached.cache.hits, cached.cache.misses) == (len(paths), 0)
+    fresh = [r.instances for r in Segmenter(changed, more_points).run(paths)]
+    assert _agreement(fresh, relabelled) >= 0.95
+    grid_key = stage_cache(Predictor(bank, _config()), store).key(paths[0], load_image(paths[0]))
+    assert grid_key != cached.cache.key(paths[0], load_image(paths[0]))

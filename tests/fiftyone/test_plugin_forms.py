@@ -167,3 +167,24 @@ def test_build_takes_only_the_chosen_classes_and_points_at_the_dataset(dataset):
     others = ds.exclude(nfo.reference_ids(ds))
     message = _form("build_bank", others, params).error_message
     assert "No references among the chosen samples; the whole dataset has 2" in message
+
+
+def test_segment_form_reuses_the_candidate_cache_when_asked(banked, tmp_path, monkeypatch):
+    """Re-segmenting with the cache on takes every image's encoder work from it (smoke: grid prompts) and gives
+    the same labels; "off" neither reads nor fills it."""
+    monkeypatch.setenv("NTT_CACHE_DIR", str(tmp_path))
+    target = banked.exclude(banked.match_tags("ntt_ref").values("id")).limit(2)
+    params = {"bank": "pets", "label_field": "p", "device": "auto", "cache": "off"}
+    form = _form("segment_with_bank", target, params)
+    assert not form.invalid and "cache" in form.type.properties
+    summaries = []
+    for cache, overwrite in (("off", False), ("on", True), ("on", True)):
+        messages, error = _stream("segment_with_bank", target, {**params, "cache": cache, "overwrite": overwrite})
+        assert error is None
+        summaries.append(messages[-1][1]["results"])
+        labels = [[(d.label, d.bounding_box) for d in s.p.detections] for s in target]
+        if cache == "off":
+            first = labels
+            assert not list(tmp_path.rglob("*.safetensors")), "the cache is off: nothing stored"
+    assert [s["reused"] for s in summaries] == [0, 0, 2]
+    assert labels == first and sum(map(len, labels)) > 0
