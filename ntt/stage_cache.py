@@ -41,7 +41,17 @@ class StageCache:
             "settings": settings,
         }
         self.store, self.codec, self.device = store, codec, predictor.device
-        self.hits = self.misses = 0
+        self._hit, self._missed = set(), set()  # keys: a batch retried after running out of memory counts once
+
+    @property
+    def hits(self) -> int:
+        """Images whose work came from the cache."""
+        return len(self._hit - self._missed)
+
+    @property
+    def misses(self) -> int:
+        """Images whose work was computed (and stored)."""
+        return len(self._missed)
 
     def key(self, source, image: np.ndarray) -> str:
         """The entry key of an image: from its file's bytes, or from the array itself."""
@@ -57,11 +67,11 @@ class StageCache:
         if arrays is not None:
             try:
                 value = self.codec.unpack(arrays, self.device)
-                self.hits += 1
+                self._hit.add(key)
                 return value
             except (KeyError, ValueError, zlib.error) as err:
                 log.warning("candidate cache: ignoring entry %s (%s)", key[:12], err)
-        self.misses += 1
+        self._missed.add(key)
         return None
 
     def put(self, key: str, value):

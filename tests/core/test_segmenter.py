@@ -182,6 +182,27 @@ def test_decoder_out_of_memory_halves_the_chunk_not_the_batch(bank, images, monk
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
 
 
+@pytest.mark.parametrize("prompt_mode", ["grid", "guided"])
+def test_a_retried_batch_counts_each_cached_image_once(bank, images, monkeypatch, tmp_path, prompt_mode):
+    """The decoder fails once on a batch of 3 with the cache on: the retry (which finds the guided prompts'
+    encoder outputs already stored) still counts 3 images computed, none reused."""
+    from ntt.cache import CandidateStore
+
+    cfg = _config(batch_size=3, loader_workers=0, prompt_mode=prompt_mode, guided_points=4, guided_grid=2)
+    seg = Segmenter(bank, cfg, cache=CandidateStore(tmp_path))
+    real_decode, failed = seg.predictor.sam.decode_batch, []
+
+    def decode_failing_once(feats, prompts, chunk, compiled=False):
+        if not failed:
+            failed.append(chunk)
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return real_decode(feats, prompts, chunk, compiled)
+
+    monkeypatch.setattr(seg.predictor.sam, "decode_batch", decode_failing_once)
+    assert all(r.error is None for r in seg.run(images)) and failed
+    assert (seg.cache.hits, seg.cache.misses) == (0, len(images)) == (0, 3)
+
+
 @pytest.mark.parametrize(
     ("available", "per_image", "expected"),
     [(10e9, 1e9, 8), (1e9, 2e9, 1), (1e12, 1e9, MAX_AUTO_BATCH), (5e9, 0, MAX_AUTO_BATCH), (2.5e9, 1e9, 2)],
