@@ -4,6 +4,10 @@ A bank file is a single ``.safetensors`` file: tensors ``shot_features`` (S, D) 
 ``shot_class_ids`` (S,) int64, and a JSON header (format version, classes, encoder id, weights
 fingerprint and preprocessing, per-shot provenance, and a sha256 checksum over the header and the
 tensors, so an edited class name is caught like a flipped feature bit). Nothing in it is ever unpickled.
+
+A shot is a positive (it makes its class's prototype) or, with ``"negative": true`` in its provenance, a
+negative of its class: something that looks like the class but is not (usually a false positive), which
+lowers the class's score on masks that look more like it than like the class (``postprocess.match_classes``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import numpy as np
 
 from .atomic import write_bytes_atomic
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: shots may be negatives
+READS = (2, 3)  # version 2 is version 3 without negatives
 _META_KEY = "ntt_bank"
 
 
@@ -35,7 +40,8 @@ class MemoryBank:
         shot_features: float32 (S, D): per shot, the mask-weighted mean of its DINOv2 patch tokens
             (raw, not normalised).
         shot_class_ids: int64 (S,): the category id of each shot.
-        shots: per-shot provenance dicts (``image_id``, ``image_path``, ``annotation_id``, ``class_id``).
+        shots: per-shot provenance dicts (``image_id``, ``image_path``, ``annotation_id``, ``class_id``;
+            ``negative``: true for a negative shot of its class).
         encoder: the DINOv2 encoder and preprocessing the features come from (``name``,
             ``image_size``, ``weights`` (where they came from, for messages), ``fingerprint`` (a hash of
             the loaded weights: the same weights in another file format give the same one), ``dim``,
@@ -65,6 +71,15 @@ class MemoryBank:
             raise BankError("bank has duplicate class ids")
         if set(self.shot_class_ids.tolist()) - known:
             raise BankError("bank has shots of unknown classes")
+        self.negative = np.array([bool(s.get("negative")) for s in self.shots], dtype=bool).reshape(-1)
+
+    def _check_negatives(self) -> None:
+        """A bank to segment with: no class may have negative shots only (``as_negatives`` makes such a bank,
+        to be added to one that has the classes)."""
+        positive = set(self.shot_class_ids[~self.negative].tolist())
+        alone = sorted({c["name"] for c in self.classes if c["id"] not in positive and self.negative.any()})
+        if alone:
+            raise BankError(f"classes with negative shots only (a negative needs its class's references): {alone}")
 
     @property
     def class_ids(self) -> list[int]:
@@ -75,26 +90,46 @@ class MemoryBank:
         return [str(c["name"]) for c in self.classes]
 
     def shots_per_class(self) -> dict[str, int]:
-        counts = {c["name"]: int((self.shot_class_ids == c["id"]).sum()) for c in self.classes}
-        return counts
+        """Positive shots per class name."""
+        return {c["name"]: int(((self.shot_class_ids == c["id"]) & ~self.negative).sum()) for c in self.classes}
+
+    def negatives_per_class(self) -> dict[str, int]:
+        """Negative shots per class name (classes without any left out)."""
+        counts = {c["name"]: int(((self.shot_class_ids == c["id"]) & self.negative).sum()) for c in self.classes}
+        return {name: n for name, n in counts.items() if n}
 
     def class_prototypes(self) -> np.ndarray:
-        """float32 (C, D): per class, the L2-normalised mean of its shot prototypes (equal shot weights)."""
+        """float32 (C, D): per class, the L2-normalised mean of its positive shot prototypes (equal weights)."""
         if not self.classes:
             raise BankError("the bank is empty (every class was removed): add references to it first")
         protos = []
         for c in self.classes:
-            feats = self.shot_features[self.shot_class_ids == c["id"]]
+            feats = self.shot_features[(self.shot_class_ids == c["id"]) & ~self.negative]
             if len(feats) == 0:
                 raise BankError(f"class {c['name']!r} (id {c['id']}) has no reference shots")
             mean = feats.astype(np.float64).mean(axis=0)
             protos.append(mean / max(np.linalg.norm(mean), 1e-12))
         return np.stack(protos).astype(np.float32)
 
+    def negative_prototypes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The negative shots: float32 (K, D) L2-normalised features and int64 (K,) class indices (into
+        ``classes``); K = 0 without negatives."""
+        index = {c["id"]: i for i, c in enumerate(self.classes)}
+        feats = self.shot_features[self.negative].astype(np.float64)
+        units = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        classes = np.array([index[int(c)] for c in self.shot_class_ids[self.negative]], dtype=np.int64)
+        return units.astype(np.float32).reshape(-1, self.shot_features.shape[1]), classes
+
+    def as_negatives(self) -> MemoryBank:
+        """The same shots, every one a negative of its class (to ``add`` to a bank that has those classes)."""
+        shots = [{**shot, "negative": True} for shot in self.shots]
+        return MemoryBank(self.classes, self.shot_features, self.shot_class_ids, shots, dict(self.encoder), self.info)
+
     def add(self, other: MemoryBank) -> MemoryBank:
         """A new bank with ``other``'s shots (and classes) added; the encoders must match.
 
-        Shots already in this bank (same image id and annotation id) are not added twice.
+        Shots already in this bank (same image id, annotation id and kind, positive or negative) are not
+        added twice. Negatives need their class in the result.
         """
         if _encoder_key(other.encoder) != _encoder_key(self.encoder):
             raise BankError(f"cannot merge banks of different encoders: {self.encoder} vs {other.encoder}")
@@ -109,7 +144,7 @@ class MemoryBank:
         have = {_shot_key(s) for s in self.shots if s.get("annotation_id") is not None}
         new = [i for i, s in enumerate(other.shots) if _shot_key(s) not in have]
         used = set(self.shot_class_ids.tolist()) | set(other.shot_class_ids[new].tolist())
-        return MemoryBank(
+        merged = MemoryBank(
             classes=[c for c in classes if c["id"] in used],
             shot_features=np.concatenate([self.shot_features, other.shot_features[new]]),
             shot_class_ids=np.concatenate([self.shot_class_ids, other.shot_class_ids[new]]),
@@ -117,11 +152,13 @@ class MemoryBank:
             encoder=dict(self.encoder),
             info=dict(self.info),
         )
+        merged._check_negatives()
+        return merged
 
     def remove(self, annotation_ids=(), class_names=()) -> MemoryBank:
         """A new bank without the shots of these annotation ids and without these classes.
 
-        Classes left without any shot are dropped from the bank.
+        Classes left without any positive shot are dropped from the bank, with their negatives.
         """
         ann = {str(a) for a in annotation_ids}
         drop_ids = {c["id"] for c in self.classes if c["name"] in set(class_names)}
@@ -130,7 +167,8 @@ class MemoryBank:
             for i, shot in enumerate(self.shots)
             if str(shot.get("annotation_id")) not in ann and self.shot_class_ids[i] not in drop_ids
         ]
-        kept_ids = set(self.shot_class_ids[keep].tolist())
+        kept_ids = {int(self.shot_class_ids[i]) for i in keep if not self.negative[i]}
+        keep = [i for i in keep if int(self.shot_class_ids[i]) in kept_ids]
         return MemoryBank(
             classes=[c for c in self.classes if c["id"] in kept_ids],
             shot_features=self.shot_features[keep],
@@ -159,6 +197,8 @@ class MemoryBank:
     def fingerprint(self) -> str:
         """sha256 (hex) of what predictions depend on: classes, shot features and class ids, encoder."""
         content = {"classes": self.classes, "encoder": self.encoder}
+        if self.negative.any():  # a bank without negatives keeps the fingerprint it had before they existed
+            content["negatives"] = np.flatnonzero(self.negative).tolist()
         return _digest(content, self.shot_features, self.shot_class_ids)
 
     def summary(self) -> dict[str, Any]:
@@ -166,6 +206,7 @@ class MemoryBank:
             "classes": len(self.classes),
             "shots": len(self.shots),
             "shots_per_class": self.shots_per_class(),
+            "negatives_per_class": self.negatives_per_class(),
             "encoder": self.encoder,
         }
 
@@ -181,6 +222,7 @@ class MemoryBank:
 
         if not self.shots:
             raise BankError("refusing to write an empty bank (no shot left): keep at least one class")
+        self._check_negatives()
         tensors = {"shot_features": self.shot_features, "shot_class_ids": self.shot_class_ids}
         meta = {
             "format_version": FORMAT_VERSION,
@@ -202,8 +244,8 @@ class MemoryBank:
             raise BankError(f"{path}: bank file not found")
         tensors, meta = _read(path)
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BankError(f"{path}: bank format version {version}, this ntt reads {FORMAT_VERSION}")
+        if version not in READS or not isinstance(version, int):
+            raise BankError(f"{path}: bank format version {version}, this ntt reads {' and '.join(map(str, READS))}")
         signed = {k: v for k, v in meta.items() if k != "checksum"}
         if meta.get("checksum") != _digest(signed, tensors["shot_features"], tensors["shot_class_ids"]):
             raise BankError(f"{path}: checksum mismatch, the bank file was modified or corrupted")
@@ -248,8 +290,8 @@ def _digest(meta: dict[str, Any], features: np.ndarray, class_ids: np.ndarray) -
     return digest.hexdigest()
 
 
-def _shot_key(shot: dict[str, Any]) -> tuple[str, str]:
-    return (str(shot.get("image_id")), str(shot.get("annotation_id")))
+def _shot_key(shot: dict[str, Any]) -> tuple[str, str, bool]:
+    return (str(shot.get("image_id")), str(shot.get("annotation_id")), bool(shot.get("negative")))
 
 
 def _encoder_key(encoder: dict[str, Any]) -> tuple:

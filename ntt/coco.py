@@ -144,10 +144,14 @@ def targets_from_json(data: dict, image_root: Path) -> list[tuple[int, Path]]:
     return [(img["id"], image_root / img["file_name"]) for img in data["images"]]
 
 
-def instances_to_results(image_id: int, inst: Instances, box_inclusive: bool = False) -> list[dict]:
-    """COCO result dicts for one image: RLE masks, xywh boxes, bank category ids, scores.
+def instances_to_results(
+    image_id: int, inst: Instances, box_inclusive: bool = False, shots: list[dict] | None = None
+) -> list[dict]:
+    """COCO result dicts for one image: RLE masks, xywh boxes, bank category ids, scores, and why each was found
+    (``explain``: extra keys that COCO tools ignore).
 
-    ``box_inclusive`` reproduces the research code's 1-px-short boxes (w = x_max - x_min).
+    ``box_inclusive`` reproduces the research code's 1-px-short boxes (w = x_max - x_min). ``shots``: the
+    bank's shots, to name each detection's nearest one.
     """
     if len(inst) == 0:
         return []
@@ -166,6 +170,17 @@ def instances_to_results(image_id: int, inst: Instances, box_inclusive: bool = F
                 "bbox": [round(float(v), 2) for v in box],
                 "score": round(float(score), 5),
                 "segmentation": rle,
+                **explain(inst, i, shots),
             }
         )
     return results
+
+
+def explain(inst: Instances, i: int, shots: list[dict] | None) -> dict[str, Any]:
+    """Instance ``i``'s provenance (``Instances.details``) as plain values: ``shot_image_id`` and
+    ``shot_annotation_id`` of its nearest shot (with ``shots``), the cosines, margin and SAM's IoU."""
+    found = {k: round(float(v[i]), 4) for k, v in inst.details.items() if k != "shot"}
+    if shots is not None and "shot" in inst.details:
+        shot = shots[int(inst.details["shot"][i])]
+        found = {"shot_image_id": shot.get("image_id"), "shot_annotation_id": shot.get("annotation_id"), **found}
+    return found

@@ -169,6 +169,9 @@ class SegmentConfig:
             at low resolution; full-resolution edges may move by a fraction of a low-res cell). With guided
             prompts (chosen with the bank) it is the encoders' outputs (SAM2's features as float16): only
             the decoder runs again. Off in the faithful default.
+        negative_sigma: how hard a class's negative shots push down a mask that looks more like one of them
+            than like the class: score x exp(-max(s_neg - s_pos, 0) / negative_sigma) (the research code's
+            negative-reference scorer; no effect on a bank without negatives).
     """
 
     points_per_side: int = 32
@@ -189,6 +192,7 @@ class SegmentConfig:
     batch_size: int = 1
     loader_workers: int = 2
     cache: bool = False
+    negative_sigma: float = 1.0
 
     def validate(self) -> None:
         for name, minimum in _SEGMENT_COUNTS.items():
@@ -205,6 +209,8 @@ class SegmentConfig:
             _check_unit(f"class_thresholds[{cls_name!r}]", value)
         if self.soft_merge_exponent < 0:
             raise ConfigError(f"soft_merge_exponent must be >= 0, got {self.soft_merge_exponent!r}")
+        if not self.negative_sigma > 0:
+            raise ConfigError(f"negative_sigma must be > 0, got {self.negative_sigma!r}")
 
 
 # The whole-number knobs and their least values (batch_size 0: automatic; loader_workers 0: no threads).

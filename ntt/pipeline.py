@@ -99,7 +99,7 @@ def segment_targets(
                 skipped.append({"image_id": image_id, "path": str(res.source), "reason": res.error})
             else:
                 done.append(image_id)
-                for item in coco.instances_to_results(image_id, res.instances, box_inclusive):
+                for item in coco.instances_to_results(image_id, res.instances, box_inclusive, bank.shots):
                     writer.write(item)
                     count += 1
             if on_image:

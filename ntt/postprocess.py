@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,17 +44,42 @@ def pool_mask_features(masks: torch.Tensor, features: torch.Tensor) -> torch.Ten
     return F.normalize(pooled, dim=1)
 
 
-def match_classes(embeddings: torch.Tensor, prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def match_classes(
+    embeddings: torch.Tensor, prototypes: torch.Tensor, negatives: Negatives | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine of each mask embedding to each class prototype, clamped at 0; best class per mask.
+
+    With negative shots, per class c: ``s_c = pos_c * exp(-max(neg_c - pos_c, 0) / sigma)``, ``neg_c`` the best
+    clamped cosine to c's negatives (0 for a class without any), as the research code's negative-reference
+    scorer (``_compute_sim_global_avg_with_neg``); then the best class. Without negatives nothing changes.
 
     Args:
         embeddings: float (N, D) unit-norm; prototypes: float (C, D) unit-norm.
     Returns:
-        (scores, labels): float (N,) max clamped cosine, int64 (N,) class index into ``prototypes``.
+        (scores, labels): float (N,) best score, int64 (N,) class index into ``prototypes``.
     """
     sims = (embeddings @ prototypes.T).clamp_min(0.0)
+    if negatives is not None and len(negatives.classes):
+        sims = sims * torch.exp(-(negatives.best(embeddings, sims.shape[1]) - sims).clamp_min(0.0) / negatives.sigma)
     scores, labels = sims.max(dim=1)
     return scores, labels
+
+
+@dataclass
+class Negatives:
+    """A bank's negative shots on the device: ``units`` float (K, D) unit-norm, ``classes`` int64 (K,) class
+    indices, and the decay's ``sigma``."""
+
+    units: torch.Tensor
+    classes: torch.Tensor
+    sigma: float
+
+    def best(self, embeddings: torch.Tensor, n_classes: int) -> torch.Tensor:
+        """float (N, C): per mask and class, the best clamped cosine to that class's negatives (0 if none)."""
+        sims = (embeddings @ self.units.T).clamp_min(0.0)
+        best = sims.new_zeros((len(embeddings), n_classes))
+        index = self.classes[None].expand(len(embeddings), -1)
+        return best.scatter_reduce(1, index, sims, reduce="amax", include_self=True)
 
 
 def class_aware_nms(

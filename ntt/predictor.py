@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import postprocess as pp
 from .bank import MemoryBank
@@ -137,12 +138,21 @@ class Predictor:
         self.sam = proposer if proposer is not None else get_sam2(cfg.model, cfg.segment.add_no_mem_embed)
         self.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
         self.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)
+        self.negatives = self._negatives()
+        self.shots = _positive_shots(bank, self.device)
         seg = cfg.segment
         side = seg.points_per_side if seg.prompt_mode == "grid" else seg.guided_grid
         self.grid = point_grid(side, self.sam.image_size).to(self.device) if side > 0 else None
         self.timer = timer or NullTimer()
         self.class_thresh = self._class_thresholds()
         self.last_counts: list[dict[str, int]] = []  # per image of the last ``predict``
+
+    def _negatives(self) -> pp.Negatives | None:
+        units, classes = self.bank.negative_prototypes()
+        if not len(classes):
+            return None  # scores exactly as without the feature
+        as_tensor = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
+        return pp.Negatives(as_tensor(units), as_tensor(classes), self.cfg.segment.negative_sigma)
 
     def _class_thresholds(self) -> torch.Tensor | None:
         given = self.cfg.segment.class_thresholds
@@ -258,7 +268,7 @@ class Predictor:
         boxes (NMS, ranked by predicted IoU), then those with a positive score."""
         seg = self.cfg.segment
         with self.timer("matching"):
-            scores, labels = pp.match_classes(pool.embeddings, self.prototypes)
+            scores, labels = pp.match_classes(pool.embeddings, self.prototypes, self.negatives)
         cand = Candidates(pool.logits, pool.iou, pool.embeddings, scores, labels, dict(pool.counts))
         with self.timer("nms_merge"):
             keep = pp.class_aware_nms(pool.boxes, pool.iou, labels, seg.nms_thresh, seg.nms_max_keep)
@@ -284,7 +294,29 @@ class Predictor:
             scores=scores[keep].float().cpu().numpy().clip(0.0, 1.0),
             class_ids=self.class_ids[cand.labels[keep].cpu()].numpy(),
             image_size=(int(size[0]), int(size[1])),
+            details=self.explain(cand.take(keep)),
         )
+
+    def explain(self, cand: Candidates) -> dict[str, np.ndarray]:
+        """Why each candidate has its class (``Instances.details``): its nearest positive shot of that class
+        and the cosines behind the score."""
+        emb, labels = cand.embeddings.float(), cand.labels
+        rows = torch.arange(len(labels), device=labels.device)
+        to_classes = (emb @ self.prototypes.T).clamp_min(0.0)
+        won = to_classes[rows, labels]
+        others = to_classes.scatter(1, labels[:, None], -1.0).amax(1).clamp_min(0.0) if to_classes.shape[1] > 1 else 0
+        to_shots = (emb @ self.shots.units.T).masked_fill(self.shots.classes[None] != labels[:, None], -2.0)
+        shot_cos, nearest = to_shots.max(1)  # every class has a positive shot
+        negative = self.negatives.best(emb, len(self.prototypes))[rows, labels] if self.negatives else won * 0
+        details = {
+            "shot": self.shots.index[nearest],
+            "shot_cosine": shot_cos,
+            "class_cosine": won,
+            "margin": won - others,
+            "negative_cosine": negative,
+            "sam_iou": cand.iou.float(),
+        }
+        return {k: v.cpu().numpy().astype(np.int64 if k == "shot" else np.float32) for k, v in details.items()}
 
     def _merge_and_select(self, cand: Candidates, size: tuple[int, int]):
         """Soft-merge the scores and pick the final candidates: (candidates, scores, kept indices); the
@@ -320,3 +352,21 @@ class Predictor:
             inter, areas = pp.mask_intersections(masks[idx])
             decay[idx] = pp.soft_merge_decay(inter, areas, cand.labels[idx], cand.embeddings[idx])
         return decay
+
+
+@dataclass
+class _Shots:
+    """A bank's positive shots on the device: ``units`` float (S, D) unit-norm features, ``classes`` int64 (S,)
+    class indices, ``index`` int64 (S,) positions in the bank's ``shots``."""
+
+    units: torch.Tensor
+    classes: torch.Tensor
+    index: torch.Tensor
+
+
+def _positive_shots(bank: MemoryBank, device: torch.device) -> _Shots:
+    positive = np.flatnonzero(~bank.negative)
+    feats = torch.from_numpy(bank.shot_features[positive]).to(device).float()
+    order = {cid: i for i, cid in enumerate(bank.class_ids)}
+    classes = torch.tensor([order[int(c)] for c in bank.shot_class_ids[positive]], dtype=torch.int64, device=device)
+    return _Shots(F.normalize(feats, dim=1), classes, torch.from_numpy(positive).to(device))

@@ -28,6 +28,11 @@ class Instances:
         scores: float32 array (N,), final scores in [0, 1].
         class_ids: int64 array (N,), category ids of the memory bank's classes (not indices).
         image_size: (H, W) of the original image.
+        details: why each instance was found, arrays (N,) by name (empty when unknown): ``shot`` int64, the
+            index in the bank's ``shots`` of the nearest positive shot of its class; float32 ``shot_cosine``
+            (to that shot), ``class_cosine`` (to its class's prototype), ``margin`` (that minus the best
+            other class's, both clamped at 0), ``negative_cosine`` (to its class's nearest negative shot, 0
+            without any) and ``sam_iou`` (SAM's predicted IoU).
     """
 
     boxes: np.ndarray
@@ -35,6 +40,7 @@ class Instances:
     scores: np.ndarray
     class_ids: np.ndarray
     image_size: tuple[int, int]
+    details: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.scores)
@@ -42,6 +48,8 @@ class Instances:
         self.class_ids = np.asarray(self.class_ids, dtype=np.int64)
         if self.class_ids.shape != (n,) or len(self.crops) != n:
             raise ValueError(f"inconsistent Instances: {n} scores, {len(self.crops)} crops")
+        if any(len(v) != n for v in self.details.values()):
+            raise ValueError(f"inconsistent Instances: {n} scores, details of lengths {self._detail_lengths()}")
         for box, crop in zip(self.boxes, self.crops):
             x1, y1, x2, y2 = box.astype(int)
             if crop.shape != (y2 - y1, x2 - x1):
@@ -49,6 +57,9 @@ class Instances:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def _detail_lengths(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.details.items()}
 
     def mask(self, i: int) -> np.ndarray:
         """The full-image bool mask (H, W) of instance i."""
@@ -104,6 +115,7 @@ class Instances:
             scores=self.scores[idx],
             class_ids=self.class_ids[idx],
             image_size=self.image_size,
+            details={k: v[idx] for k, v in self.details.items()},
         )
 
 

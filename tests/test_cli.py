@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from ntt.bank import MemoryBank
 from ntt.cli import main
 
 SMOKE = ["--preset", "smoke", "--random-weights", "--device", "cpu"]
@@ -43,8 +44,12 @@ def test_segment_json_targets_then_evaluate(coco128, bank_path, tmp_path, capsys
     first3 = [img["id"] for img in gt_data["images"][:3]]
     assert meta["image_ids"] == first3 and meta["category_ids"] == [1, 3, 18]
     sizes = {img["id"]: (img["height"], img["width"]) for img in gt_data["images"]}
+    bank = MemoryBank.load(bank_path)
     for r in results:
         assert r["image_id"] in first3 and r["category_id"] in (1, 3, 18)
+        shot = next(s for s in bank.shots if s["annotation_id"] == r["shot_annotation_id"])  # why it was found
+        assert shot["class_id"] == r["category_id"] and shot["image_id"] == r["shot_image_id"]
+        assert {"shot_cosine", "class_cosine", "margin", "negative_cosine", "sam_iou"} <= set(r)
         mask = mask_utils.decode(r["segmentation"])
         assert mask.shape == sizes[r["image_id"]]
         ys, xs = np.nonzero(mask)

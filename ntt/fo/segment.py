@@ -10,6 +10,7 @@ import fiftyone as fo
 
 from ..bank import MemoryBank
 from ..cache import CandidateStore
+from ..coco import explain
 from ..config import NTTConfig, derive, get_config
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
@@ -22,16 +23,25 @@ from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_d
 from .store import dataset_of
 
 
-def to_detections(inst: Instances, class_names: dict[int, str]) -> fo.Detections:
+def to_detections(inst: Instances, class_names: dict[int, str], shots: list[dict] | None = None) -> fo.Detections:
     """Convert instances to ``fo.Detections``: relative xywh boxes (pixel box / image size) and masks
     cropped to them, exactly what ``fo.Detection.from_mask`` makes of the full mask (tested), without
-    building full-image masks; ``confidence`` is the NTT score."""
+    building full-image masks; ``confidence`` is the NTT score. Each detection carries its provenance as
+    attributes (``coco.explain``): ``shot_sample_id`` / ``shot_label_id`` (the nearest shot's sample and label
+    when the bank was built here), ``shot_cosine``, ``class_cosine``, ``margin``, ``negative_cosine``,
+    ``sam_iou``."""
     h, w = inst.image_size
     dets = []
-    for box, crop, score, cid in zip(inst.boxes, inst.crops, inst.scores, inst.class_ids):
+    for i, (box, crop, score, cid) in enumerate(zip(inst.boxes, inst.crops, inst.scores, inst.class_ids)):
         x1, y1, x2, y2 = (float(v) for v in box)
         rel = [x1 / w, y1 / h, (x2 - x1) / w, (y2 - y1) / h]
-        dets.append(fo.Detection(label=class_names[int(cid)], bounding_box=rel, mask=crop, confidence=float(score)))
+        why = explain(inst, i, shots)
+        for key, name in (("shot_image_id", "shot_sample_id"), ("shot_annotation_id", "shot_label_id")):
+            if key in why:
+                value = why.pop(key)
+                why[name] = None if value is None else str(value)
+        label = class_names[int(cid)]
+        dets.append(fo.Detection(label=label, bounding_box=rel, mask=crop, confidence=float(score), **why))
     return fo.Detections(detections=dets)
 
 
@@ -205,7 +215,7 @@ def _run(dataset, view, segmenter: Segmenter, label_field: str) -> Steps[dict[st
             if res.instances is None:
                 summary["skipped"].append({"id": sid, "filepath": res.source, "reason": res.error})
             else:
-                values[sid] = to_detections(res.instances, names)
+                values[sid] = to_detections(res.instances, names, segmenter.bank.shots)
                 summary["instances"] += len(res.instances)
                 summary["per_class"].update(names[int(c)] for c in res.instances.class_ids)
             if done % segmenter.batch_size == 0 or done == len(ids):

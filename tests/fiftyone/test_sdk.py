@@ -103,6 +103,13 @@ def test_segment_writes_well_formed_detections(built):
         assert conf == sorted(conf, reverse=True) and all(0 <= c <= 1 for c in conf)
         for d in dets:
             assert d.label in bank.class_names
+            # provenance: the nearest reference label of the predicted class, on a reference sample
+            shot = next(s for s in bank.shots if s["annotation_id"] == d["shot_label_id"])
+            assert d["shot_sample_id"] == shot["image_id"] in refs and shot["class_id"] == bank.class_ids[
+                bank.class_names.index(d.label)
+            ]
+            assert -1 <= d["shot_cosine"] <= 1 and 0 <= d["margin"] <= d["class_cosine"] <= 1
+            assert 0 <= d["sam_iou"] and d["negative_cosine"] == 0
             x, y, w, h = d.bounding_box
             assert 0 <= x and 0 <= y and x + w <= 1 + 1e-9 and y + h <= 1 + 1e-9
             assert d.mask.any(axis=0)[[0, -1]].all() and d.mask.any(axis=1)[[0, -1]].all(), "mask is tight"
