@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("bank", help="bank file to extend")
     _reference_args(a)
     a.add_argument("-o", "--output", default=None, help="write here instead of updating the bank in place")
+    a.add_argument(
+        "--negative",
+        action="store_true",
+        help="add them as negative shots of their classes (the bank must have those classes): things that look "
+        "like the class but are not, e.g. false positives; they push down masks that look more like them",
+    )
     r = bank.add_parser("remove", help="remove shots (by annotation id) or whole classes from a bank")
     r.add_argument("bank", help="bank file")
     r.add_argument("--annotations", nargs="+", default=(), help="annotation ids of the shots to remove")

@@ -29,11 +29,13 @@ def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
     start = time.perf_counter()
     bank = MemoryBank.load(args.bank)
     cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
-    merged = bank.add(_bank_from_args(args, cfg))
+    new = _bank_from_args(args, cfg)
+    merged = bank.add(new.as_negatives() if args.negative else new)
     path = merged.save(args.output or args.bank)
     added = len(merged.shots) - len(bank.shots)
-    total = f"{len(merged.classes)} classes, {len(merged.shots)} shots"
-    print(f"wrote {path}: {added} shots added, {total} ({elapsed(start)})")
+    total = f"{len(merged.classes)} classes, {len(merged.shots)} shots ({int(merged.negative.sum())} negative)"
+    kind = "negative shots" if args.negative else "shots"
+    print(f"wrote {path}: {added} {kind} added, {total} ({elapsed(start)})")
     return 0
 
 

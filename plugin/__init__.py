@@ -5,6 +5,7 @@ Every operator here must be listed under ``operators:`` in ``fiftyone.yml`` (Fif
 
 from .operators.bank import AddReferences, BuildBank
 from .operators.evaluate import EvaluatePredictions
+from .operators.feedback import MarkNegatives
 from .operators.manage import BankInfo, DeleteBank, RenameBank
 from .operators.references import MarkReferences, UnmarkReferences
 from .operators.runs import Runs
@@ -16,6 +17,7 @@ OPERATORS = (
     BuildBank,
     AddReferences,
     SegmentWithBank,
+    MarkNegatives,
     EvaluatePredictions,
     Runs,
     BankInfo,

@@ -240,3 +240,29 @@ def test_segment_again_from_the_cache_then_clear_it(coco128, bank_path, tmp_path
     assert main(["cache", "clear"]) == 0 and json.loads(capsys.readouterr().out)["freed"]["entries"] == 2
     assert main(args + ["-o", str(tmp_path / "c.json"), "--no-cache"]) == 0
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_bank_add_negative_shots(coco128, bank_path, tmp_path, capsys):
+    """--negative adds shots as negatives of classes the bank has; a class it lacks is refused by name; the
+    taught bank segments and its detections report their nearest negative."""
+    refs = coco128 / "annotations" / "instances_train2017.json"
+    taught = tmp_path / "taught.safetensors"
+    args = ["bank", "add", str(bank_path), str(refs), "-o", str(taught), "--shots", "1", "--seed", "5", "--negative"]
+    assert main(args + ["--classes", "car"] + SMOKE) == 0
+    assert "1 negative shots added" in capsys.readouterr().out
+    assert main(["bank", "info", str(taught)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["negatives_per_class"] == {"car": 1} and info["shots_per_class"] == {"person": 2, "car": 2, "dog": 2}
+    assert main(args + ["--classes", "cup"] + SMOKE) == 2
+    err = capsys.readouterr().err
+    assert "negative shots only" in err and "'cup'" in err
+    gt = coco128 / "annotations" / "instances_val2017.json"
+    preds = tmp_path / "preds.json"
+    assert (
+        main(["segment", "--bank", str(taught), "--images", str(gt), "-o", str(preds), "--max-images", "2"] + SMOKE)
+        == 0
+    )
+    results = json.loads(preds.read_text())
+    cars = [r for r in results if r["category_id"] == 3]
+    assert cars and all(r["negative_cosine"] > 0 for r in cars)
+    assert all(r["negative_cosine"] == 0 for r in results if r["category_id"] != 3)

@@ -7,6 +7,7 @@ Typical flow on any dataset or view::
     nfo.mark_references(dataset.take(10, seed=0))                     # or label-level: label_field=...
     nfo.build_bank(dataset, "pets", label_field="ground_truth")
     nfo.segment(dataset, "pets", label_field="ntt", batch_size=8)
+    nfo.add_negatives(dataset, "pets", "ntt", label_ids=false_positive_ids)  # then segment again
     # or step by step: build_bank_steps / add_references_steps / segment_steps yield Step(fraction, label)
     # and return the result; closing one stops the run there (segment keeps the batches written so far)
     results = nfo.evaluate(dataset, "ntt", gt_field="ground_truth", eval_key="ntt_eval")
@@ -29,6 +30,7 @@ from .banks import (
 )
 from .checks import check_segment_args, check_weights
 from .evaluate import evaluate
+from .feedback import add_negatives, add_negatives_steps
 from .references import (
     DEFAULT_TAG,
     NTTFiftyOneError,
@@ -49,6 +51,8 @@ __all__ = [
     "NTTFiftyOneError",
     "RunStopped",
     "Step",
+    "add_negatives",
+    "add_negatives_steps",
     "add_references",
     "add_references_steps",
     "bank_dir",

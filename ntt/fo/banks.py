@@ -210,6 +210,7 @@ def _store(dataset, name: str, bank: MemoryBank, label_field: str, tag: str, cfg
         classes=bank.class_names,
         class_ids=bank.class_ids,
         shots_per_class=bank.shots_per_class(),
+        negatives_per_class=bank.negatives_per_class(),
         num_shots=len(bank.shots),
         shot_sample_ids=shot_sample_ids(bank.shots),
         encoder=bank.encoder,

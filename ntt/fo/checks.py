@@ -75,6 +75,7 @@ def settings_here(stored: dict[str, Any], overrides: dict | None = None, device:
 
 
 def shot_sample_ids(shots: Iterable[dict[str, Any]]) -> list[str]:
-    """The FiftyOne sample ids among the shots' image ids (banks built elsewhere hold other ids)."""
-    ids = {str(s.get("image_id")) for s in shots}
+    """The FiftyOne sample ids among the positive shots' image ids (banks built elsewhere hold other ids). A
+    sample that gave only negative shots stays a target: re-segmenting it shows what the negative changed."""
+    ids = {str(s.get("image_id")) for s in shots if not s.get("negative")}
     return sorted(i for i in ids if _OBJECT_ID.fullmatch(i))

@@ -125,6 +125,7 @@ def brief_outputs(outputs, when: str):
     outputs.str("bank", label="Bank")
     outputs.int("num_shots", label="Shots")
     outputs.obj("shots_per_class", label="Shots per class", view=types.JSONView())
+    outputs.obj("negatives_per_class", label="Negative shots per class", view=types.JSONView())
     outputs.str("label_field", label="Reference field")
     outputs.str("settings", label="Preset (and what differs from it)")
     outputs.str("models", label="Models")
@@ -143,6 +144,7 @@ def brief(info: dict) -> dict:
     return {
         "num_shots": info["num_shots"],
         "shots_per_class": info["shots_per_class"],
+        "negatives_per_class": info.get("negatives_per_class") or {},
         "label_field": info["label_field"],
         "settings": describe_settings(info.get("config", {})),
         "models": f"SAM2 {sam2}, DINOv2 {encoder['name']} at {encoder['image_size']} px",

@@ -48,12 +48,12 @@ def _result(name, view, params):
     return asyncio.run(execute_or_delegate_operator(f"{PLUGIN}/{name}", _request(view, params), exhaust=True))
 
 
-def _stream(name, view, params):
+def _stream(name, view, params, **extra):
     """An immediate run as the App's generator endpoint does it: ``[(operator, params)]`` of the messages
     yielded, and the exception that ended the stream (or None)."""
     from fiftyone.operators.executor import execute_or_delegate_operator
 
-    result = asyncio.run(execute_or_delegate_operator(f"{PLUGIN}/{name}", _request(view, params)))
+    result = asyncio.run(execute_or_delegate_operator(f"{PLUGIN}/{name}", _request(view, params, **extra)))
     result.raise_exceptions()
     assert result.is_generator
     messages = []
