@@ -5,7 +5,7 @@ Every operator here must be listed under ``operators:`` in ``fiftyone.yml`` (Fif
 
 from .operators.bank import AddReferences, BuildBank
 from .operators.evaluate import EvaluatePredictions
-from .operators.feedback import MarkNegatives
+from .operators.feedback import MarkNegatives, PromoteCorrections, ShowReferences
 from .operators.manage import BankInfo, DeleteBank, RenameBank
 from .operators.references import MarkReferences, UnmarkReferences
 from .operators.runs import Runs
@@ -18,6 +18,8 @@ OPERATORS = (
     AddReferences,
     SegmentWithBank,
     MarkNegatives,
+    PromoteCorrections,
+    ShowReferences,
     EvaluatePredictions,
     Runs,
     BankInfo,

@@ -30,7 +30,7 @@ from .banks import (
 )
 from .checks import check_segment_args, check_weights
 from .evaluate import evaluate
-from .feedback import add_negatives, add_negatives_steps
+from .feedback import add_negatives, add_negatives_steps, promote, promote_steps, references_behind, review_counts
 from .references import (
     DEFAULT_TAG,
     NTTFiftyOneError,
@@ -71,9 +71,13 @@ __all__ = [
     "list_runs",
     "load_bank",
     "mark_references",
+    "promote",
+    "promote_steps",
     "reference_classes",
     "reference_ids",
+    "references_behind",
     "rename_bank",
+    "review_counts",
     "segment",
     "segment_settings",
     "segment_steps",

@@ -1,8 +1,14 @@
-"""The review loop's way back into a bank: labels a user judged (usually false positives) become negative shots.
+"""The review loop's way back into a bank: verdicts on a run's predictions become shots (``ntt.teach``).
 
-A negative shot of a class is a mask that looks like the class but is not: matching lowers the class's score on
-masks that look more like it than like the class (``ntt.postprocess.match_classes``). Negatives are encoded with
-the bank's own models and added to its file beside the positives; the rest of the bank is not re-encoded.
+- ``add_negatives``: chosen labels (usually false positives) become negative shots of their classes.
+- ``promote``: after review, predictions tagged correct become positive shots of their class, predictions tagged
+  wrong negatives of the class they were predicted as, and a prediction whose label the reviewer changed a
+  positive of the new class and a negative of the predicted one.
+- ``references_behind``: the reference labels that predictions were matched to (their nearest shots).
+
+New shots are encoded with the bank's own models; the rest of the bank is not re-encoded. Samples that gave
+positive shots are references from then on (left out of later runs and their evaluation); samples that gave only
+negatives stay targets, so re-segmenting them shows what the negatives changed.
 """
 
 from __future__ import annotations
@@ -11,9 +17,9 @@ import logging
 from collections.abc import Iterable
 
 from ..bank import MemoryBank
-from ..bank_encoder import build_bank_steps as memory_bank_steps
-from ..steps import Step, Steps, drive, signature_of
-from ..types import Progress
+from ..steps import Steps, drive, signature_of
+from ..teach import teach_steps
+from ..types import Progress, Reference
 from .banks import _store, get_bank_info, load_bank, needed_models
 from .checks import check_device, check_weights, settings_here
 from .references import NTTFiftyOneError, _sample_references, check_collection, check_detections_field
@@ -31,22 +37,12 @@ def add_negatives_steps(
 ) -> Steps[MemoryBank]:
     """``add_negatives`` as a generator (same arguments, checked at the first step): yields a ``Step`` after
     each image encoded and returns the (updated) bank. Closed before its end, the bank stays as it was."""
-    info = get_bank_info(coll, name)
     bank = load_bank(coll, name)
-    cfg = settings_here(info["config"], device=device)
-    check_device(cfg)
-    refs = _negative_references(coll, label_field, label_ids, bank)
-    have = {(str(s.get("image_id")), str(s.get("annotation_id"))) for s in bank.shots if s.get("negative")}
-    new = [r for r in refs if (str(r.image_id), str(r.annotation_id)) not in have]
-    if not new:
-        yield Step(1.0, "Nothing new: every chosen label is a negative of the bank already")
-        return bank
-    log.info("bank %r: encoding %d negative(s)", name, len(new))
-    check_weights(cfg, needed_models(new))
-    encoded = yield from memory_bank_steps(new, cfg)
-    merged = bank.add(encoded.as_negatives())
-    _store(dataset_of(coll), name, merged, info["label_field"], info["tag"], cfg)
-    return merged
+    wanted = None if label_ids is None else {str(i) for i in label_ids}
+    negatives = [(s, d, d.label, "negative") for s, d in _labels(coll, label_field) if wanted is None or d.id in wanted]
+    if not negatives:
+        raise NTTFiftyOneError(f"no labels to make negatives: none of the chosen labels is in {label_field!r} here")
+    return (yield from _teach(coll, name, bank, label_field, [], negatives, device))
 
 
 @signature_of(add_negatives_steps)
@@ -62,26 +58,115 @@ def add_negatives(*args, progress: Progress | None = None, **kwargs) -> MemoryBa
     return drive(add_negatives_steps(*args, **kwargs), progress)
 
 
-def _negative_references(coll, label_field: str, label_ids, bank: MemoryBank) -> list:
-    """The chosen labels as references of their classes (the bank's class ids)."""
+def promote_steps(
+    coll,
+    name: str,
+    label_field: str,
+    correct_tag: str = "correct",
+    wrong_tag: str = "wrong",
+    device: str | None = None,
+) -> Steps[MemoryBank]:
+    """``promote`` as a generator (same arguments): yields a ``Step`` after each image encoded and returns the
+    (updated) bank. Closed before its end, the bank stays as it was."""
+    bank = load_bank(coll, name)
+    positives, negatives = _verdicts(coll, label_field, correct_tag, wrong_tag)
+    if not positives and not negatives:
+        raise NTTFiftyOneError(
+            f"nothing to promote in {label_field!r}: tag predictions {correct_tag!r} or {wrong_tag!r}, or change "
+            "their label, first"
+        )
+    return (yield from _teach(coll, name, bank, label_field, positives, negatives, device))
+
+
+def review_counts(coll, label_field: str, correct_tag: str = "correct", wrong_tag: str = "wrong") -> dict[str, int]:
+    """What ``promote`` would take from ``label_field``: predictions ``correct``, ``wrong`` and ``relabelled``."""
+    positives, negatives = _verdicts(coll, label_field, correct_tag, wrong_tag)
+    verdicts = [v for *_, v in positives] + [v for *_, v in negatives if v != "relabelled"]
+    return {kind: verdicts.count(kind) for kind in ("correct", "wrong", "relabelled")}
+
+
+def _verdicts(coll, label_field: str, correct_tag: str, wrong_tag: str) -> tuple[list, list]:
+    """The reviewed predictions as (sample, detection, class name, verdict) positives and negatives."""
+    positives, negatives = [], []
+    for sample, det in _labels(coll, label_field):
+        predicted = det.get_field("predicted_label") if det.has_field("predicted_label") else det.label
+        tags = set(det.tags or [])
+        if correct_tag in tags and wrong_tag in tags:
+            raise NTTFiftyOneError(f"label {det.id} of sample {sample.id} is tagged {correct_tag!r} and {wrong_tag!r}")
+        if det.label != predicted:  # relabelled by the reviewer
+            positives.append((sample, det, det.label, "relabelled"))
+            negatives.append((sample, det, predicted, "relabelled"))
+        elif correct_tag in tags:
+            positives.append((sample, det, det.label, "correct"))
+        elif wrong_tag in tags:
+            negatives.append((sample, det, predicted, "wrong"))
+    return positives, negatives
+
+
+@signature_of(promote_steps)
+def promote(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
+    """Teach bank ``name`` from a reviewed predictions field, in one call, without re-encoding the bank.
+
+    In ``label_field`` of ``coll``: a prediction tagged ``correct_tag`` becomes a positive shot of its class (its
+    predicted mask); one tagged ``wrong_tag`` a negative shot of the class it was predicted as; one whose label
+    the reviewer changed (``label`` differs from its ``predicted_label``) a positive of the new class (a new class
+    if the bank has none of that name) and a negative of the predicted one. Each new shot records its sample,
+    label, field and verdict (``promoted``); predictions already promoted are skipped. Samples that gave
+    positives are references from then on. ``progress(fraction, label)`` is called for each step of
+    ``promote_steps``. Returns the bank.
+    """
+    return drive(promote_steps(*args, **kwargs), progress)
+
+
+def references_behind(coll, label_field: str, label_ids: Iterable[str] | None = None):
+    """A view of the reference labels behind predictions of ``label_field`` (``label_ids``, default all in
+    ``coll``): the shots they were matched to (``shot_sample_id`` / ``shot_label_id``), in the bank's reference
+    field, only those labels shown."""
+    check_detections_field(coll, label_field)
+    view = coll if label_ids is None else coll.select_labels(ids=list(label_ids), fields=label_field)
+    shots = [i for i in view.values(f"{label_field}.detections.shot_label_id", unwind=True) if i]
+    if not shots:
+        raise NTTFiftyOneError(f"no provenance in {label_field!r}: these predictions name no reference shot")
+    return dataset_of(coll).select_labels(ids=sorted(set(shots)))
+
+
+def _labels(coll, label_field: str):
+    """(sample, detection) for every label of ``label_field`` in ``coll``."""
     check_collection(coll)
     check_detections_field(coll, label_field)
-    wanted = None if label_ids is None else {str(i) for i in label_ids}
-    ids = dict(zip(bank.class_names, bank.class_ids))
-    refs, unknown = [], set()
     for sample in coll.select_fields(label_field).iter_samples():
-        dets = sample[label_field].detections if sample[label_field] is not None else []
-        chosen = [d for d in dets if wanted is None or d.id in wanted]
-        unknown.update(d.label for d in chosen if d.label not in ids)
-        if chosen and not unknown:
-            refs.extend(_sample_references(sample, chosen, dict(ids)))
-    for ref in refs:
-        ref.extra["label_field"] = label_field  # where the shot came from
-    if unknown:
+        for det in sample[label_field].detections if sample[label_field] is not None else []:
+            yield sample, det
+
+
+def _teach(coll, name: str, bank: MemoryBank, field: str, positives, negatives, device) -> Steps[MemoryBank]:
+    """Encode the verdicts ``(sample, detection, class name, verdict)`` as shots and store the taught bank."""
+    info = get_bank_info(coll, name)
+    cfg = settings_here(info["config"], device=device)
+    check_device(cfg)
+    known = set(bank.class_names) | {cls for _, _, cls, _ in positives}
+    strangers = sorted({str(cls) for _, _, cls, _ in negatives} - known)
+    if strangers:
         raise NTTFiftyOneError(
-            f"negatives must be of the bank's classes ({', '.join(bank.class_names)}); these labels are not: "
-            f"{sorted(str(u) for u in unknown)}"
+            f"negatives must be of the bank's classes ({', '.join(bank.class_names)}); these are not: {strangers}"
         )
-    if not refs:
-        raise NTTFiftyOneError(f"no labels to make negatives: none of the chosen labels is in {label_field!r} here")
+    ids = dict(zip(bank.class_names, bank.class_ids))
+    pos, neg = (_references(items, ids, field) for items in (positives, negatives))
+    check_weights(cfg, needed_models(pos + neg))
+    taught = yield from teach_steps(bank, pos, neg, cfg)
+    if taught is not bank:
+        log.info("bank %r: %d shot(s) added", name, len(taught.shots) - len(bank.shots))
+        _store(dataset_of(coll), name, taught, info["label_field"], info["tag"], cfg)
+    return taught
+
+
+def _references(items, ids: dict[str, int], field: str) -> list[Reference]:
+    """References of the given classes from labels (a new class name gets the next free id in ``ids``)."""
+    refs = []
+    for sample, det, cls, verdict in items:
+        [ref] = _sample_references(sample, [det], ids)
+        ids.setdefault(cls, max(ids.values(), default=0) + 1)
+        ref.class_id, ref.class_name = ids[cls], cls
+        ref.extra.update(label_field=field, promoted=verdict)
+        refs.append(ref)
     return refs

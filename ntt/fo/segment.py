@@ -29,7 +29,7 @@ def to_detections(inst: Instances, class_names: dict[int, str], shots: list[dict
     building full-image masks; ``confidence`` is the NTT score. Each detection carries its provenance as
     attributes (``coco.explain``): ``shot_sample_id`` / ``shot_label_id`` (the nearest shot's sample and label
     when the bank was built here), ``shot_cosine``, ``class_cosine``, ``margin``, ``negative_cosine``,
-    ``sam_iou``."""
+    ``sam_iou``, and ``predicted_label`` (the label as predicted: a reviewer may change ``label``)."""
     h, w = inst.image_size
     dets = []
     for i, (box, crop, score, cid) in enumerate(zip(inst.boxes, inst.crops, inst.scores, inst.class_ids)):
@@ -40,7 +40,7 @@ def to_detections(inst: Instances, class_names: dict[int, str], shots: list[dict
             if key in why:
                 value = why.pop(key)
                 why[name] = None if value is None else str(value)
-        label = class_names[int(cid)]
+        why["predicted_label"] = label = class_names[int(cid)]
         dets.append(fo.Detection(label=label, bounding_box=rel, mask=crop, confidence=float(score), **why))
     return fo.Detections(detections=dets)
 

@@ -1,4 +1,5 @@
-"""Teach a bank with the review's verdicts: selected labels become negative shots (SDK: ``ntt.fo.add_negatives``)."""
+"""The review loop in the App: teach a bank with verdicts on predictions, and see the references behind them (SDK:
+``ntt.fo.add_negatives``, ``ntt.fo.promote``, ``ntt.fo.references_behind``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import fiftyone.operators.types as types
 from .. import runner, settings
 from .. import widgets as ui
 from ..settings import param, sdk
-from .base import BackgroundOperator
+from .base import BackgroundOperator, NTTOperator, operator_config
 from .manage import brief, brief_outputs
 from .references import _selected_fields
 
@@ -96,3 +97,112 @@ def _labels(ctx, field: str) -> dict[str, str]:
     view = ctx.dataset.select_labels(ids=ids, fields=field)
     found = view.values(f"{field}.detections.id", unwind=True), view.values(f"{field}.detections.label", unwind=True)
     return dict(zip(*found))
+
+
+class PromoteCorrections(BackgroundOperator):
+    @property
+    def config(self):
+        return self.background_config(
+            "promote_corrections",
+            "NTT: promote reviewed predictions",
+            "Teach a bank from a reviewed predictions field: tagged correct -> positive shots, tagged wrong -> "
+            "negatives of the predicted class, relabelled -> a positive of the new class and a negative of the old",
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        bank: str,
+        label_field: str,
+        correct_tag: str = "correct",
+        wrong_tag: str = "wrong",
+        device: str | None = None,
+        delegate: bool = False,
+        delegation_target: str | None = None,
+    ):
+        """Promote the review of ``label_field``, as ``ntt.fo.promote`` does, through this operator:
+        ``delegate=True`` queues it for ``fiftyone delegated launch`` (see ``run_on``)."""
+        return self.run_on(locals())
+
+    def form(self, inputs, ctx):
+        nfo = sdk()
+        bank = ui.bank_input(inputs, ctx)
+        if bank is None:
+            return ui.invalid(inputs, ui.NO_BANK)
+        nfo.load_bank(ctx.dataset, bank)  # a missing or corrupted file is the form's message
+        view = ui.target_input(inputs, ctx, "Promote from")
+        field = ui.field_input(inputs, ctx, "label_field", "Predictions field", "The reviewed predictions")
+        if field is None:
+            return ui.invalid(inputs, "This dataset has no Detections field to promote from.")
+        inputs.str("correct_tag", label="Tag of correct predictions", default="correct")
+        inputs.str("wrong_tag", label="Tag of wrong predictions", default="wrong")
+        counts = nfo.review_counts(view, field, *self._tags(ctx))
+        if not any(counts.values()):
+            return ui.invalid(
+                inputs,
+                f"Nothing reviewed in '{field}' here: tag predictions '{self._tags(ctx)[0]}' or '{self._tags(ctx)[1]}' "
+                "(or change their label) in the App first.",
+            )
+        summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        note = f"To promote: {summary}; samples that give positives become references"
+        inputs.view("count", types.Notice(label=note))
+        problem = ui.device_input(inputs, ctx)
+        if problem:
+            return ui.invalid(inputs, problem)
+        return ui.form(inputs, "Promote reviewed predictions into an NTT bank")
+
+    @staticmethod
+    def _tags(ctx) -> tuple[str, str]:
+        return param(ctx, "correct_tag", "correct"), param(ctx, "wrong_tag", "wrong")
+
+    def run_size(self, ctx) -> int:
+        return sum(sdk().review_counts(ctx.target_view(), ctx.params["label_field"], *self._tags(ctx)).values())
+
+    def execute(self, ctx):
+        nfo = sdk()
+        name, field = ctx.params["bank"], ctx.params["label_field"]
+        view = ctx.target_view()
+
+        def steps():
+            before = len(nfo.load_bank(view, name).shots)
+            bank = yield from nfo.promote_steps(view, name, field, *self._tags(ctx), device=settings.device(ctx))
+            info = nfo.get_bank_info(view, name)
+            return {"bank": name, "added": len(bank.shots) - before, **brief(info)}
+
+        return runner.run(ctx, steps(), self.resolve_output(ctx))
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("added", label="Shots added")
+        return types.Property(brief_outputs(outputs, "Updated"))
+
+
+class ShowReferences(NTTOperator):
+    @property
+    def config(self):
+        return operator_config(
+            "show_references",
+            "NTT: show the references behind predictions",
+            "Open a view of the reference labels that the selected predictions were matched to (their nearest shots)",
+        )
+
+    def form(self, inputs, ctx):
+        selected = _selected_fields(ctx)
+        if not selected:
+            return ui.invalid(inputs, "No predictions selected: click predictions in the App's sample view first.")
+        count = len(ctx.selected_labels)
+        inputs.view("count", types.Notice(label=f"The references behind {count} selected prediction(s)"))
+        return ui.form(inputs, "Show the references behind predictions")
+
+    def execute(self, ctx):
+        field = _selected_fields(ctx)[0]
+        ids = [s["label_id"] for s in ctx.selected_labels if s.get("field") == field]
+        with runner.clear_errors():
+            view = sdk().references_behind(ctx.dataset, field, ids)
+        ctx.ops.set_view(view)
+        return {"samples": view.count()}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("samples", label="Reference samples shown")
+        return types.Property(outputs)

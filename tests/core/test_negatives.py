@@ -177,3 +177,30 @@ def test_a_negative_needs_its_class_and_survives_the_file(bank, cfg, tmp_path):
     assert taught.fingerprint != bank.fingerprint and bank.add(negative).fingerprint == taught.fingerprint
     assert loaded.remove(class_names=["dog"]).negatives_per_class() == {}, "a class's negatives go with it"
     np.testing.assert_array_equal(loaded.class_prototypes(), bank.class_prototypes())
+
+
+def test_teaching_a_relabelled_prediction_changes_the_next_run(bank, cfg, target):
+    """A toy predicted as a dog, relabelled "toy" by a reviewer: a positive of the new class and a negative of
+    the old one. On another image the next run calls toys toys and dogs dogs."""
+    from ntt.teach import teach
+
+    image, (_dog, toy, *_rest) = target
+    toy_ref = dict(image=image, mask=toy, image_id="target", annotation_id="pred-1")
+    taught = teach(
+        bank,
+        positives=[Reference(class_id=99, class_name="toy", **toy_ref)],
+        negatives=[Reference(class_id=DOG, class_name="dog", **toy_ref)],
+        cfg=cfg,
+        encoder=LookEncoder(),
+    )
+    assert taught.shots_per_class() == {"dog": 2, "cat": 1, "toy": 1} and taught.negatives_per_class() == {"dog": 1}
+    assert (
+        teach(taught, [Reference(class_id=99, class_name="toy", **toy_ref)], [], cfg, encoder=LookEncoder()) is taught
+    )
+
+    other, (toy2, dog2) = _scene([(180, 3, 0), (70, 1, 2)])
+    before, after = _predict(bank, cfg, other), _predict(taught, cfg, other)
+    assert before.class_ids[_best_on(before, toy2)] == DOG
+    assert after.class_ids[_best_on(after, toy2)] == 99 and after.scores[_best_on(after, toy2)] > 0.99
+    assert after.class_ids[_best_on(after, dog2)] == DOG
+    assert after.scores[_best_on(after, dog2)] == before.scores[_best_on(before, dog2)]

@@ -87,3 +87,80 @@ def test_the_mark_negatives_operator_takes_the_selected_labels(segmented):
         expected[d.label] = expected.get(d.label, 0) + 1
     assert result["added"] == 2 and result["negatives_per_class"] == expected
     assert nfo.load_bank(ds, "pets").negatives_per_class() == expected
+
+
+def test_promote_turns_a_review_into_shots_and_references(segmented):
+    ds = segmented
+    sample = ds.exists("pred").first()
+    right, wrong, renamed = sample.pred.detections[:3]
+    right.tags, wrong.tags = ["correct"], ["wrong"]
+    old_label, renamed.label = renamed.label, "toy"
+    sample.save()
+    before = nfo.load_bank(ds, "pets")
+    bank = nfo.promote(ds, "pets", "pred")
+
+    gained = {k: bank.shots_per_class().get(k, 0) - before.shots_per_class().get(k, 0) for k in bank.class_names}
+    assert gained == {**dict.fromkeys(bank.class_names, 0), **_counts([right.label, "toy"])}
+    assert bank.negatives_per_class() == _counts([wrong.label, old_label])
+    verdicts = {(s["annotation_id"], bool(s.get("negative"))): s["promoted"] for s in bank.shots if "promoted" in s}
+    assert verdicts == {
+        (right.id, False): "correct",
+        (wrong.id, True): "wrong",
+        (renamed.id, False): "relabelled",
+        (renamed.id, True): "relabelled",
+    }
+    assert sample.id in nfo.get_bank_info(ds, "pets")["shot_sample_ids"], "a promoted sample is a reference now"
+    assert nfo.promote(ds, "pets", "pred").shots == bank.shots, "promoting again adds nothing"
+
+    summary = nfo.segment(ds, "pets", label_field="next", max_instances=5)
+    assert ds[sample.id]["next"] is None and summary["samples"] == len(ds) - 4
+    assert "toy" in bank.class_names
+
+
+def test_references_behind_predictions_are_the_shots_they_matched(segmented):
+    ds = segmented
+    sample = ds.exists("pred").first()
+    picked = [d.id for d in sample.pred.detections[:2]]
+    view = nfo.references_behind(ds, "pred", picked)
+    shown = set(view.values("gt.detections.id", unwind=True))
+    assert shown == {d["shot_label_id"] for d in sample.pred.detections[:2]}
+    assert set(view.values("id")) <= set(ds.limit(3).values("id"))
+    with pytest.raises(nfo.NTTFiftyOneError, match="no provenance"):
+        nfo.references_behind(ds, "gt")
+
+
+def _counts(labels) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for label in labels:
+        out[label] = out.get(label, 0) + 1
+    return out
+
+
+def test_promote_and_show_references_operators(segmented):
+    import asyncio
+
+    from fiftyone.operators.executor import execute_or_delegate_operator
+    from test_plugin import PLUGIN, _form, _request, _stream
+
+    ds = segmented
+    sample = ds.exists("pred").first()
+    first = sample.pred.detections[0]
+    form = _form("promote_corrections", ds, {"bank": "pets", "label_field": "pred"})
+    assert form.invalid and "Nothing reviewed in 'pred'" in form.error_message
+    first.tags = ["correct"]
+    sample.save()
+    form = _form("promote_corrections", ds, {"bank": "pets", "label_field": "pred"})
+    assert not form.invalid
+    messages, error = _stream("promote_corrections", ds, {"bank": "pets", "label_field": "pred", "device": "cpu"})
+    assert error is None and messages[-1][1]["results"]["added"] == 1
+
+    selected = [{"label_id": first.id, "sample_id": sample.id, "field": "pred"}]
+    assert _form("show_references", ds, {}).invalid
+    assert not _form("show_references", ds, {}, selected_labels=selected).invalid
+    result = asyncio.run(
+        execute_or_delegate_operator(f"{PLUGIN}/show_references", _request(ds, {}, selected_labels=selected))
+    )
+    assert result.error is None and result.result == {"samples": 1}
+    [shown] = [r.params["view"] for r in result.executor._requests if r.operator_uri.endswith("set_view")]
+    [stage] = shown  # the reference label behind the prediction, selected
+    assert stage["_cls"].endswith("SelectLabels") and dict(stage["kwargs"])["ids"] == [first["shot_label_id"]]

@@ -105,9 +105,10 @@ def test_segment_writes_well_formed_detections(built):
             assert d.label in bank.class_names
             # provenance: the nearest reference label of the predicted class, on a reference sample
             shot = next(s for s in bank.shots if s["annotation_id"] == d["shot_label_id"])
-            assert d["shot_sample_id"] == shot["image_id"] in refs and shot["class_id"] == bank.class_ids[
-                bank.class_names.index(d.label)
-            ]
+            assert (
+                d["shot_sample_id"] == shot["image_id"] in refs
+                and shot["class_id"] == bank.class_ids[bank.class_names.index(d.label)]
+            )
             assert -1 <= d["shot_cosine"] <= 1 and 0 <= d["margin"] <= d["class_cosine"] <= 1
             assert 0 <= d["sam_iou"] and d["negative_cosine"] == 0
             x, y, w, h = d.bounding_box

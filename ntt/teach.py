@@ -1,0 +1,72 @@
+"""Teaching a bank from a review, without re-encoding what it holds: new positive and negative shots.
+
+``teach`` encodes only the new shots, with the bank's own encoder settings, and adds them: positives make (or
+join) their class's prototype, negatives push down what looks more like them than like their class
+(``postprocess.match_classes``). Shots already in the bank, of the same kind, are left out before encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .bank import MemoryBank
+from .bank_encoder import build_bank_steps
+from .config import NTTConfig
+from .steps import Step, Steps, drive
+from .types import Progress, Reference
+
+
+def teach_steps(
+    bank: MemoryBank,
+    positives: Sequence[Reference],
+    negatives: Sequence[Reference],
+    cfg: NTTConfig,
+    encoder=None,
+    proposer=None,
+) -> Steps[MemoryBank]:
+    """``teach`` as a generator: a ``Step`` after each image encoded; returns the new bank."""
+    positives, negatives = _new(bank, positives, False), _new(bank, negatives, True)
+    total = max(1, len(positives) + len(negatives))
+    taught = bank
+    if positives:
+        encoding = build_bank_steps(positives, cfg, encoder=encoder, proposer=proposer)
+        added = yield from _scaled(encoding, 0, len(positives), total)
+        taught = taught.add(added)
+    if negatives:
+        encoding = build_bank_steps(negatives, cfg, encoder=encoder, proposer=proposer)
+        added = yield from _scaled(encoding, len(positives), len(negatives), total)
+        taught = taught.add(added.as_negatives())
+    if taught is bank:
+        yield Step(1.0, "Nothing new: every shot is in the bank already")
+    return taught
+
+
+def teach(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
+    """A new bank: ``bank`` plus ``positives`` (shots of their classes; a new class name makes a new class)
+    and ``negatives`` (negative shots of their classes, which the bank or the positives must have).
+
+    Args:
+        bank: the bank to teach (not changed).
+        positives / negatives: references (image, mask or box, class); ``image_id`` / ``annotation_id`` name
+            them, and shots already in the bank of the same kind are skipped.
+        cfg: the bank's settings (its encoder must be the bank's: ``MemoryBank.add`` checks).
+        encoder / proposer: models to use instead of the configured DINOv2 / SAM2 (tests, other backbones).
+        progress: ``progress(fraction, label)`` for each step of ``teach_steps``.
+    """
+    return drive(teach_steps(*args, **kwargs), progress)
+
+
+def _new(bank: MemoryBank, refs: Sequence[Reference], negative: bool) -> list[Reference]:
+    kind = [s for s in bank.shots if bool(s.get("negative")) == negative]
+    have = {(str(s.get("image_id")), str(s.get("annotation_id"))) for s in kind}
+    return [r for r in refs if r.annotation_id is None or (str(r.image_id), str(r.annotation_id)) not in have]
+
+
+def _scaled(steps: Steps[MemoryBank], done: int, size: int, total: int) -> Steps[MemoryBank]:
+    """The steps of a part of ``size`` references after ``done`` others, as fractions of all ``total``."""
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield Step((done + step.fraction * size) / total, step.label)
