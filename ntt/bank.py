@@ -163,17 +163,22 @@ class MemoryBank:
         ann = {str(a) for a in annotation_ids}
         drop_ids = {c["id"] for c in self.classes if c["name"] in set(class_names)}
         keep = [
-            i
+            str(shot.get("annotation_id")) not in ann and self.shot_class_ids[i] not in drop_ids
             for i, shot in enumerate(self.shots)
-            if str(shot.get("annotation_id")) not in ann and self.shot_class_ids[i] not in drop_ids
         ]
-        kept_ids = {int(self.shot_class_ids[i]) for i in keep if not self.negative[i]}
-        keep = [i for i in keep if int(self.shot_class_ids[i]) in kept_ids]
+        return self.keep(np.array(keep, dtype=bool))
+
+    def keep(self, chosen: np.ndarray) -> MemoryBank:
+        """A new bank of the shots where ``chosen`` (bool (S,)) is true; classes left without a positive shot are
+        dropped, with their negatives."""
+        chosen = np.asarray(chosen, dtype=bool).reshape(len(self.shots))
+        kept_ids = set(self.shot_class_ids[chosen & ~self.negative].tolist())
+        index = np.flatnonzero(chosen & np.isin(self.shot_class_ids, list(kept_ids)))
         return MemoryBank(
             classes=[c for c in self.classes if c["id"] in kept_ids],
-            shot_features=self.shot_features[keep],
-            shot_class_ids=self.shot_class_ids[keep],
-            shots=[self.shots[i] for i in keep],
+            shot_features=self.shot_features[index],
+            shot_class_ids=self.shot_class_ids[index],
+            shots=[self.shots[i] for i in index],
             encoder=dict(self.encoder),
             info=dict(self.info),
         )

@@ -8,6 +8,7 @@ Each stage is a method over typed values (``Encoded``, ``Proposals``, ``MaskPool
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from . import postprocess as pp
 from .bank import MemoryBank
-from .config import NTTConfig
+from .config import NTTConfig, derive
 from .geometry import mask_boxes, point_grid
 from .models import autocast, encoder_identity, get_dinov2, get_sam2, resolve_device
 from .prompts import guided_points
@@ -146,6 +147,20 @@ class Predictor:
         self.timer = timer or NullTimer()
         self.class_thresh = self._class_thresholds()
         self.last_counts: list[dict[str, int]] = []  # per image of the last ``predict``
+
+    def with_bank(self, bank: MemoryBank) -> Predictor:
+        """This predictor (same models, settings and timer) with another bank of the same encoder; per-class
+        thresholds of classes that bank lacks are dropped. Cheap: for re-matching cached pools."""
+        bank.check_encoder(self.bank.encoder)
+        other = copy.copy(self)
+        other.bank = bank
+        kept = {k: v for k, v in self.cfg.segment.class_thresholds.items() if k in bank.class_names}
+        other.cfg = derive(self.cfg, segment={"class_thresholds": kept})
+        other.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
+        other.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)
+        other.negatives, other.shots = other._negatives(), _positive_shots(bank, self.device)
+        other.class_thresh = other._class_thresholds()
+        return other
 
     def _negatives(self) -> pp.Negatives | None:
         units, classes = self.bank.negative_prototypes()

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from oracle_scenes import OracleEncoder, OracleProposer
+from oracle_scenes import CAT, DOG, LOOKS, LookEncoder, OracleProposer
+from oracle_scenes import look_scene as _scene
 
 from ntt import postprocess as pp
 from ntt.bank import BankError, MemoryBank
@@ -22,41 +23,6 @@ from ntt.bank_encoder import build_bank
 from ntt.config import get_config
 from ntt.predictor import Predictor
 from ntt.types import Reference
-
-DOG, CAT = 7, 23
-LOOKS = {  # red channel -> feature direction
-    60: [1.0, 0.0, 0.0],  # the references' dogs
-    120: [0.0, 0.0, 1.0],  # cats
-    70: [0.7, -0.2, math.sqrt(1 - 0.49 - 0.04)],  # the target's dogs: cosine 0.7 to the dog prototype
-    180: [0.75, math.sqrt(1 - 0.75**2), 0.0],  # a toy: cosine 0.75 to the dog prototype, 0 to cats
-}
-
-
-class LookEncoder(OracleEncoder):
-    """Patch features: the mean look (``LOOKS``) of the patch's pixels, zero on the background."""
-
-    def __init__(self):
-        super().__init__(image_size=224, patch=14)
-        self.dim = 3
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        red = (images[:, 0] * 255).round()
-        feats = torch.zeros((*red.shape, 3))
-        for value, look in LOOKS.items():
-            feats[red == value] = torch.tensor(look)
-        return F.avg_pool2d(feats.permute(0, 3, 1, 2), self.patch).permute(0, 2, 3, 1)
-
-
-def _scene(objects: list[tuple[int, int, int]]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """A 256 x 256 image with a 40-px square per (red, row, column) cell of a 4 x 4 layout; its masks."""
-    image = np.zeros((256, 256, 3), np.uint8)
-    masks = []
-    for k, (red, row, col) in enumerate(objects):
-        mask = np.zeros((256, 256), bool)
-        mask[20 + 60 * row : 60 + 60 * row, 20 + 60 * col : 60 + 60 * col] = True
-        image[mask] = (red, 30 + 20 * k, 0)  # green: the instance, for the oracle proposer
-        masks.append(mask)
-    return image, masks
 
 
 def _refs(objects, class_ids, first_id: int) -> list[Reference]:
