@@ -78,17 +78,20 @@ class ShotGrade:
 
 @dataclass
 class GradeReport:
-    """Per class and per shot (most harmful first), and the reference images that could not be graded."""
+    """Per class and per shot (most harmful first), the reference images that could not be graded, and per class
+    the calibrated score threshold with the numbers behind it (``calibration``, see ``calibrate``)."""
 
     classes: list[ClassGrade]
     shots: list[ShotGrade]
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "classes": [asdict(c) for c in self.classes],
             "shots": [asdict(s) for s in self.shots],
             "skipped": self.skipped,
+            "calibration": self.calibration,
         }
 
     def table(self) -> str:
@@ -107,7 +110,13 @@ class GradeReport:
 
 
 def grade_steps(
-    bank: MemoryBank, images: Sequence[LabelledImage], cfg: NTTConfig, proposer=None, encoder=None, cache=None
+    bank: MemoryBank,
+    images: Sequence[LabelledImage],
+    cfg: NTTConfig,
+    proposer=None,
+    encoder=None,
+    cache=None,
+    target_precision: float | None = None,
 ) -> Steps[GradeReport]:
     """``grade`` as a generator: a ``Step`` per reference image segmented, then per shot measured."""
     predictor = Predictor(bank, cfg, proposer, encoder)
@@ -137,7 +146,7 @@ def grade_steps(
         yield Step(0.5 + 0.5 * j / len(positive), "Measuring each shot's effect on its class")
     grades.sort(key=lambda g: (g.effect is None, g.effect if g.effect is not None else 0.0, g.own_cosine or 0.0))
     classes = [ClassGrade(c["name"], bank.shots_per_class()[c["name"]], **with_all[c["id"]]) for c in bank.classes]
-    return GradeReport(classes, grades, skipped)
+    return GradeReport(classes, grades, skipped, calibrate(bank, runs, found, target_precision))
 
 
 def grade(*args, progress: Progress | None = None, **kwargs) -> GradeReport:
@@ -149,6 +158,8 @@ def grade(*args, progress: Progress | None = None, **kwargs) -> GradeReport:
         cfg: the settings to segment with (the bank's).
         proposer / encoder: models to use instead of the configured SAM2 / DINOv2 (tests).
         cache: a ``CandidateStore`` for the images' mask pools (grid prompts), else computed here.
+        target_precision: calibrate each class's threshold to reach this precision (highest recall that does),
+            instead of the best F1.
         progress: ``progress(fraction, label)`` for each step of ``grade_steps``.
     """
     return drive(grade_steps(*args, **kwargs), progress)
@@ -225,12 +236,9 @@ def _class_scores(bank: MemoryBank, runs: list[_Run], found: list[Instances], cf
     out = {}
     for c in bank.classes:
         thresh = cfg.segment.class_thresholds.get(c["name"], cfg.segment.score_thresh)
-        truths = found_total = matched = 0
-        for run, inst in zip(runs, found):
-            gt = [m for m, cid in zip(run.item.masks, run.item.class_ids) if cid == c["id"]]
-            mine = [i for i in range(len(inst)) if inst.class_ids[i] == c["id"] and inst.scores[i] >= thresh]
-            truths, found_total = truths + len(gt), found_total + len(mine)
-            matched += _matches(gt, [inst.mask(i) for i in mine])
+        points, truths = _scored_matches(runs, found, c["id"])
+        kept = [hit for score, hit in points if score >= thresh]
+        found_total, matched = len(kept), sum(kept)
         out[c["id"]] = {
             "instances": truths,
             "recall": matched / truths if truths else None,
@@ -240,19 +248,67 @@ def _class_scores(bank: MemoryBank, runs: list[_Run], found: list[Instances], cf
     return out
 
 
-def _matches(truths: list[np.ndarray], preds: list[np.ndarray]) -> int:
-    """Predictions (in score order) matched one-to-one to labelled masks at IoU >= 0.5, greedily."""
+def _scored_matches(runs: list[_Run], found: list[Instances], class_id: int) -> tuple[list[tuple[float, bool]], int]:
+    """A class's predictions over the runs as (score, matched a labelled instance), and the labelled count."""
+    points, truths = [], 0
+    for run, inst in zip(runs, found):
+        gt = [m for m, cid in zip(run.item.masks, run.item.class_ids) if cid == class_id]
+        mine = [i for i in range(len(inst)) if inst.class_ids[i] == class_id]  # in score order
+        points += zip((float(inst.scores[i]) for i in mine), _match_flags(gt, [inst.mask(i) for i in mine]))
+        truths += len(gt)
+    return points, truths
+
+
+def _match_flags(truths: list[np.ndarray], preds: list[np.ndarray]) -> list[bool]:
+    """Per prediction (in score order): matched one-to-one to a labelled mask at IoU >= 0.5, greedily."""
     if not truths or not preds:
-        return 0
+        return [False] * len(preds)
     encode = lambda ms: [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in ms]  # noqa: E731
     ious = mask_utils.iou(encode(preds), encode(truths), [0] * len(truths))
-    taken, count = set(), 0
+    taken, flags = set(), []
     for row in np.atleast_2d(ious):
         free = [(v, j) for j, v in enumerate(row) if j not in taken and v >= 0.5]
         if free:
             taken.add(max(free)[1])
-            count += 1
-    return count
+        flags.append(bool(free))
+    return flags
+
+
+def calibrate(bank: MemoryBank, runs: list[_Run], found: list[Instances], target_precision: float | None) -> dict:
+    """Per class, the score threshold that maximises F1 on the leave-one-out predictions (or, with
+    ``target_precision``, the lowest that reaches it: the most recall at that precision), with the numbers
+    behind it: ``{"method", "classes": {name: {"threshold", "precision", "recall", "f1", "instances",
+    "predictions"}}}``. Classes without labelled instances or predictions, or that never reach the precision,
+    are left out (they keep the global threshold)."""
+    method = "f1" if target_precision is None else f"precision>={target_precision:g}"
+    classes = {}
+    for c in bank.classes:
+        points, truths = _scored_matches(runs, found, c["id"])
+        points.sort(key=lambda p: -p[0])
+        best, hits = None, 0
+        for n, (score, hit) in enumerate(points, start=1):
+            hits += hit
+            precision, recall = hits / n, hits / truths if truths else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+            last = n == len(points) or points[n][0] < score  # thresholds fall between distinct scores
+            wanted = f1 if target_precision is None else (recall if precision >= target_precision else -1.0)
+            if last and hits and wanted >= 0 and (best is None or wanted > best[0]):
+                best = (wanted, {"threshold": score, "precision": precision, "recall": recall, "f1": f1})
+        if best is not None:
+            classes[c["name"]] = {**best[1], "instances": truths, "predictions": len(points)}
+    return {"method": method, "classes": classes}
+
+
+def calibrated_thresholds(bank: MemoryBank) -> dict[str, float]:
+    """The per-class thresholds a grading stored in the bank (``info["calibration"]``).
+
+    Raises:
+        ValueError: the bank was never calibrated.
+    """
+    calibration = bank.info.get("calibration") or {}
+    if not calibration.get("classes"):
+        raise ValueError("this bank has no calibrated thresholds: grade its references first (ntt bank report)")
+    return {name: float(v["threshold"]) for name, v in calibration["classes"].items() if name in bank.class_names}
 
 
 def _shot_grade(bank: MemoryBank, k: int, effect: float | None) -> ShotGrade:

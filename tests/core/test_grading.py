@@ -86,3 +86,49 @@ def test_an_image_holding_every_shot_is_skipped_with_a_reason(setup):
     only_a = bank.keep(np.array([s["image_id"] == "a" for s in bank.shots]))
     report = grade(only_a, labelled[:1], cfg, proposer=OracleProposer(image_size=256), encoder=LookEncoder())
     assert report.skipped == [{"image_id": "a", "reason": "every shot of the bank is on this image"}]
+
+
+def test_calibrated_thresholds_separate_instances_from_distractors(setup):
+    """On the bank without the bad shot, dogs score ~0.7 and toys ~0.5: the calibrated dog threshold keeps
+    every dog and drops every toy on a new image, where the global default (0) keeps the toys."""
+    from ntt.config import derive
+    from ntt.grading import calibrated_thresholds
+    from ntt.predictor import Predictor
+
+    cfg, bank, labelled = setup
+    fixed = bank.remove(annotation_ids=["c0"])
+    report = grade(fixed, labelled, cfg, proposer=OracleProposer(image_size=256), encoder=LookEncoder())
+    dog = report.calibration["classes"]["dog"]
+    assert report.calibration["method"] == "f1" and 0.5 < dog["threshold"] <= 0.71
+    default = next(c for c in report.classes if c.name == "dog")  # at the global threshold, 0
+    default_f1 = 2 * default.precision * default.recall / (default.precision + default.recall)
+    assert dog["f1"] > default_f1 + 0.3 and dog["precision"] > default.precision, "the default keeps the toys"
+
+    fixed.info["calibration"] = report.calibration
+    image, (dog1, toy1, dog2, toy2) = look_scene([(70, 0, 0), (190, 0, 2), (70, 2, 1), (190, 3, 3)])
+
+    def labels(cfg_):
+        inst = Predictor(fixed, cfg_, OracleProposer(image_size=256), LookEncoder()).predict([image])[0]
+        return [(inst.class_ids[i], _which(inst.mask(i), [dog1, toy1, dog2, toy2])) for i in range(len(inst))]
+
+    plain = labels(cfg)
+    calibrated = labels(derive(cfg, segment={"class_thresholds": calibrated_thresholds(fixed)}))
+    assert {(DOG, 1), (DOG, 3)} <= set(plain), "without calibration the toys are dogs"
+    dogs = {w for c, w in calibrated if c == DOG}
+    assert {0, 2} <= dogs and not dogs & {1, 3}, "every dog kept, every toy dropped"
+
+    wanted = grade(
+        fixed, labelled, cfg, proposer=OracleProposer(image_size=256), encoder=LookEncoder(), target_precision=0.7
+    )
+    assert wanted.calibration["method"] == "precision>=0.7" and wanted.calibration["classes"]["dog"]["precision"] >= 0.7
+    unreachable = grade(
+        fixed, labelled, cfg, proposer=OracleProposer(image_size=256), encoder=LookEncoder(), target_precision=1.0
+    )
+    assert "dog" not in unreachable.calibration["classes"], "a precision never reached leaves the global threshold"
+
+
+def _which(mask, objects) -> int | None:
+    for k, obj in enumerate(objects):
+        if (mask & obj).sum() / (mask | obj).sum() >= 0.5:
+            return k
+    return None
