@@ -127,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="add them as negative shots of their classes (the bank must have those classes): things that look "
         "like the class but are not, e.g. false positives; they push down masks that look more like them",
     )
+    g = bank.add_parser(
+        "report",
+        help="grade a bank's references by leave-one-out on their own images (per class and per shot, most "
+        "harmful first); --calibrate stores per-class score thresholds in the bank",
+    )
+    g.add_argument("bank", help="bank file")
+    g.add_argument("refs", help="COCO instance JSON of the references: their labelled instances are the ground truth")
+    g.add_argument("--images", default=None, help="folder of the reference images (default: found from the JSON)")
+    g.add_argument("--calibrate", action="store_true", help="store the calibrated thresholds in the bank")
+    g.add_argument(
+        "--target-precision", type=float, default=None, help="calibrate to this precision (default: best F1)"
+    )
+    g.add_argument("-o", "--output", default=None, help="with --calibrate: write the bank here, not in place")
+    g.add_argument("--json", dest="json_out", default=None, help="also write the report to this JSON file")
+    _model_args(g)
     r = bank.add_parser("remove", help="remove shots (by annotation id) or whole classes from a bank")
     r.add_argument("bank", help="bank file")
     r.add_argument("--annotations", nargs="+", default=(), help="annotation ids of the shots to remove")
@@ -144,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--points-per-side", type=int, default=None, help="prompt grid side (default 32)")
     s.add_argument("--prompt-mode", default=None, choices=["grid", "guided"], help="dense grid or DINOv2-guided")
     s.add_argument("--box-inclusive", action="store_true", help="research code's 1-px-short COCO boxes")
+    s.add_argument(
+        "--thresholds",
+        choices=["calibrated"],
+        default=None,
+        help="per-class score thresholds: 'calibrated' takes those `ntt bank report --calibrate` stored in the bank",
+    )
     s.add_argument(
         "--cache",
         action=argparse.BooleanOptionalAction,
@@ -210,7 +231,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from .pipeline import sidecar_path
 
     command = args.command if args.command != "bank" else f"bank {args.bank_cmd}"
-    if command in ("bank build", "bank add", "bank remove"):
+    if command in ("bank build", "bank add", "bank remove") or (command == "bank report" and args.calibrate):
         check_output(args.output or args.bank, [getattr(args, "refs", None)], "bank file")
     elif command == "segment":
         inputs = [args.bank, args.images]
@@ -228,6 +249,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.bank_cmd in ("build", "add"):
             run = commands.bank_build if args.bank_cmd == "build" else commands.bank_add
             return run(args, _config(args))
+        if args.bank_cmd == "report":
+            return commands.bank_report(args, _config(args))
         return commands.bank_info(args) if args.bank_cmd == "info" else commands.bank_remove(args)
     if args.command == "segment":
         seg = {

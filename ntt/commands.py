@@ -39,6 +39,39 @@ def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
     return 0
 
 
+def bank_report(args: argparse.Namespace, cfg: NTTConfig) -> int:
+    """``ntt bank report``: leave-one-out over the references' own images; with --calibrate, store thresholds."""
+    from .grading import grade
+
+    start = time.perf_counter()
+    bank = MemoryBank.load(args.bank)
+    cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
+    images = pipeline.labelled_references(bank, args.refs, args.images)
+    ensure_weights(cfg.model)
+    from .cache import CandidateStore
+
+    store = CandidateStore() if cfg.segment.cache else None
+    bar = tqdm(total=1.0, desc="grading", unit="", bar_format="{desc}: {percentage:3.0f}% {elapsed}")
+
+    def progress(fraction: float, _label: str) -> None:
+        bar.n = fraction
+        bar.refresh()
+
+    report = grade(bank, images, cfg, cache=store, target_precision=args.target_precision, progress=progress)
+    bar.close()
+    print(report.table())
+    if args.json_out:
+        pipeline.write_json_atomic(Path(args.json_out), report.to_dict())
+    if args.calibrate:
+        bank.info["calibration"] = report.calibration
+        path = bank.save(args.output or args.bank)
+        done = len(report.calibration["classes"])
+        why = "" if done else " (no prediction matched a labelled instance: the global threshold stays)"
+        print(f"wrote {path}: calibrated thresholds for {done} of {len(bank.classes)} classes{why}")
+    print(f"graded {len(images) - len(report.skipped)} reference image(s) ({elapsed(start)})")
+    return 0
+
+
 def cache(action: str) -> int:
     """``ntt cache info`` / ``ntt cache clear``: the candidate cache's place, entries, bytes and limit."""
     from .cache import CandidateStore
@@ -114,6 +147,11 @@ def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
     bank = MemoryBank.load(args.bank)
     bank.info["path"] = str(args.bank)
     cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
+    if args.thresholds == "calibrated":
+        from .config import derive
+        from .grading import calibrated_thresholds
+
+        cfg = derive(cfg, segment={"class_thresholds": calibrated_thresholds(bank)})
     targets = _targets(args.images, args.image_root)  # checked before the weights: the cheaper mistake first
     if args.max_images is not None:
         targets = targets[: args.max_images]

@@ -210,3 +210,30 @@ class JsonListWriter:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temp file and a rename, so a crash never leaves half a file."""
     write_bytes_atomic(path, json.dumps(data).encode())
+
+
+def labelled_references(bank: MemoryBank, refs_json: str | Path, image_root: str | Path | None = None) -> list:
+    """The bank's reference images in a COCO instance JSON, each with its labelled instances of the bank's
+    classes (crowd regions left out): the ground truth ``grading.grade`` measures the shots against."""
+    from .grading import LabelledImage
+
+    data = coco.load_json(refs_json, kind="ground truth")
+    root = coco.resolve_image_root(refs_json, image_root, data)
+    wanted = {str(s.get("image_id")) for s in bank.shots}
+    classes = set(bank.class_ids)
+    by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        if int(ann["category_id"]) in classes and not ann.get("iscrowd"):
+            by_image.setdefault(ann["image_id"], []).append(ann)
+    images = [img for img in data["images"] if str(img["id"]) in wanted]
+    if not images:
+        raise ValueError(f"{refs_json}: none of the bank's reference images is in this file")
+    return [
+        LabelledImage(
+            img["id"],
+            root / img["file_name"],
+            [coco.annotation_mask(a, img) for a in by_image.get(img["id"], [])],
+            [int(a["category_id"]) for a in by_image.get(img["id"], [])],
+        )
+        for img in images
+    ]

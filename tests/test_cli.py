@@ -266,3 +266,57 @@ def test_bank_add_negative_shots(coco128, bank_path, tmp_path, capsys):
     cars = [r for r in results if r["category_id"] == 3]
     assert cars and all(r["negative_cosine"] > 0 for r in cars)
     assert all(r["negative_cosine"] == 0 for r in results if r["category_id"] != 3)
+
+
+def test_bank_report_grades_the_references_and_calibrates(coco128, bank_path, tmp_path, capsys):
+    """`ntt bank report` runs leave-one-out on the bank's own reference images (random weights: the numbers
+    are meaningless, the table and the stored thresholds are the point); `segment --thresholds calibrated`
+    uses them, and a bank never calibrated is refused by name."""
+    refs = coco128 / "annotations" / "instances_train2017.json"
+    calibrated = tmp_path / "calibrated.safetensors"
+    report = tmp_path / "report.json"
+    args = ["bank", "report", str(bank_path), str(refs), "--calibrate", "-o", str(calibrated), "--json", str(report)]
+    assert main(args + SMOKE) == 0
+    out = capsys.readouterr().out
+    assert "most harmful first" in out and "calibrated thresholds for" in out
+    data = json.loads(report.read_text())
+    bank = MemoryBank.load(calibrated)
+    assert len(data["shots"]) == len(bank.shots) == 6 and {c["name"] for c in data["classes"]} == set(bank.class_names)
+    assert bank.info["calibration"] == data["calibration"] and data["calibration"]["method"] == "f1"
+    assert MemoryBank.load(bank_path).fingerprint == bank.fingerprint, "calibrating changes no prediction input"
+
+    # random weights rarely overlap a labelled instance, so the threshold to use is set here: the median score
+    gt = coco128 / "annotations" / "instances_val2017.json"
+    plain = [
+        "segment",
+        "--images",
+        str(gt),
+        "--max-images",
+        "3",
+        "--bank",
+        str(bank_path),
+        "-o",
+        str(tmp_path / "a.json"),
+    ]
+    assert main(plain + SMOKE) == 0
+    people = sorted(r["score"] for r in json.loads((tmp_path / "a.json").read_text()) if r["category_id"] == 1)
+    median = people[len(people) // 2]
+    bank.info["calibration"] = {"method": "f1", "classes": {"person": {"threshold": median}}}
+    bank.save(calibrated)
+    seg = [
+        "segment",
+        "--images",
+        str(gt),
+        "--max-images",
+        "3",
+        "--thresholds",
+        "calibrated",
+        "-o",
+        str(tmp_path / "p.json"),
+    ]
+    assert main(seg + ["--bank", str(calibrated)] + SMOKE) == 0
+    kept = [r["score"] for r in json.loads((tmp_path / "p.json").read_text()) if r["category_id"] == 1]
+    assert kept and min(kept) >= median - 1e-5 and len(kept) < len(people)
+    capsys.readouterr()
+    assert main(seg + ["--bank", str(bank_path)] + SMOKE) == 2
+    assert "no calibrated thresholds" in capsys.readouterr().err
