@@ -31,6 +31,7 @@ from .banks import (
 from .checks import check_segment_args, check_weights
 from .evaluate import evaluate
 from .feedback import add_negatives, add_negatives_steps, promote, promote_steps, references_behind, review_counts
+from .grades import grade_references, grade_references_steps, worst_shots
 from .references import (
     DEFAULT_TAG,
     NTTFiftyOneError,
@@ -67,6 +68,8 @@ __all__ = [
     "detections_fields",
     "evaluate",
     "get_bank_info",
+    "grade_references",
+    "grade_references_steps",
     "list_banks",
     "list_runs",
     "load_bank",
@@ -87,4 +90,5 @@ __all__ = [
     "tracked",
     "unmark_references",
     "without_references",
+    "worst_shots",
 ]

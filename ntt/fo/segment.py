@@ -12,6 +12,7 @@ from ..bank import MemoryBank
 from ..cache import CandidateStore
 from ..coco import explain
 from ..config import NTTConfig, derive, get_config
+from ..grading import calibrated_thresholds
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
 from ..steps import Step, Steps, drive, signature_of
@@ -61,15 +62,18 @@ def segment_steps(
     exclude_references: bool = True,
     tag: str | None = None,
     cache: bool | None = None,
+    thresholds: str | None = None,
 ) -> Steps[dict[str, Any]]:
     """``segment`` as a generator (same arguments, checked at the first step): yields ``Step(0.0, "Loading
     models")``, then a ``Step(fraction, label)`` after each batch is written, and returns the summary. Closed
     before its end (at a step), it stops there: the batches written so far keep complete labels; resume with
     ``skip_existing=True``."""
     check_collection(coll)
-    check_segment_args(score_thresh, class_thresholds, max_instances, batch_size)
     source = _resolve_bank(coll, bank, tag)
     check_usable(source.bank, source.name)
+    if thresholds is not None:
+        class_thresholds = {**_stored_thresholds(source, thresholds), **(class_thresholds or {})}
+    check_segment_args(score_thresh, class_thresholds, max_instances, batch_size)
     cfg = _settings(source, preset, config, device)
     overrides = dict(score_thresh=score_thresh, class_thresholds=class_thresholds)
     overrides.update(max_instances=whole_number(max_instances), batch_size=whole_number(batch_size), cache=cache)
@@ -86,6 +90,16 @@ def segment_steps(
     summary = yield from _run(dataset, view, segmenter, label_field)
     record_done(dataset, label_field, info)
     return summary
+
+
+def _stored_thresholds(source: Source, which: str) -> dict[str, float]:
+    """The per-class thresholds stored in the bank: ``which`` must be "calibrated" (``grade_references``)."""
+    if which != "calibrated":
+        raise NTTFiftyOneError(f"thresholds must be 'calibrated' or None, got {which!r}")
+    try:
+        return calibrated_thresholds(source.bank)
+    except ValueError as err:
+        raise NTTFiftyOneError(f"bank {source.name!r}: {err}") from err
 
 
 @signature_of(segment_steps)
@@ -112,6 +126,8 @@ def segment(*args, progress: Progress | None = None, **kwargs) -> dict[str, Any]
         exclude_references: leave out the reference samples (default; they would match themselves): the
             bank's shot samples and the samples tagged ``tag``.
         tag: the reference tag (default: the bank's, else ``ntt_ref``).
+        thresholds: "calibrated": per-class score thresholds from the bank's last grading with calibration
+            (``grade_references(..., calibrate=True)``); ``class_thresholds`` entries override them.
         cache: keep each image's bank-independent work in the candidate cache (``ntt cache info``) and reuse
             it: re-segmenting after the bank changed skips the encoders, and with grid prompts the decoder
             too (None: the settings', on in the fast and lite presets; see ``SegmentConfig.cache``).

@@ -164,3 +164,38 @@ def test_promote_and_show_references_operators(segmented):
     [shown] = [r.params["view"] for r in result.executor._requests if r.operator_uri.endswith("set_view")]
     [stage] = shown  # the reference label behind the prediction, selected
     assert stage["_cls"].endswith("SelectLabels") and dict(stage["kwargs"])["ids"] == [first["shot_label_id"]]
+
+
+def test_grade_references_reports_every_shot_and_calibrates(dataset, random_config):
+    ds = dataset
+    nfo.mark_references(ds.limit(3))
+    bank = nfo.build_bank(ds, "pets", label_field="gt", config=random_config)
+    report = nfo.grade_references(ds, "pets", calibrate=True)
+    assert len(report.shots) == len(bank.shots) and {c.name for c in report.classes} == set(bank.class_names)
+    per_class = {c.name: c.instances for c in report.classes}
+    crowd = lambda d: d.has_field("iscrowd") and d["iscrowd"]  # noqa: E731 - crowd regions are not instances
+    labelled = [d.label for s in ds.limit(3) for d in s.gt.detections if d.label in bank.class_names and not crowd(d)]
+    assert per_class == {name: labelled.count(name) for name in bank.class_names}, "ground truth: the reference field"
+    stored = nfo.load_bank(ds, "pets")
+    assert stored.info["calibration"] == report.calibration and stored.fingerprint == bank.fingerprint
+    worst = nfo.worst_shots(ds, report, count=2)
+    assert len(worst.values("gt.detections.id", unwind=True)) == 2
+
+    # thresholds="calibrated" takes the stored thresholds (set here: random weights rarely match a label)
+    scores = sorted(d.confidence for d in _segment(ds, None))
+    stored.info["calibration"] = {
+        "method": "f1",
+        "classes": {n: {"threshold": scores[len(scores) // 2]} for n in bank.class_names},
+    }
+    from ntt.fo.banks import _store
+    from ntt.fo.checks import settings_here
+
+    info = nfo.get_bank_info(ds, "pets")
+    _store(ds, "pets", stored, info["label_field"], info["tag"], settings_here(info["config"]))
+    kept = [d.confidence for d in _segment(ds, "calibrated")]
+    assert kept and min(kept) >= scores[len(scores) // 2] and len(kept) < len(scores)
+
+
+def _segment(ds, thresholds):
+    nfo.segment(ds.skip(3).limit(3), "pets", label_field="graded", thresholds=thresholds, overwrite=True)
+    return [d for s in ds.skip(3).limit(3) for d in s.graded.detections]
