@@ -94,19 +94,38 @@ class GradeReport:
             "calibration": self.calibration,
         }
 
-    def table(self) -> str:
-        """The report as two plain-text tables."""
-        lines = ["class               shots  instances  recall  precision  AP50"]
-        for c in self.classes:
-            scores = f"{_pct(c.recall):>7} {_pct(c.precision):>10} {_pct(c.ap50):>5}"
-            lines.append(f"{c.name[:18]:<18} {c.shots:>6} {c.instances:>10} {scores}")
-        lines += ["", "shot (most harmful first)               class              effect  own cos  nearest other class"]
+    def rows(self) -> tuple[list[list[str]], list[list[str]]]:
+        """The class table and the shot table (most harmful first) as text cells, each with its header."""
+        classes = [["class", "shots", "instances", "recall", "precision", "AP50"]]
+        classes += [
+            [c.name, str(c.shots), str(c.instances), _pct(c.recall), _pct(c.precision), _pct(c.ap50)]
+            for c in self.classes
+        ]
+        shots = [["shot (image/label)", "class", "effect on AP50", "cosine to its class", "nearest other class"]]
         for s in self.shots:
-            where = f"{s.image_id}/{s.annotation_id}"[:38]
             other = f"{s.nearest_other} ({_num(s.other_cosine)})" if s.nearest_other else "-"
-            lines.append(f"{where:<40} {s.class_name[:18]:<18} {_signed(s.effect):>7} {_num(s.own_cosine):>8}  {other}")
-        lines += [f"skipped {s['image_id']}: {s['reason']}" for s in self.skipped]
-        return "\n".join(lines)
+            shots.append(
+                [f"{s.image_id}/{s.annotation_id}", s.class_name, _signed(s.effect), _num(s.own_cosine), other]
+            )
+        return classes, shots
+
+    def table(self) -> str:
+        """The report as two plain-text tables (shots most harmful first)."""
+        out = []
+        for rows in self.rows():
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            out += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows] + [""]
+        out += [f"skipped {s['image_id']}: {s['reason']}" for s in self.skipped]
+        return "\n".join(out).rstrip() + "\n(shots: most harmful first)"
+
+    def markdown(self) -> str:
+        """The report as two Markdown tables (shots most harmful first)."""
+        out = []
+        for rows in self.rows():
+            out += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            out += ["| " + " | ".join(cell.replace("|", "/") for cell in r) + " |" for r in rows[1:]] + [""]
+        out += [f"Skipped {s['image_id']}: {s['reason']}" for s in self.skipped]
+        return "\n".join(out)
 
 
 def grade_steps(

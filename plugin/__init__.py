@@ -5,7 +5,7 @@ Every operator here must be listed under ``operators:`` in ``fiftyone.yml`` (Fif
 
 from .operators.bank import AddReferences, BuildBank
 from .operators.evaluate import EvaluatePredictions
-from .operators.feedback import MarkNegatives, PromoteCorrections, ShowReferences
+from .operators.feedback import GradeReferences, MarkNegatives, PromoteCorrections, ShowReferences
 from .operators.manage import BankInfo, DeleteBank, RenameBank
 from .operators.references import MarkReferences, UnmarkReferences
 from .operators.runs import Runs
@@ -20,6 +20,7 @@ OPERATORS = (
     MarkNegatives,
     PromoteCorrections,
     ShowReferences,
+    GradeReferences,
     EvaluatePredictions,
     Runs,
     BankInfo,

@@ -92,23 +92,24 @@ def forced_delegation(ctx) -> bool | None:
     return True if ctx.params.get("delegate") else None
 
 
-def run(ctx, steps, outputs, show_field: str | None = None):
+def run(ctx, steps, outputs, show_field: str | None = None, show_view=None):
     """What ``execute`` returns for ``steps``, a generator of ``Step``\\ s that returns the run's summary.
 
     Delegated: runs it now, reports to ``ctx.set_progress`` and returns the summary (stored with the
     operation and shown by ``resolve_output``). Immediate: returns a generator of App messages (progress,
-    then reload, ``show_field`` made visible, a notification and the summary in ``outputs``); closing it closes
-    ``steps``, and so does 'NTT: runs' (``ntt.fo.stop_run``) at the next step.
+    then reload, ``show_field`` made visible, the view ``show_view(summary)`` opened when given, a notification
+    and the summary in ``outputs``); closing it closes ``steps``, and so does 'NTT: runs' (``ntt.fo.stop_run``)
+    at the next step.
     """
     from ntt.steps import drive  # lazily, as every ntt import here: a missing dependency is the form's message
 
     if ctx.delegated:
         with clear_errors():
             return drive(steps, lambda fraction, label: ctx.set_progress(progress=fraction, label=label))
-    return _stream(ctx, steps, outputs, show_field)
+    return _stream(ctx, steps, outputs, show_field, show_view)
 
 
-def _stream(ctx, steps, outputs, show_field):
+def _stream(ctx, steps, outputs, show_field, show_view):
     from ntt.fo import tracked
     from ntt.steps import relay
 
@@ -128,6 +129,8 @@ def _stream(ctx, steps, outputs, show_field):
     yield ctx.trigger("reload_dataset")
     if show_field:  # a new field starts unticked in the sidebar: show the labels just written
         yield ctx.trigger("set_active_fields", dict(fields=sorted({*ctx.active_fields, show_field})))
+    if show_view is not None:
+        yield ctx.ops.set_view(show_view(result))
     yield ctx.trigger("notify", dict(message=summary_line(result), variant="success"))
     yield ctx.trigger("show_output", dict(outputs=outputs.to_json(), results=result))
 

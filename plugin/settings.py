@@ -134,7 +134,7 @@ def class_thresholds(ctx, classes: list[str]) -> dict[str, float] | None:
     """The ``class_thresholds`` param (a dict, from code), else the form's per-class table over the bank's
     ``classes`` (empty cells: the global score threshold); None when neither sets any."""
     given = ctx.params.get("class_thresholds")
-    if given is not None or not param(ctx, "per_class", False):
+    if given is not None or not param(ctx, "per_class", False):  # the App sends the box's default when shown
         return given
     table = param(ctx, "class_table", {}) or {}
     chosen = {name: table.get(f"c{i}") for i, name in enumerate(classes)}

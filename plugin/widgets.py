@@ -134,21 +134,23 @@ def classes_input(inputs, counts: dict[str, int]) -> None:
     )
 
 
-def class_thresholds_input(inputs, ctx, classes: list[str]) -> None:
+def class_thresholds_input(inputs, ctx, classes: list[str], calibrated: dict[str, float] | None = None) -> None:
     """A "per-class thresholds" box that opens a table: one threshold per bank class (params ``class_table.c<i>``,
-    read by ``settings.class_thresholds``)."""
+    read by ``settings.class_thresholds``), pre-filled with the bank's ``calibrated`` thresholds (and then open)."""
+    calibrated = calibrated or {}
+    note = " Pre-filled with the bank's calibrated thresholds ('NTT: grade references')." if calibrated else ""
     inputs.bool(
         "per_class",
         label="Per-class score thresholds",
-        default=False,
+        default=bool(calibrated),
         description="Close classes are the method's main failure mode: raise the threshold of a class that takes "
-        "other classes' instances",
+        "other classes' instances." + note,
     )
-    if not param(ctx, "per_class", False):
+    if not param(ctx, "per_class", bool(calibrated)):
         return
     table = types.Object()
     for i, name in enumerate(classes):
-        table.float(f"c{i}", label=name, min=0.0, max=1.0)
+        table.float(f"c{i}", label=name, min=0.0, max=1.0, default=calibrated.get(name))
     inputs.define_property("class_table", table, label="Threshold per class (empty: the score threshold above)")
 
 

@@ -211,6 +211,9 @@ def _store(dataset, name: str, bank: MemoryBank, label_field: str, tag: str, cfg
         class_ids=bank.class_ids,
         shots_per_class=bank.shots_per_class(),
         negatives_per_class=bank.negatives_per_class(),
+        calibrated_thresholds={
+            k: v["threshold"] for k, v in (bank.info.get("calibration") or {}).get("classes", {}).items()
+        },
         num_shots=len(bank.shots),
         shot_sample_ids=shot_sample_ids(bank.shots),
         encoder=bank.encoder,

@@ -206,3 +206,81 @@ class ShowReferences(NTTOperator):
         outputs = types.Object()
         outputs.int("samples", label="Reference samples shown")
         return types.Property(outputs)
+
+
+class GradeReferences(BackgroundOperator):
+    @property
+    def config(self):
+        return self.background_config(
+            "grade_references",
+            "NTT: grade references",
+            "Leave-one-out on the bank's own reference samples: how well each class's other shots find its labelled "
+            "instances and each shot's effect (most harmful first); optionally calibrate per-class thresholds",
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        bank: str,
+        calibrate: bool = False,
+        target_precision: float | None = None,
+        device: str | None = None,
+        delegate: bool = False,
+        delegation_target: str | None = None,
+    ):
+        """Grade ``bank``'s references, as ``ntt.fo.grade_references`` does, through this operator:
+        ``delegate=True`` queues it for ``fiftyone delegated launch`` (see ``run_on``)."""
+        return self.run_on(locals())
+
+    def form(self, inputs, ctx):
+        bank = ui.bank_input(inputs, ctx)
+        if bank is None:
+            return ui.invalid(inputs, ui.NO_BANK)
+        info = sdk().get_bank_info(ctx.dataset, bank)
+        sdk().load_bank(ctx.dataset, bank)  # a missing or corrupted file is the form's message
+        samples = len(info.get("shot_sample_ids") or [])
+        inputs.view(
+            "count",
+            types.Notice(label=f"{samples} reference sample(s), each segmented once without its own shots"),
+        )
+        inputs.bool("calibrate", label="Store calibrated per-class thresholds in the bank", default=False)
+        inputs.float(
+            "target_precision",
+            label="Calibrate to this precision",
+            min=0.0,
+            max=1.0,
+            description="Empty: the threshold with the best F1 per class",
+        )
+        problem = ui.device_input(inputs, ctx)
+        if problem:
+            return ui.invalid(inputs, problem)
+        return ui.form(inputs, "Grade an NTT bank's references")
+
+    def run_size(self, ctx) -> int:
+        return len(sdk().get_bank_info(ctx.dataset, ctx.params["bank"]).get("shot_sample_ids") or [])
+
+    def execute(self, ctx):
+        nfo = sdk()
+        name = ctx.params["bank"]
+        kwargs = dict(
+            calibrate=bool(param(ctx, "calibrate", False)),
+            target_precision=param(ctx, "target_precision"),
+            device=settings.device(ctx),
+        )
+
+        def steps():
+            report = yield from nfo.grade_references_steps(ctx.dataset, name, **kwargs)
+            worst = [str(s.annotation_id) for s in report.shots[:5]]
+            calibrated = len(report.calibration["classes"]) if kwargs["calibrate"] else 0
+            return {"bank": name, "report": report.markdown(), "worst_label_ids": worst, "calibrated": calibrated}
+
+        def worst_view(result):
+            return ctx.dataset.select_labels(ids=result["worst_label_ids"])
+
+        return runner.run(ctx, steps(), self.resolve_output(ctx), show_view=worst_view)
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("report", label="Report (the view shows the 5 most harmful shots)", view=types.MarkdownView())
+        outputs.int("calibrated", label="Classes calibrated")
+        return types.Property(outputs)

@@ -77,7 +77,7 @@ class SegmentWithBank(BackgroundOperator):
             description="Drop instances scoring below this (empty: the preset's, 0)",
         )
         info = sdk().get_bank_info(ctx.dataset, bank)
-        ui.class_thresholds_input(inputs, ctx, info["classes"])
+        ui.class_thresholds_input(inputs, ctx, info["classes"], info.get("calibrated_thresholds"))
         inputs.int("max_instances", label="Max instances per image", min=1, description="Empty: the preset's (100)")
         inputs.int(
             "batch_size",

@@ -183,15 +183,7 @@ def test_grade_references_reports_every_shot_and_calibrates(dataset, random_conf
 
     # thresholds="calibrated" takes the stored thresholds (set here: random weights rarely match a label)
     scores = sorted(d.confidence for d in _segment(ds, None))
-    stored.info["calibration"] = {
-        "method": "f1",
-        "classes": {n: {"threshold": scores[len(scores) // 2]} for n in bank.class_names},
-    }
-    from ntt.fo.banks import _store
-    from ntt.fo.checks import settings_here
-
-    info = nfo.get_bank_info(ds, "pets")
-    _store(ds, "pets", stored, info["label_field"], info["tag"], settings_here(info["config"]))
+    _calibrate(ds, {n: scores[len(scores) // 2] for n in bank.class_names})
     kept = [d.confidence for d in _segment(ds, "calibrated")]
     assert kept and min(kept) >= scores[len(scores) // 2] and len(kept) < len(scores)
 
@@ -199,3 +191,43 @@ def test_grade_references_reports_every_shot_and_calibrates(dataset, random_conf
 def _segment(ds, thresholds):
     nfo.segment(ds.skip(3).limit(3), "pets", label_field="graded", thresholds=thresholds, overwrite=True)
     return [d for s in ds.skip(3).limit(3) for d in s.graded.detections]
+
+
+def test_grade_operator_reports_opens_the_worst_shots_and_prefills_the_segment_form(dataset, random_config):
+    from test_plugin import _form, _stream
+
+    ds = dataset
+    nfo.mark_references(ds.limit(3))
+    bank = nfo.build_bank(ds, "pets", label_field="gt", config=random_config)
+    assert not _form("grade_references", ds, {"bank": "pets"}).invalid
+    params = {"bank": "pets", "calibrate": True, "device": "cpu"}
+    messages, error = _stream("grade_references", ds, params)
+    assert error is None
+    result = messages[-1][1]["results"]
+    assert result["report"].startswith("| class |") and len(result["worst_label_ids"]) == 5
+    [view] = [p["view"] for uri, p in messages if uri.endswith("set_view")]
+    assert dict(view[0]["kwargs"])["ids"] == result["worst_label_ids"]
+    assert set(result["worst_label_ids"]) <= {str(s["annotation_id"]) for s in bank.shots}
+
+    info = nfo.get_bank_info(ds, "pets")
+    calibrated = info["calibrated_thresholds"]
+    assert calibrated == {
+        k: v["threshold"] for k, v in nfo.load_bank(ds, "pets").info["calibration"]["classes"].items()
+    }
+    form = _form("segment_with_bank", ds, {"bank": "pets", "label_field": "p"})
+    box = form.type.properties["per_class"]
+    assert box.default == bool(calibrated)
+    if calibrated:  # random weights may match no label: then nothing is calibrated and the table stays closed
+        table = form.type.properties["class_table"].type.properties
+        names = info["classes"]
+        assert {names[int(k[1:])]: p.default for k, p in table.items() if p.default is not None} == calibrated
+
+
+def _calibrate(ds, thresholds: dict[str, float]) -> None:
+    """Store calibrated thresholds in bank "pets" as a grading with calibrate=True would."""
+    from ntt.fo.banks import _store
+    from ntt.fo.checks import settings_here
+
+    info, bank = nfo.get_bank_info(ds, "pets"), nfo.load_bank(ds, "pets")
+    bank.info["calibration"] = {"method": "f1", "classes": {k: {"threshold": v} for k, v in thresholds.items()}}
+    _store(ds, "pets", bank, info["label_field"], info["tag"], settings_here(info["config"]))
