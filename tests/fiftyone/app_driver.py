@@ -425,6 +425,31 @@ class AppDriver:
         self.page.wait_for_timeout(1500)
         return modal
 
+    def click_label(self, modal, sample, field: str):
+        """Select a label of ``field`` in the open sample modal by clicking the pixel deepest inside the part of
+        its mask that no other label of the field covers (the image is drawn centred, fitted to the canvas);
+        returns the label clicked."""
+        import numpy as np
+        from scipy import ndimage
+
+        from ntt.fo.references import full_image_mask
+
+        width, height = sample.metadata.width, sample.metadata.height
+        dets = sample[field].detections
+        masks = [full_image_mask(d, width, height) for d in dets]
+        alone = [m & (np.sum(masks, axis=0) == 1) for m in masks]
+        depth = [ndimage.distance_transform_edt(m) for m in alone]
+        k = int(np.argmax([d.max() for d in depth]))
+        y, x = np.unravel_index(np.argmax(depth[k]), depth[k].shape)
+        box = self.by_cy("modal-looker-container", modal).bounding_box()
+        scale = min(box["width"] / width, box["height"] / height)
+        self.page.mouse.click(
+            box["x"] + (box["width"] - width * scale) / 2 + (x + 0.5) * scale,
+            box["y"] + (box["height"] - height * scale) / 2 + (y + 0.5) * scale,
+        )
+        self.page.wait_for_timeout(1000)
+        return dets[k]
+
     def close_sample(self) -> None:
         modal = self.by_cy("modal")
         for _ in range(3):

@@ -4,7 +4,8 @@ Debian's ``chromium`` (headless) driven by Playwright; the App runs in a subproc
 from this checkout (``conftest.py``) and random-init checkpoints in Meta's formats in a temporary
 ``NTT_CHECKPOINT_DIR``. Steps: find the operators in the operator browser, select two samples and mark them as
 references, build a bank (Smoke preset), segment the other samples, look at the masks in the sample modal,
-evaluate, and open the evaluation in the Model Evaluation panel. After each step the dataset is checked from
+click a prediction there and mark it as a negative, segment again (overwriting) and see that false positive
+gone, evaluate, and open the evaluation in the Model Evaluation panel. After each step the dataset is checked from
 Python. Screenshots of every step go to ``$NTT_TEST_ARTIFACTS/browser/`` (default ``<repo>/test-artifacts``),
 with the App's log (``app.log``), the steps' times (``steps.log``) and, on failure, ``failure.html``.
 
@@ -14,6 +15,7 @@ Without chromium or Playwright the test skips, unless ``NTT_REQUIRE_BROWSER=1`` 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -38,12 +40,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATORS = yaml.safe_load((REPO / "fiftyone.yml").read_text())["operators"]
-MARK, BUILD, SEGMENT, EVALUATE, RUNS = (
+MARK, BUILD, SEGMENT, EVALUATE, RUNS, NEGATIVES = (
     "NTT: mark references",
     "NTT: build memory bank",
     "NTT: segment with bank",
     "NTT: evaluate predictions",
     "NTT: runs",
+    "NTT: mark as negatives",
 )
 BANK, FIELD, EVAL_KEY = "browser_bank", "ntt", "browser_eval"
 # Random weights: open the filters so that proposals reach the output (used when the form's JSON field works).
@@ -93,8 +96,10 @@ def app_dataset(coco_source):
     ds.delete()
 
 
-def test_app_flow_through_the_ui(chromium, checkpoints, artifacts, app_dataset):
+def test_app_flow_through_the_ui(chromium, checkpoints, artifacts, app_dataset, monkeypatch):
     from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("NTT_CHECKPOINT_DIR", str(checkpoints))  # the checks from Python load the App's models
 
     env = {**os.environ, "NTT_CHECKPOINT_DIR": str(checkpoints), "FIFTYONE_PRIVATE_DATABASE_PORT": database_port()}
     with AppServer(app_dataset.name, env, artifacts / "app.log") as app, sync_playwright() as p:
@@ -191,7 +196,9 @@ def _flow(ui: AppDriver, url: str, ds) -> None:
     ui.shot("sample_modal_masks")
     count = re.findall(r"\d+", ui.by_cy(f"{FIELD}-field", modal).inner_text())
     assert count and int(count[-1]) >= 1, "the sample modal lists no predicted instance"
+    false_positive = _mark_a_negative(ui, modal, ds, shown)
     ui.close_sample()
+    _segment_again(ui, ds, shown, false_positive)
 
     # Evaluate, then open the evaluation in the Model Evaluation panel.
     form = ui.open_operator(EVALUATE)
@@ -207,6 +214,70 @@ def _flow(ui: AppDriver, url: str, ds) -> None:
     panel.get_by_text("Summary", exact=True).first.wait_for(state="visible", timeout=30_000)
     ui.settle(panel)
     ui.shot("model_evaluation_panel")
+
+
+def _mark_a_negative(ui: AppDriver, modal, ds, sample_id: str):
+    """Click a prediction in the sample modal and make it a negative of its class with 'NTT: mark as
+    negatives'; returns the prediction that became the negative (as it was)."""
+    import ntt.fo as nfo
+
+    sample = ds[sample_id]
+    clicked = ui.click_label(modal, sample, FIELD)
+    ui.shot("false_positive_selected")
+    form = ui.open_operator(NEGATIVES)
+    notice = ui.settle(form)
+    assert "1 label(s) become negatives" in notice, notice
+    ui.shot("mark_negatives_form")
+    ui.execute(form, expect=BANK, timeout=180)
+    ui.shot("mark_negatives_done")
+    ui.close_output()
+    ds.reload()  # the App's process changed the bank's record
+    [shot] = [s for s in nfo.load_bank(ds, BANK).shots if s.get("negative")]
+    assert shot["image_id"] == sample_id, "the negative is not the clicked sample's label"
+    [det] = [d for d in sample[FIELD].detections if d.id == shot["annotation_id"]]
+    assert det.label == clicked.label and f"1 {det.label}" in notice, (notice, det.label)
+    return det
+
+
+def _segment_again(ui: AppDriver, ds, sample_id: str, false_positive) -> None:
+    """Segment again, overwriting, with the false positive's class threshold at its former score (rounded down):
+    without the negative it would stay; the negative pushes its score down, so it must be gone."""
+    from ntt.fo.references import full_image_mask
+
+    threshold = math.floor(false_positive.confidence * 1e5) / 1e5
+    form = ui.open_operator(SEGMENT)
+    ui.tick(form, "Overwrite existing labels")
+    ui.tick(form, "Per-class score thresholds")
+    ui.type_text(form, false_positive.label, f"{threshold:.5f}")
+    ui.shot("segment_again_form")
+    ui.execute(form, expect=FIELD, timeout=300)
+    ui.shot("segment_again_done")
+    ui.close_output()
+    ds.reload()
+    sample = ds[sample_id]
+    width, height = sample.metadata.width, sample.metadata.height
+    gone = full_image_mask(false_positive, width, height)
+    same = [
+        d
+        for d in sample[FIELD].detections
+        if d.label == false_positive.label and _iou(full_image_mask(d, width, height), gone) >= 0.9
+    ]
+    assert not same, f"the negative did not push the false positive below {threshold}: {[d.confidence for d in same]}"
+
+    # Control, from Python with the same bank and settings and no threshold: the same mask is still proposed,
+    # with a lower score than before (so the threshold, not a different proposal, removed it).
+    import ntt.fo as nfo
+
+    nfo.segment(ds.select(sample_id), BANK, label_field="ntt_control")
+    control = ds[sample_id]["ntt_control"].detections
+    again = [
+        d for d in control if d.label == false_positive.label and _iou(full_image_mask(d, width, height), gone) >= 0.9
+    ]
+    assert again and max(d.confidence for d in again) < threshold, [d.confidence for d in again]
+
+
+def _iou(a, b) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def _advanced_overrides(ui: AppDriver, form) -> None:
@@ -263,3 +334,4 @@ def _check_dataset(ds) -> None:
     assert masks and any(m.any() for m in masks), "segmentation wrote no masks"
     assert EVAL_KEY in ds.list_evaluations()
     assert ds.get_evaluation_info(EVAL_KEY).config.pred_field == FIELD
+    assert nfo.load_bank(ds, BANK).negatives_per_class() and len(info["shot_sample_ids"]) == NUM_REFS
