@@ -163,15 +163,11 @@ class SegmentConfig:
             the CPU. An out-of-memory error halves it either way.
         loader_workers: threads that decode and resize the next images while a batch runs (0: load in
             the main thread, between batches).
-        cache: keep each image's bank-independent work in the candidate cache and reuse it. With grid
-            prompts that is its masks up to the IoU filter, their DINOv2 features and boxes: re-segmenting
-            after a bank change skips the encoders and the decoder; masks then go through int8 codes (exact
-            at low resolution; full-resolution edges may move by a fraction of a low-res cell). With guided
-            prompts (chosen with the bank) it is the encoders' outputs (SAM2's features as float16): only
-            the decoder runs again. Off in the faithful default.
-        negative_sigma: how hard a class's negative shots push down a mask that looks more like one of them
-            than like the class: score x exp(-max(s_neg - s_pos, 0) / negative_sigma) (the research code's
-            negative-reference scorer; no effect on a bank without negatives).
+        cache: reuse each image's bank-independent work from the candidate cache: with grid prompts its mask
+            pool (int8 mask codes: low-res masks exact, full-res edges within a fraction of a cell), so a
+            re-run skips encoders and decoder; with guided prompts the encoders' outputs. Off in ``paper``.
+        negative_sigma: score x exp(-max(s_neg - s_pos, 0) / negative_sigma) with negative shots (the
+            research code's negative-reference scorer; no effect on a bank without negatives).
     """
 
     points_per_side: int = 32
@@ -302,8 +298,7 @@ def _check_type(section: str, spec: dataclasses.Field, value: Any) -> None:
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The paper's models and settings.
     "paper": {},
-    # The paper's models and prompts, run the fast way on a GPU: bf16, automatic batch size, 1024 prompts
-    # per decoder call (across images), compiled decoder, soft-merge IoS on the 256x256 SAM2 masks.
+    # The paper's models and prompts the fast way on a GPU: bf16, auto batch, 1024 prompts per decoder call.
     "fast": {
         "model": {"dtype": "bf16", "compile": True},
         "segment": {"batch_size": 0, "points_batch_size": 1024, "merge_resolution": "low", "cache": True},
