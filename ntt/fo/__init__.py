@@ -32,6 +32,7 @@ from .checks import check_segment_args, check_weights
 from .evaluate import evaluate
 from .feedback import add_negatives, add_negatives_steps, promote, promote_steps, references_behind, review_counts
 from .grades import grade_references, grade_references_steps, worst_shots
+from .model import NTTModel, load_model
 from .references import (
     DEFAULT_TAG,
     NTTFiftyOneError,
@@ -49,6 +50,7 @@ from .segment import segment, segment_settings, segment_steps, segment_targets, 
 
 __all__ = [
     "DEFAULT_TAG",
+    "NTTModel",
     "NTTFiftyOneError",
     "RunStopped",
     "Step",
@@ -73,6 +75,7 @@ __all__ = [
     "list_banks",
     "list_runs",
     "load_bank",
+    "load_model",
     "mark_references",
     "promote",
     "promote_steps",

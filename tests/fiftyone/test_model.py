@@ -1,0 +1,58 @@
+"""A bank as a FiftyOne model: ``apply_model`` with FiftyOne's standard arguments labels a view exactly as
+``segment`` does."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ntt.fo as nfo
+
+
+@pytest.fixture
+def banked(dataset, random_config):
+    nfo.mark_references(dataset.limit(3))
+    nfo.build_bank(dataset, "pets", label_field="gt", config=random_config)
+    return dataset
+
+
+def _labels(sample, field):
+    dets = sample[field].detections if sample[field] is not None else []
+    return [
+        (d.label, d.confidence, tuple(np.round(d.bounding_box, 6)), d.mask.tobytes(), d["shot_label_id"]) for d in dets
+    ]
+
+
+def test_apply_model_labels_a_view_as_segment_does(banked):
+    ds = banked
+    targets = nfo.without_references(ds).limit(4)
+    nfo.segment(targets, "pets", label_field="seg", max_instances=100)
+    targets.apply_model(nfo.load_model(ds, "pets"), label_field="app", batch_size=2)
+    for sample in targets:
+        assert _labels(sample, "app") == _labels(sample, "seg") and _labels(sample, "seg")
+
+
+def test_confidence_threshold_masks_on_disk_and_failures(banked, tmp_path, caplog):
+    ds = banked
+    targets = nfo.without_references(ds).limit(3)
+    model = nfo.load_model(ds, "pets")
+    targets.apply_model(model, label_field="all", batch_size=3)
+    scores = sorted(d.confidence for s in targets for d in s.all.detections)
+    median = scores[len(scores) // 2]
+    targets.apply_model(model, label_field="high", confidence_thresh=median, output_dir=str(tmp_path / "masks"))
+    kept = [d for s in targets for d in s.high.detections]
+    assert kept and all(d.confidence >= median for d in kept) and len(kept) < len(scores)
+    assert all(d.mask is None and Path(d.mask_path).parent == tmp_path / "masks" for d in kept), "masks on disk"
+
+    # a sample whose file is gone: named in a warning, left unlabelled; the others are labelled
+    broken = targets.first()
+    moved = tmp_path / "moved.jpg"
+    shutil.copy(broken.filepath, moved)
+    broken.filepath = str(tmp_path / "missing.jpg")
+    broken.save()
+    targets.apply_model(model, label_field="rest", batch_size=3, skip_failures=True)
+    assert targets.exists("rest").count() == len(targets) - 1
+    assert ds[broken.id]["rest"] is None and "missing.jpg not segmented" in caplog.text
