@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
@@ -63,6 +64,7 @@ def segment_steps(
     tag: str | None = None,
     cache: bool | None = None,
     thresholds: str | None = None,
+    mask_dir: str | None = None,
 ) -> Steps[dict[str, Any]]:
     """``segment`` as a generator (same arguments, checked at the first step): yields ``Step(0.0, "Loading
     models")``, then a ``Step(fraction, label)`` after each batch is written, and returns the summary. Closed
@@ -87,7 +89,7 @@ def segment_steps(
     segmenter = Segmenter(source.bank, cfg, cache=CandidateStore() if cfg.segment.cache else None)
     dataset = dataset_of(coll)
     info = declare_field(dataset, label_field, source.info(excluded))
-    summary = yield from _run(dataset, view, segmenter, label_field)
+    summary = yield from _run(dataset, view, segmenter, label_field, mask_dir)
     record_done(dataset, label_field, info)
     return summary
 
@@ -126,6 +128,9 @@ def segment(*args, progress: Progress | None = None, **kwargs) -> dict[str, Any]
         exclude_references: leave out the reference samples (default; they would match themselves): the
             bank's shot samples and the samples tagged ``tag``.
         tag: the reference tag (default: the bank's, else ``ntt_ref``).
+        mask_dir: write the masks as PNGs under ``<mask_dir>/<label_field>/<sample id>/`` (``Detection.mask_path``)
+            instead of in the database: for large datasets and images (a sample's document is capped at 16 MB).
+            A folder every machine that reads the dataset can reach; evaluation and the App read the files.
         thresholds: "calibrated": per-class score thresholds from the bank's last grading with calibration
             (``grade_references(..., calibrate=True)``); ``class_thresholds`` entries override them.
         cache: keep each image's bank-independent work in the candidate cache (``ntt cache info``) and reuse
@@ -218,9 +223,9 @@ def _check_same_bank(coll, label_field: str, source: Source, existing: int) -> N
         )
 
 
-def _run(dataset, view, segmenter: Segmenter, label_field: str) -> Steps[dict[str, Any]]:
+def _run(dataset, view, segmenter: Segmenter, label_field: str, mask_dir: str | None) -> Steps[dict[str, Any]]:
     """Segment the view's samples and write their labels batch by batch, a step after each (a run closed at a
-    step keeps them)."""
+    step keeps them); with ``mask_dir``, each mask goes to a PNG there first."""
     ids, paths = view.values(["id", "filepath"])
     names = dict(zip(segmenter.bank.class_ids, segmenter.bank.class_names))
     summary = {"samples": len(ids), "labelled": 0, "instances": 0, "per_class": Counter(), "skipped": []}
@@ -232,6 +237,8 @@ def _run(dataset, view, segmenter: Segmenter, label_field: str) -> Steps[dict[st
                 summary["skipped"].append({"id": sid, "filepath": res.source, "reason": res.error})
             else:
                 values[sid] = to_detections(res.instances, names, segmenter.bank.shots)
+                if mask_dir is not None:
+                    _masks_to_files(values[sid], Path(mask_dir) / label_field / sid)
                 summary["instances"] += len(res.instances)
                 summary["per_class"].update(names[int(c)] for c in res.instances.class_ids)
             if done % segmenter.batch_size == 0 or done == len(ids):
@@ -240,6 +247,14 @@ def _run(dataset, view, segmenter: Segmenter, label_field: str) -> Steps[dict[st
     summary["per_class"] = dict(summary["per_class"])
     summary["reused"] = segmenter.cache.hits if segmenter.cache else 0  # images taken from the candidate cache
     return summary
+
+
+def _masks_to_files(dets: fo.Detections, folder: Path) -> None:
+    """Each detection's mask as ``folder/<label id>.png`` (``Detection.mask_path``; the mask leaves the sample
+    document, whose size MongoDB caps at 16 MB). Written before the labels, so a label never names a missing file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for det in dets.detections:
+        det.export_mask(str(folder / f"{det.id}.png"), update=True)
 
 
 def _write(dataset, label_field: str, values: dict, summary: dict) -> None:

@@ -52,6 +52,7 @@ class SegmentWithBank(BackgroundOperator):
         exclude_references: bool = True,
         tag: str | None = None,
         cache: bool | None = None,
+        mask_dir: str | None = None,
         delegate: bool = False,
         delegation_target: str | None = None,
     ):
@@ -96,6 +97,12 @@ class SegmentWithBank(BackgroundOperator):
             "changes skips the encoders, and with grid prompts the decoder too",
             default="settings",
             view=cache_choices,
+        )
+        inputs.str(
+            "mask_dir",
+            label="Masks folder (optional)",
+            description="Write the masks as PNG files under this folder instead of in the database (large datasets "
+            "and images); every machine that opens the dataset must reach it",
         )
         inputs.bool("skip_existing", label="Skip samples already labelled (resume a stopped run)", default=False)
         inputs.bool("overwrite", label="Overwrite existing labels", default=False)
@@ -177,6 +184,7 @@ class SegmentWithBank(BackgroundOperator):
             preset=preset,
             config=config,
             cache={"on": True, "off": False}.get(param(ctx, "cache", "settings")),
+            mask_dir=param(ctx, "mask_dir") or None,
         )
         view = ctx.target_view()
 

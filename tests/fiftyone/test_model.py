@@ -56,3 +56,32 @@ def test_confidence_threshold_masks_on_disk_and_failures(banked, tmp_path, caplo
     targets.apply_model(model, label_field="rest", batch_size=3, skip_failures=True)
     assert targets.exists("rest").count() == len(targets) - 1
     assert ds[broken.id]["rest"] is None and "missing.jpg not segmented" in caplog.text
+
+
+def test_segment_can_keep_masks_on_disk(banked, tmp_path):
+    """mask_dir: the same detections, each mask in a PNG (Detection.mask_path) instead of the database; evaluation
+    reads them and scores the same."""
+    ds = banked
+    targets = nfo.without_references(ds).limit(3)
+    nfo.segment(targets, "pets", label_field="db")
+    nfo.segment(targets, "pets", label_field="disk", mask_dir=str(tmp_path / "masks"))
+    for sample in targets:
+        for a, b in zip(sample.db.detections, sample.disk.detections, strict=True):
+            assert b.mask is None and Path(b.mask_path).is_file()
+            assert Path(b.mask_path).parent == tmp_path / "masks" / "disk" / sample.id
+            np.testing.assert_array_equal(a.mask, b.get_mask())
+            assert (a.label, a.confidence, a.bounding_box) == (b.label, b.confidence, b.bounding_box)
+    on_db = nfo.evaluate(targets, "db", gt_field="gt", eval_key="e_db")
+    on_disk = nfo.evaluate(targets, "disk", gt_field="gt", eval_key="e_disk")
+    assert on_db.mAP() == on_disk.mAP()
+
+
+def test_the_segment_form_takes_a_masks_folder(banked, tmp_path):
+    from test_plugin import _stream
+
+    targets = nfo.without_references(banked).limit(2)
+    params = {"bank": "pets", "label_field": "p", "device": "cpu", "mask_dir": str(tmp_path / "m")}
+    messages, error = _stream("segment_with_bank", targets, params)
+    assert error is None and messages[-1][1]["results"]["labelled"] == 2
+    dets = [d for s in targets for d in s.p.detections]
+    assert dets and all(d.mask is None and Path(d.mask_path).is_file() for d in dets)
