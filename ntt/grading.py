@@ -150,7 +150,8 @@ def grade_steps(
         runs.append(_Run(item, rest, pool, image.shape[:2]))
         yield Step(0.5 * n / max(1, len(images)), "Segmenting each reference image without its own shots")
     found = [_finish(predictor, run.bank, run) for run in runs]
-    with_all = _class_scores(bank, runs, found, cfg)
+    gt = _ground_truth(bank, runs)  # the labelled instances, encoded once for every AP below
+    with_all = _class_scores(bank, runs, found, cfg, gt)
     positive = np.flatnonzero(~bank.negative)
     grades = []
     for j, k in enumerate(positive, start=1):
@@ -159,7 +160,7 @@ def grade_steps(
             for run, f in zip(runs, found)
         ]
         cid = int(bank.shot_class_ids[k])
-        ap_with, ap_without = with_all[cid]["ap50"], _class_ap(bank, runs, alone, cid)
+        ap_with, ap_without = with_all[cid]["ap50"], _class_ap(gt, alone, cid)
         effect = None if ap_with is None or ap_without is None else ap_with - ap_without
         grades.append(_shot_grade(bank, int(k), effect))
         yield Step(0.5 + 0.5 * j / len(positive), "Measuring each shot's effect on its class")
@@ -242,15 +243,18 @@ def _ground_truth(bank: MemoryBank, runs: list[_Run]) -> dict[str, Any]:
     return {"images": images, "annotations": anns, "categories": [dict(c) for c in bank.classes]}
 
 
-def _class_ap(bank: MemoryBank, runs: list[_Run], found: list[Instances], class_id: int) -> float | None:
-    gt = _ground_truth(bank, runs)
+def _class_ap(gt: dict[str, Any], found: list[Instances], class_id: int) -> float | None:
+    """AP50 of one class over the runs' predictions ``found`` against ``gt`` (``_ground_truth``)."""
     if not any(a["category_id"] == class_id for a in gt["annotations"]):
         return None
-    results = [r for i, inst in enumerate(found) for r in instances_to_results(i, inst)]
+    mine = [inst[inst.class_ids == class_id] for inst in found]  # only this class's masks get encoded
+    results = [r for i, inst in enumerate(mine) for r in instances_to_results(i, inst)]
     return _quiet(lambda: evaluate_results(gt, results, cat_ids=[class_id]))["segm"]["AP50"]
 
 
-def _class_scores(bank: MemoryBank, runs: list[_Run], found: list[Instances], cfg: NTTConfig) -> dict[int, dict]:
+def _class_scores(
+    bank: MemoryBank, runs: list[_Run], found: list[Instances], cfg: NTTConfig, gt: dict[str, Any]
+) -> dict[int, dict]:
     """Per class id: labelled ``instances``, ``recall`` and ``precision`` at the thresholds, ``ap50``."""
     out = {}
     for c in bank.classes:
@@ -262,7 +266,7 @@ def _class_scores(bank: MemoryBank, runs: list[_Run], found: list[Instances], cf
             "instances": truths,
             "recall": matched / truths if truths else None,
             "precision": matched / found_total if found_total else None,
-            "ap50": _class_ap(bank, runs, found, c["id"]),
+            "ap50": _class_ap(gt, found, c["id"]),
         }
     return out
 

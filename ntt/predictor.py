@@ -130,22 +130,17 @@ class Predictor:
             timer: a ``StageTimer`` to charge each stage's time to (benchmarks).
         """
         self.cfg = cfg.validate()
-        self.bank = bank
         self.device = resolve_device(cfg.model.device)
         if self.device.type == "cpu" and cfg.model.dtype == "bf16":
             log.warning("bf16 on a CPU is often slower than fp32 (many have no native bf16): consider the lite preset")
         self.dinov2 = encoder if encoder is not None else get_dinov2(cfg.model)
         bank.check_encoder(encoder_identity(self.dinov2, cfg.model))
         self.sam = proposer if proposer is not None else get_sam2(cfg.model, cfg.segment.add_no_mem_embed)
-        self.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
-        self.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)
-        self.negatives = self._negatives()
-        self.shots = _positive_shots(bank, self.device)
+        self._use_bank(bank)
         seg = cfg.segment
         side = seg.points_per_side if seg.prompt_mode == "grid" else seg.guided_grid
         self.grid = point_grid(side, self.sam.image_size).to(self.device) if side > 0 else None
         self.timer = timer or NullTimer()
-        self.class_thresh = self._class_thresholds()
         self.last_counts: list[dict[str, int]] = []  # per image of the last ``predict``
 
     def with_bank(self, bank: MemoryBank) -> Predictor:
@@ -153,14 +148,19 @@ class Predictor:
         thresholds of classes that bank lacks are dropped. Cheap: for re-matching cached pools."""
         bank.check_encoder(self.bank.encoder)
         other = copy.copy(self)
-        other.bank = bank
         kept = {k: v for k, v in self.cfg.segment.class_thresholds.items() if k in bank.class_names}
         other.cfg = derive(self.cfg, segment={"class_thresholds": kept})
-        other.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
-        other.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)
-        other.negatives, other.shots = other._negatives(), _positive_shots(bank, self.device)
-        other.class_thresh = other._class_thresholds()
+        other._use_bank(bank)
         return other
+
+    def _use_bank(self, bank: MemoryBank) -> None:
+        """Everything that depends on the bank (and the settings' thresholds), on the device."""
+        self.bank = bank
+        self.prototypes = torch.from_numpy(bank.class_prototypes()).to(self.device)
+        self.class_ids = torch.tensor(bank.class_ids, dtype=torch.int64)
+        self.negatives = self._negatives()
+        self.shots = _positive_shots(bank, self.device)
+        self.class_thresh = self._class_thresholds()
 
     def _negatives(self) -> pp.Negatives | None:
         units, classes = self.bank.negative_prototypes()
