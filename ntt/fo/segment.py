@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,49 @@ def segment_steps(
     models")``, then a ``Step(fraction, label)`` after each batch is written, and returns the summary. Closed
     before its end (at a step), it stops there: the batches written so far keep complete labels; resume with
     ``skip_existing=True``."""
+    plan = plan_segment(**locals())
+    check_weights(plan.cfg)
+    yield Step(0.0, "Loading models")
+    segmenter = Segmenter(plan.source.bank, plan.cfg, cache=CandidateStore() if plan.cfg.segment.cache else None)
+    dataset = dataset_of(coll)
+    info = declare_field(dataset, label_field, plan.source.info(plan.excluded))
+    summary = yield from _run(dataset, plan.view, segmenter, label_field, mask_dir)
+    record_done(dataset, label_field, info)
+    return summary
+
+
+@dataclass
+class Plan:
+    """What a segment request resolves to before any model loads: the bank (``source``), the settings, the
+    samples to label and the reference samples left out."""
+
+    source: Source
+    cfg: NTTConfig
+    view: Any
+    excluded: list[str]
+
+
+def plan_segment(
+    coll,
+    bank,
+    label_field="ntt",
+    score_thresh=None,
+    class_thresholds=None,
+    max_instances=None,
+    batch_size=None,
+    device=None,
+    preset=None,
+    config=None,
+    skip_existing=False,
+    overwrite=False,
+    exclude_references=True,
+    tag=None,
+    cache=None,
+    thresholds=None,
+    mask_dir=None,
+) -> Plan:
+    """Check ``segment``'s arguments (the same) and resolve them, without loading a model (the weights are
+    the caller's to check: a machine that only queues work need not have them)."""
     check_collection(coll)
     source = _resolve_bank(coll, bank, tag)
     check_usable(source.bank, source.name)
@@ -83,15 +127,7 @@ def segment_steps(
     check_settings(cfg, source.classes)
     excluded = _references(coll, source) if exclude_references else []
     view = _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
-    cfg = adopt_bank_encoder(cfg, source.bank.encoder)
-    check_weights(cfg)
-    yield Step(0.0, "Loading models")
-    segmenter = Segmenter(source.bank, cfg, cache=CandidateStore() if cfg.segment.cache else None)
-    dataset = dataset_of(coll)
-    info = declare_field(dataset, label_field, source.info(excluded))
-    summary = yield from _run(dataset, view, segmenter, label_field, mask_dir)
-    record_done(dataset, label_field, info)
-    return summary
+    return Plan(source, adopt_bank_encoder(cfg, source.bank.encoder), view, excluded)
 
 
 def _stored_thresholds(source: Source, which: str) -> dict[str, float]:
