@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("weights", help="check that the checkpoints a preset needs are here (or say where they go)")
     _model_args(w)
 
+    _worker_args(sub)
+    _runs_args(sub)
+
     e = sub.add_parser("evaluate", help="COCO bbox and segm AP of a results JSON")
     e.add_argument("gt", help="ground-truth COCO instance JSON")
     e.add_argument("preds", help="results JSON written by `ntt segment`")
@@ -203,6 +206,47 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--classes", nargs="+", action=_ClassList, default=None, help="restrict to these class names or ids")
     e.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
     return parser
+
+
+def _worker_args(sub) -> None:
+    w = sub.add_parser(
+        "worker", help="run the NTT operations queued in FiftyOne's database (sharded runs): one process per GPU"
+    )
+    w.add_argument("--target", default="ntt", help="the delegation target to claim (default: ntt)")
+    w.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (default 10)")
+    w.add_argument("--stale-after", type=float, default=60.0, help="reaper: a heartbeat this old means a lost worker")
+    w.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds with nothing to do")
+    w.add_argument("--max-operations", type=int, default=None, help="exit after running this many operations")
+
+
+def _runs_args(sub) -> None:
+    runs = sub.add_parser("runs", help="sharded runs over FiftyOne datasets: submit, follow, recover, stop")
+    cmd = runs.add_subparsers(dest="runs_cmd", required=True)
+    s = cmd.add_parser("submit", help="queue a segment run of a FiftyOne dataset as shards for `ntt worker`s")
+    s.add_argument("dataset", help="FiftyOne dataset name")
+    s.add_argument("--bank", required=True, help="a bank stored with the dataset")
+    s.add_argument("--field", default="ntt", help="output Detections field (default: ntt)")
+    size = s.add_mutually_exclusive_group()
+    size.add_argument("--shards", type=int, default=None, help="how many shards")
+    size.add_argument("--shard-size", type=int, default=None, help="samples per shard (default 500)")
+    s.add_argument("--preset", default=None, choices=sorted(PRESETS), help="settings (default: the bank's own)")
+    s.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    s.add_argument("--score-thresh", type=float, default=None, help="drop instances scoring below this")
+    s.add_argument("--thresholds", default=None, choices=["calibrated"], help="the bank's calibrated thresholds")
+    s.add_argument("--mask-dir", default=None, help="write masks as PNGs under this shared folder")
+    done = s.add_mutually_exclusive_group()
+    done.add_argument("--skip-existing", action="store_true", help="leave samples already labelled out")
+    done.add_argument("--overwrite", action="store_true", help="replace existing labels")
+    s.add_argument("--target", default="ntt", help="delegation target the workers claim (default: ntt)")
+    s.add_argument("--max-attempts", type=int, default=3, help="runs of a shard at most (lost worker, out of memory)")
+    t = cmd.add_parser("status", help="where a dataset's sharded runs stand (samples, shards, throughput)")
+    t.add_argument("dataset", help="FiftyOne dataset name")
+    t.add_argument("--run", default=None, help="only this run (id)")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    r = cmd.add_parser("reap", help="re-queue shards whose worker is gone; complete finished runs")
+    r.add_argument("--stale-after", type=float, default=60.0, help="a heartbeat this old means a lost worker")
+    x = cmd.add_parser("stop", help="stop a sharded run (labels written stay)")
+    x.add_argument("run", help="the run id")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,6 +312,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.cache(args.cache_cmd)
     if args.command == "weights":
         return commands.weights(_config(args))
+    if args.command in ("worker", "runs"):
+        from .fo import commands as fo_commands  # imports fiftyone: only for these commands
+
+        return fo_commands.worker(args) if args.command == "worker" else fo_commands.runs(args)
     return commands.evaluate(args)
 
 

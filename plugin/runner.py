@@ -71,13 +71,17 @@ def background_available() -> bool:
 
 def execution_options(ctx, count: int) -> foo.ExecutionOptions:
     """Both modes allowed; "Schedule" preferred above ``DELEGATE_ABOVE`` when this App can schedule; only
-    delegated when forced (``delegate=True``)."""
+    delegated when forced (``delegate=True``). Distributed execution is declared (FiftyOne Enterprise's fan-out;
+    open-source FiftyOne ignores it: ntt's own sharded runs spread a run over workers there)."""
     if ctx.params.get("delegate"):
-        return foo.ExecutionOptions(allow_immediate_execution=False, allow_delegated_execution=True)
+        return foo.ExecutionOptions(
+            allow_immediate_execution=False, allow_delegated_execution=True, allow_distributed_execution=True
+        )
     return foo.ExecutionOptions(
         allow_immediate_execution=True,
         allow_delegated_execution=True,
         default_choice_to_delegated=count > DELEGATE_ABOVE and background_available(),
+        allow_distributed_execution=True,
     )
 
 
@@ -107,6 +111,22 @@ def run(ctx, steps, outputs, show_field: str | None = None, show_view=None):
         with clear_errors():
             return drive(steps, lambda fraction, label: ctx.set_progress(progress=fraction, label=label))
     return _stream(ctx, steps, outputs, show_field, show_view)
+
+
+def submitted(ctx, submit, outputs):
+    """What ``execute`` returns for a sharded run: ``submit()`` queues it (an SDK error becomes the App's message);
+    the summary (run id, shards) is returned when delegated, else notified and shown."""
+    with clear_errors():
+        result = submit()
+    if ctx.delegated:
+        return result
+    return _announce(ctx, result, outputs)
+
+
+def _announce(ctx, result, outputs):
+    message = f"Queued {result['shards']} shard(s) of {result['samples']} samples for ntt workers: see 'NTT: runs'"
+    yield ctx.trigger("notify", dict(message=message, variant="success"))
+    yield ctx.trigger("show_output", dict(outputs=outputs.to_json(), results=result))
 
 
 def _stream(ctx, steps, outputs, show_field, show_view):

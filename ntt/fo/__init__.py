@@ -32,7 +32,8 @@ from .checks import check_segment_args, check_weights
 from .evaluate import evaluate
 from .feedback import add_negatives, add_negatives_steps, promote, promote_steps, references_behind, review_counts
 from .grades import grade_references, grade_references_steps, worst_shots
-from .model import NTTModel, load_model
+from .model import NTTModel, load_model, register_zoo_source
+from .reaper import reap
 from .references import (
     DEFAULT_TAG,
     NTTFiftyOneError,
@@ -47,10 +48,14 @@ from .references import (
 )
 from .runs import RunStopped, list_runs, stop_run, tracked
 from .segment import segment, segment_settings, segment_steps, segment_targets, to_detections
+from .shard_status import run_status, sharded_runs
+from .shards import shard_steps, submit
+from .workers import Worker
 
 __all__ = [
     "DEFAULT_TAG",
     "NTTModel",
+    "Worker",
     "NTTFiftyOneError",
     "RunStopped",
     "Step",
@@ -79,16 +84,22 @@ __all__ = [
     "mark_references",
     "promote",
     "promote_steps",
+    "reap",
+    "register_zoo_source",
     "reference_classes",
     "reference_ids",
     "references_behind",
     "rename_bank",
     "review_counts",
+    "run_status",
     "segment",
     "segment_settings",
     "segment_steps",
     "segment_targets",
+    "shard_steps",
+    "sharded_runs",
     "stop_run",
+    "submit",
     "to_detections",
     "tracked",
     "unmark_references",

@@ -55,14 +55,18 @@ def tracked(steps: Steps[T], dataset_name: str, operation: str) -> Generator[Ste
 
 
 def list_runs(coll) -> list[dict[str, Any]]:
-    """The NTT runs of ``coll``'s dataset, newest first: ``id``, ``operation``, ``where`` ("this App" or
-    "background"), ``state`` (queued, running, completed, failed, stopped), ``progress`` in [0, 1] or None,
-    ``label`` (the last step), ``started`` (ISO time) and ``error``."""
+    """The NTT runs of ``coll``'s dataset, newest first: ``id``, ``operation``, ``where`` ("this App",
+    "background" or "ntt workers": a sharded run, its progress summed over its shards), ``state`` (queued,
+    running, completed, failed, stopped), ``progress`` in [0, 1] or None, ``label`` (the last step),
+    ``started`` (ISO time) and ``error``."""
+    from .shard_status import sharded_runs
+
     name = dataset_of(coll).name
     with _LOCK:
         live = [_public(run) for run in _LIVE.values() if run["dataset"] == name]
     background = [_describe(op) for op in _delegated(name)]
-    return sorted(live + background, key=lambda run: run["started"] or "", reverse=True)
+    spread = [_describe_sharded(status) for status in sharded_runs(coll)]
+    return sorted(live + background + spread, key=lambda run: run["started"] or "", reverse=True)
 
 
 def stop_run(coll, run_id: str) -> str:
@@ -79,6 +83,10 @@ def stop_run(coll, run_id: str) -> str:
         with _LOCK:
             _LIVE[run_id]["stop"] = True
         return f"{run['operation']} stops after its current step; the work finished so far stays"
+    if run["where"] == "ntt workers":
+        from .reaper import stop
+
+        return f"{run['operation']}: {stop(run_id)}"
     from bson import ObjectId
     from fiftyone.operators.delegated import DelegatedOperationService
     from fiftyone.operators.executor import ExecutionResult
@@ -97,7 +105,8 @@ def stop_run(coll, run_id: str) -> str:
 def _delegated(dataset_name: str) -> list:
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    ops = DelegatedOperationService().list_operations(dataset_name=dataset_name)
+    shard = {"context.request_params.params.ntt_shard": {"$exists": False}}  # listed as their run
+    ops = DelegatedOperationService().list_operations(dataset_name=dataset_name, **shard)
     return [op for op in ops if str(op.operator).startswith(PLUGIN_PREFIX)]
 
 
@@ -114,6 +123,22 @@ def _describe(op) -> dict[str, Any]:
         "label": getattr(status, "label", None),
         "started": started.replace(tzinfo=timezone.utc).isoformat(timespec="seconds") if started else None,
         "error": str(error).strip().splitlines()[-1] if error else None,
+    }
+
+
+def _describe_sharded(status: dict[str, Any]) -> dict[str, Any]:
+    from .shard_status import status_line
+
+    failures = status["failures"]
+    return {
+        "id": status["run"],
+        "operation": f"segment_with_bank in {sum(status['shards'].values())} shards",
+        "where": "ntt workers",
+        "state": {"running": "running", "stopping": "running"}.get(status["state"], status["state"]),
+        "progress": status["progress"],
+        "label": status_line(status),
+        "started": status["started"],
+        "error": f"{len(failures)} shard(s): {failures[0]['error']}" if failures else None,
     }
 
 

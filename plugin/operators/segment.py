@@ -63,6 +63,9 @@ class SegmentWithBank(BackgroundOperator):
         return self.run_on(locals())
 
     def form(self, inputs, ctx):
+        if ctx.params.get("ntt_shard"):  # a shard queued by a sharded run: checked when the run was submitted
+            inputs.view("shard", types.Notice(label=f"One shard of a sharded run ({ctx.params['ntt_shard']})"))
+            return ui.form(inputs, "Segment with an NTT bank (shard)")
         if ctx.dataset.media_type != "image":
             return ui.invalid(inputs, f"NTT segments images; this dataset's media type is {ctx.dataset.media_type}.")
         bank = ui.bank_input(inputs, ctx)
@@ -104,6 +107,7 @@ class SegmentWithBank(BackgroundOperator):
             description="Write the masks as PNG files under this folder instead of in the database (large datasets "
             "and images); every machine that opens the dataset must reach it",
         )
+        _workers_input(inputs, ctx)
         inputs.bool("skip_existing", label="Skip samples already labelled (resume a stopped run)", default=False)
         inputs.bool("overwrite", label="Overwrite existing labels", default=False)
         inputs.bool("exclude_references", label="Leave out the reference samples", default=True)
@@ -175,6 +179,8 @@ class SegmentWithBank(BackgroundOperator):
 
     def execute(self, ctx):
         nfo = sdk()
+        if ctx.params.get("ntt_shard"):
+            return runner.run(ctx, nfo.shard_steps(ctx.dataset, ctx.params["ntt_shard"]), self.resolve_output(ctx))
         bank = ctx.params["bank"]
         preset, config = self._settings(ctx)
         kwargs = dict(
@@ -187,6 +193,10 @@ class SegmentWithBank(BackgroundOperator):
             mask_dir=param(ctx, "mask_dir") or None,
         )
         view = ctx.target_view()
+        if param(ctx, "workers", False):
+            size = param(ctx, "shard_size")
+            outputs = self.resolve_output(ctx)
+            return runner.submitted(ctx, lambda: nfo.submit(view, bank, shard_size=size, **kwargs), outputs)
 
         def steps():
             summary = yield from nfo.segment_steps(view, bank, **kwargs)
@@ -230,6 +240,8 @@ class SegmentWithBank(BackgroundOperator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("label_field", label="Output field")
+        outputs.str("run", label="Sharded run (follow it in 'NTT: runs')")
+        outputs.int("shards", label="Shards queued for ntt workers")
         outputs.int("samples", label="Samples in the run")
         outputs.int("labelled", label="Samples labelled")
         outputs.int("instances", label="Instances found")
@@ -238,3 +250,16 @@ class SegmentWithBank(BackgroundOperator):
         outputs.int("skipped", label="Samples skipped (unreadable media)")
         outputs.list("skipped_samples", types.String(), label="Skipped samples (first 20)")
         return types.Property(outputs)
+
+
+def _workers_input(inputs, ctx) -> None:
+    """The choice to spread the run over ``ntt worker`` processes (many GPUs, many machines)."""
+    inputs.bool(
+        "workers",
+        label="Spread over ntt workers (many GPUs, many machines)",
+        description="Queue the run as shards that `ntt worker` processes run, one per GPU, on any machine that "
+        "reaches this database, the media and the bank folder; follow it in 'NTT: runs'",
+        default=False,
+    )
+    if param(ctx, "workers", False):
+        inputs.int("shard_size", label="Samples per shard", min=1, description="Empty: 500 (minutes of GPU work)")

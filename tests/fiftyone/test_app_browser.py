@@ -180,11 +180,15 @@ def _flow(ui: AppDriver, url: str, ds) -> None:
     shown = _segmented(ds, targets)
     assert shown is not None, "segmentation wrote no masks"
 
-    # The runs view lists this App's runs with their state; Execute with nothing chosen just reloads.
+    # The runs view lists this App's runs with their state, and a sharded run (queued for ntt workers, none
+    # started here) as one row with its progress over its shards; Execute with nothing chosen just reloads.
+    sharded = nfo.submit(ds, BANK, label_field="spread", shards=2)
     form = ui.open_operator(RUNS)
     listed = ui.settle(form)
     ui.shot("runs")
     assert "segment_with_bank" in listed and "build_bank" in listed and "completed" in listed, listed
+    assert "segment_with_bank in 2 shards" in listed and "ntt workers" in listed, listed
+    assert f"0/{sharded['samples']} samples" in listed and "2 queued" in listed, listed
     ui.execute(form, expect="Nothing stopped", timeout=60)
     ui.close_output()
 

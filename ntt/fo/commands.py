@@ -1,0 +1,111 @@
+"""The ``ntt worker`` and ``ntt runs`` commands (they work on FiftyOne datasets; ``ntt.cli`` parses them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .references import NTTFiftyOneError
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run queued NTT operations until interrupted (or idle / done, when asked)."""
+    from .workers import Worker
+
+    _check_plugin()
+    Worker(
+        target=args.target,
+        heartbeat=args.heartbeat,
+        stale_after=args.stale_after,
+        idle_exit=args.idle_exit,
+        max_operations=args.max_operations,
+        log=lambda line: print(line, flush=True),
+    ).run()
+    return 0
+
+
+def runs(args: argparse.Namespace) -> int:
+    if args.runs_cmd == "submit":
+        return _submit(args)
+    if args.runs_cmd == "status":
+        return _status(args)
+    if args.runs_cmd == "reap":
+        from .reaper import reap
+
+        for line in reap(args.stale_after) or ["nothing to do"]:
+            print(line)
+        return 0
+    from .reaper import stop
+
+    print(stop(args.run))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .shards import submit
+
+    segment_args = dict(
+        preset=args.preset,
+        batch_size=args.batch_size,
+        score_thresh=args.score_thresh,
+        thresholds=args.thresholds,
+        mask_dir=args.mask_dir,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+    )
+    queued = submit(
+        _dataset(args.dataset),
+        args.bank,
+        args.field,
+        shards=args.shards,
+        shard_size=args.shard_size,
+        delegation_target=args.target,
+        max_attempts=args.max_attempts,
+        **{key: value for key, value in segment_args.items() if value not in (None, False)},
+    )
+    print(
+        f"run {queued['run']}: {queued['samples']} samples in {queued['shards']} shards queued for target "
+        f"{queued['delegation_target']!r}; start workers with `ntt worker`, follow with "
+        f"`ntt runs status {args.dataset} --run {queued['run']}`"
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .shard_status import run_status, sharded_runs, status_line
+
+    found = [run_status(args.run)] if args.run else sharded_runs(_dataset(args.dataset))
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    if not found:
+        print(f"no sharded runs on dataset {args.dataset!r}")
+    for status in found:
+        print(f"run {status['run']} [{status['state']}] {status['label_field']} with bank {status['bank']}")
+        print(f"  {status_line(status)}; workers: {', '.join(status['workers']) or 'none now'}")
+        for failure in status["failures"]:
+            print(f"  shard {failure['shard']} ({failure['attempts']} attempts): {failure['error']}")
+    return 0
+
+
+def _dataset(name: str):
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        raise NTTFiftyOneError(f"no FiftyOne dataset {name!r} in this database (FIFTYONE_DATABASE_URI)")
+    return fo.load_dataset(name)
+
+
+def _check_plugin() -> None:
+    """The worker runs operations through FiftyOne's plugin registry: it must find this plugin."""
+    import fiftyone.operators as foo
+
+    from .shards import OPERATOR
+
+    try:
+        foo.get_operator(OPERATOR)
+    except ValueError as err:
+        raise NTTFiftyOneError(
+            f"FiftyOne does not find the NTT plugin here ({err}): install it (`fiftyone plugins download <URL of "
+            "this repository>`) or point FIFTYONE_PLUGINS_DIR at the folder that holds this checkout"
+        ) from err

@@ -1,0 +1,183 @@
+"""Sharded runs, in one process: submitting splits and records once; a shard labels only its still-empty samples;
+the reaper re-queues lost and out-of-memory shards, gives up on the others with their samples listed; status
+and stop. The shards run here by calling ``shard_steps`` (what the operator does in a worker)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+from bson import ObjectId
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionResult
+
+import ntt.fo as nfo
+from ntt.fo.shards import OPERATOR, runs_collection, shards_collection
+from ntt.steps import drive
+
+
+@pytest.fixture
+def banked(dataset, random_config):
+    nfo.mark_references(dataset.limit(3))
+    nfo.build_bank(dataset, "pets", label_field="gt", config=random_config)
+    return dataset
+
+
+def _shards(run_id: str) -> list[dict]:
+    return list(shards_collection().find({"run_id": ObjectId(run_id)}).sort("index", 1))
+
+
+def _op(shard: dict):
+    return DelegatedOperationService().get(shard["op_id"])
+
+
+def _labels(sample, field):
+    dets = sample[field].detections if sample[field] is not None else []
+    return [(d.label, d.confidence, tuple(np.round(d.bounding_box, 6)), d.mask.tobytes()) for d in dets]
+
+
+def _claim(shard: dict, link: str = "ntt-worker://test/1/abc") -> None:
+    DelegatedOperationService().set_running(shard["op_id"], run_link=link, required_state="queued")
+
+
+def test_submit_splits_records_once_and_shards_match_one_process_run(banked):
+    ds = banked
+    nfo.segment(ds, "pets", label_field="single")
+    queued = nfo.submit(ds, "pets", label_field="spread", shards=4)
+    targets = nfo.without_references(ds)
+    assert queued["samples"] == len(targets) == 9 and queued["shards"] == 4
+    shards = _shards(queued["run"])
+    ids = [i for s in shards for i in s["sample_ids"]]
+    assert sorted(ids) == sorted(targets.values("id")), "every target in exactly one shard"
+    assert [s["samples"] for s in shards] == [3, 2, 2, 2]
+    ops = [_op(s) for s in shards]
+    assert {op.operator for op in ops} == {OPERATOR} and {op.delegation_target for op in ops} == {"ntt"}
+    assert all(str(op.run_state) in ("queued", "ExecutionRunState.QUEUED") for op in ops)
+    field = ds.get_field("spread")
+    assert field.info["ntt_bank"] == "pets" and not ds.exists("spread").count(), "declared, nothing written yet"
+    assert [r["where"] for r in nfo.list_runs(ds)] == ["ntt workers"], "one entry for the run, not one per shard"
+
+    for shard in shards:
+        _claim(shard)
+        summary = drive(nfo.shard_steps(ds, str(shard["_id"])))
+        assert summary["labelled"] == shard["samples"]
+    status = nfo.run_status(queued["run"])
+    assert status["state"] == "completed" and status["done"] == 9 and status["shards"]["done"] == 4
+    assert status["summary"]["labelled"] == 9 and status["summary"]["failed_shards"] == []
+    for sample in targets:
+        assert _labels(sample, "spread") == _labels(sample, "single")
+    assert ds.count("spread.detections") == ds.count("single.detections") > 0
+
+
+def test_a_rerun_shard_labels_only_what_is_still_empty(banked):
+    ds = banked
+    queued = nfo.submit(ds, "pets", label_field="spread", shards=1)
+    shard = _shards(queued["run"])[0]
+    first = shard["sample_ids"][:4]
+    nfo.segment(ds.select(first), "pets", label_field="spread", skip_existing=True)  # as if a killed run wrote these
+    before = {s.id: s.spread.detections[0].id if s.spread.detections else None for s in ds.select(first)}
+    _claim(shard)
+    summary = drive(nfo.shard_steps(ds, str(shard["_id"])))
+    assert summary["samples"] == shard["samples"] - 4, "only the empty ones are segmented again"
+    after = {s.id: s.spread.detections[0].id if s.spread.detections else None for s in ds.select(first)}
+    assert after == before, "labels already written are not written again"
+    assert nfo.run_status(queued["run"])["summary"]["labelled"] == shard["samples"]
+
+
+def test_reaper_requeues_lost_and_out_of_memory_shards_and_gives_up_on_the_rest(banked):
+    ds = banked
+    queued = nfo.submit(ds, "pets", label_field="spread", shards=3, max_attempts=2)
+    lost, oom, broken = _shards(queued["run"])
+    service = DelegatedOperationService()
+    for shard in (lost, oom, broken):
+        _claim(shard)
+        shards_collection().update_one({"_id": shard["_id"]}, {"$set": {"attempts": 1, "batch_used": 4}})
+    # a worker that stopped beating: its heartbeat is two minutes old
+    old = datetime.utcnow() - timedelta(minutes=2)
+    service._repo._collection.update_one({"_id": lost["op_id"]}, {"$set": {"updated_at": old}})
+    service.set_failed(oom["op_id"], result=ExecutionResult(error="torch.OutOfMemoryError: CUDA out of memory"))
+    service.set_failed(broken["op_id"], result=ExecutionResult(error="RuntimeError: a bug"))
+
+    done = nfo.reap(stale_after=60)
+    assert len(done) == 3, done
+    states = {s["index"]: s for s in _shards(queued["run"])}
+    assert states[0]["state"] == "queued" and "worker lost" in states[0]["error"]
+    assert states[1]["state"] == "queued" and states[1]["batch_size"] == 2, "out of memory: half the batch"
+    assert states[2]["state"] == "failed" and "a bug" in states[2]["error"], "not transient: no retry"
+    assert str(_op(lost).run_state).endswith(("queued", "QUEUED")) and str(_op(oom).run_state).endswith(
+        ("queued", "QUEUED")
+    )
+    assert nfo.reap(stale_after=60) == [], "nothing more to do; a second reaper changes nothing"
+
+    # the out-of-memory shard runs with the smaller batch; the lost one dies again: no attempts left
+    _claim(states[1])
+    drive(nfo.shard_steps(ds, str(states[1]["_id"])))
+    assert shards_collection().find_one({"_id": states[1]["_id"]})["batch_used"] == 2
+    _claim(states[0])
+    service._repo._collection.update_one({"_id": lost["op_id"]}, {"$set": {"updated_at": old}})
+    shards_collection().update_one({"_id": lost["_id"]}, {"$set": {"attempts": 2}})
+    nfo.reap(stale_after=60)
+    status = nfo.run_status(queued["run"])
+    assert status["state"] == "failed" and status["shards"] == {
+        "queued": 0,
+        "running": 0,
+        "done": 1,
+        "failed": 2,
+        "stopped": 0,
+    }
+    failed = {f["shard"]: f for f in status["summary"]["failed_shards"]}
+    assert set(failed) == {0, 2} and failed[2]["sample_ids"] == broken["sample_ids"], "failures list their samples"
+    assert status["summary"]["labelled"] == oom["samples"]
+
+
+def test_stop_and_bad_requests(banked):
+    ds = banked
+    with pytest.raises(nfo.NTTFiftyOneError, match="not both"):
+        nfo.submit(ds, "pets", shards=2, shard_size=3)
+    with pytest.raises(nfo.NTTFiftyOneError, match="whole number"):
+        nfo.submit(ds, "pets", shards=0)
+    with pytest.raises(nfo.NTTFiftyOneError, match="stored with the dataset"):
+        nfo.submit(ds, nfo.load_bank(ds, "pets"))
+    nfo.segment(nfo.without_references(ds).limit(2), "pets", label_field="spread")
+    with pytest.raises(nfo.NTTFiftyOneError, match="already has labels on 2 samples"):
+        nfo.submit(ds, "pets", label_field="spread")
+    assert runs_collection().count_documents({"dataset": ds.name}) == 0, "nothing recorded for a bad request"
+    replaced = nfo.submit(ds, "pets", label_field="spread", shards=1, overwrite=True)
+    assert replaced["samples"] == 9 and not ds.exists("spread").count(), "overwrite clears the labels at submit"
+    nfo.stop_run(ds, replaced["run"])
+
+    queued = nfo.submit(ds, "pets", label_field="spread", shards=2)
+    first, second = _shards(queued["run"])
+    _claim(first)
+    message = nfo.stop_run(ds, queued["run"])
+    assert "will not start" in message
+    status = nfo.run_status(queued["run"])
+    assert status["state"] == "stopped" and status["shards"]["stopped"] == 2
+    assert all("failed" in str(_op(s).run_state).lower() for s in (first, second))
+    with pytest.raises(nfo.NTTFiftyOneError, match="only a queued or running run"):
+        nfo.stop_run(ds, queued["run"])
+
+
+def test_the_segment_operator_submits_and_runs_shards(banked):
+    """The form's "Spread over ntt workers" queues shards; FiftyOne's own executor (what any launcher does) runs
+    them through the same operator, and the run completes."""
+    import asyncio
+
+    from fiftyone.operators.executor import execute_or_delegate_operator
+
+    ds = banked
+    params = {"bank": "pets", "label_field": "spread", "workers": True, "shard_size": 4}
+    request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params=params)
+    result = asyncio.run(execute_or_delegate_operator(OPERATOR, request))
+    result.raise_exceptions()
+    messages = [(m.body.operator_uri, m.body.params) for m in result.result]
+    notes = [p["message"] for uri, p in messages if uri == "notify"]
+    assert notes == ["Queued 3 shard(s) of 9 samples for ntt workers: see 'NTT: runs'"], notes
+    [run] = nfo.sharded_runs(ds)
+    assert run["shards"]["queued"] == 3 and run["done"] == 0
+
+    DelegatedOperationService().execute_queued_operations(dataset_name=ds.name, delegation_target="ntt")
+    status = nfo.run_status(run["run"])
+    assert status["state"] == "completed" and status["done"] == 9, status
+    assert nfo.without_references(ds).exists("spread").count() == 9
