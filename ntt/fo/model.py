@@ -125,3 +125,22 @@ def load_model(
     if coll.media_type != "image":
         raise NTTFiftyOneError(f"NTT segments images; this collection's media type is {coll.media_type}")
     return NTTModel(Segmenter(source.bank, cfg, cache=CandidateStore() if cfg.segment.cache else None))
+
+
+ZOO_MODEL = "ntt-sam2-dinov2"
+
+
+def register_zoo_source() -> str:
+    """Make ``foz.load_zoo_model("ntt-sam2-dinov2", dataset=ds, bank="pets")`` work, offline: copy this package's
+    zoo manifest (``ntt/fo/zoo``) into FiftyOne's model zoo folder (``fo.config.model_zoo_dir``). With the
+    network, ``foz.register_zoo_model_source(<URL of this repository>)`` does the same. Returns the folder."""
+    import shutil
+    from pathlib import Path
+
+    import fiftyone as fo
+
+    target = Path(fo.config.model_zoo_dir) / "ntt"
+    shutil.copytree(
+        Path(__file__).parent / "zoo", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return str(target)

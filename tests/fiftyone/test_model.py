@@ -85,3 +85,20 @@ def test_the_segment_form_takes_a_masks_folder(banked, tmp_path):
     assert error is None and messages[-1][1]["results"]["labelled"] == 2
     dets = [d for s in targets for d in s.p.detections]
     assert dets and all(d.mask is None and Path(d.mask_path).is_file() for d in dets)
+
+
+def test_the_zoo_source_loads_the_model_offline(banked):
+    import fiftyone.zoo as foz
+
+    ds = banked
+    nfo.register_zoo_source()
+    assert "ntt-sam2-dinov2" in foz.list_zoo_models()
+    model = foz.load_zoo_model("ntt-sam2-dinov2", dataset=ds, bank="pets")
+    assert isinstance(model, nfo.NTTModel)
+    targets = nfo.without_references(ds).limit(2)
+    nfo.segment(targets, "pets", label_field="seg")
+    targets.apply_model(model, label_field="zoo")
+    for sample in targets:
+        assert _labels(sample, "zoo") == _labels(sample, "seg")
+    with pytest.raises(nfo.NTTFiftyOneError, match="dataset=ds, bank="):
+        foz.load_zoo_model("ntt-sam2-dinov2")
