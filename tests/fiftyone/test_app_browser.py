@@ -189,6 +189,7 @@ def _flow(ui: AppDriver, url: str, ds) -> None:
     assert "segment_with_bank" in listed and "build_bank" in listed and "completed" in listed, listed
     assert "segment_with_bank in 2 shards" in listed and "ntt workers" in listed, listed
     assert f"0/{sharded['samples']} samples" in listed and "2 queued" in listed, listed
+    nfo.stop_run(ds, sharded["run"])  # no worker here: its shards must not wait for one in a later test
     ui.execute(form, expect="Nothing stopped", timeout=60)
     ui.close_output()
 

@@ -181,3 +181,24 @@ def test_the_segment_operator_submits_and_runs_shards(banked):
     status = nfo.run_status(run["run"])
     assert status["state"] == "completed" and status["done"] == 9, status
     assert nfo.without_references(ds).exists("spread").count() == 9
+
+
+def test_the_runs_commands(banked, capsys):
+    from ntt.cli import main
+
+    ds = banked
+    assert main(["runs", "submit", ds.name, "--bank", "pets", "--field", "cli", "--shards", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "9 samples in 2 shards queued for target 'ntt'" in out, out
+    run = out.split()[1].rstrip(":")
+    assert main(["runs", "status", ds.name]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run} [running] cli with bank pets" in out and "0/9 samples · shards: 2 queued" in out, out
+    assert main(["runs", "stop", run]) == 0 and "will not start" in capsys.readouterr().out
+    assert main(["runs", "reap"]) == 0 and "nothing to do" in capsys.readouterr().out
+    assert main(["runs", "status", ds.name, "--run", run, "--json"]) == 0
+    assert '"state": "stopped"' in capsys.readouterr().out
+    assert main(["runs", "submit", "no_such_dataset", "--bank", "pets"]) == 2
+    assert "no FiftyOne dataset 'no_such_dataset'" in capsys.readouterr().err
+    assert main(["worker", "--idle-exit", "0"]) == 0, "nothing queued: the worker exits when idle"
+    assert "ran 0 operation(s)" in capsys.readouterr().out
