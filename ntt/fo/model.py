@@ -139,7 +139,8 @@ def register_zoo_source() -> str:
 
     import fiftyone as fo
 
-    target = Path(fo.config.model_zoo_dir) / "ntt"
+    # FiftyOne imports the folder's __init__.py under the folder's name: "ntt" would replace the ntt package
+    target = Path(fo.config.model_zoo_dir) / "ntt-zoo"
     shutil.copytree(
         Path(__file__).parent / "zoo", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
     )

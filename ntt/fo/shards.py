@@ -134,8 +134,10 @@ def shard_steps(dataset, shard_id: str) -> Steps[dict[str, Any]]:
             break
         _update(shard, {"labelled": view.exists(field).count()})
         yield step
-    done = {"labelled": view.exists(field).count(), "instances": summary["instances"]}
-    done.update(per_class=summary["per_class"], skipped=summary["skipped"], state="done", ended_at=_now())
+    # counted on the dataset: an earlier attempt's batches are part of the shard too
+    per_class = {k: n for k, n in view.count_values(f"{field}.detections.label").items() if k is not None}
+    done = {"labelled": view.exists(field).count(), "instances": sum(per_class.values()), "per_class": per_class}
+    done.update(skipped=summary["skipped"], state="done", ended_at=_now())
     _update(shard, done)
     finish_if_done(run["_id"], dataset)
     return {"run": str(run["_id"]), "shard": shard["index"], **summary}

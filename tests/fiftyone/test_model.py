@@ -95,6 +95,9 @@ def test_the_zoo_source_loads_the_model_offline(banked):
     assert "ntt-sam2-dinov2" in foz.list_zoo_models()
     model = foz.load_zoo_model("ntt-sam2-dinov2", dataset=ds, bank="pets")
     assert isinstance(model, nfo.NTTModel)
+    import sys
+
+    assert sys.modules["ntt"].fo is nfo, "loading the zoo source leaves the ntt package in place"
     targets = nfo.without_references(ds).limit(2)
     nfo.segment(targets, "pets", label_field="seg")
     targets.apply_model(model, label_field="zoo")

@@ -65,6 +65,8 @@ def test_submit_splits_records_once_and_shards_match_one_process_run(banked):
     status = nfo.run_status(queued["run"])
     assert status["state"] == "completed" and status["done"] == 9 and status["shards"]["done"] == 4
     assert status["summary"]["labelled"] == 9 and status["summary"]["failed_shards"] == []
+    single = {k: n for k, n in ds.count_values("single.detections.label").items() if k is not None}
+    assert status["summary"]["per_class"] == single and status["summary"]["instances"] == sum(single.values())
     for sample in targets:
         assert _labels(sample, "spread") == _labels(sample, "single")
     assert ds.count("spread.detections") == ds.count("single.detections") > 0
@@ -82,7 +84,9 @@ def test_a_rerun_shard_labels_only_what_is_still_empty(banked):
     assert summary["samples"] == shard["samples"] - 4, "only the empty ones are segmented again"
     after = {s.id: s.spread.detections[0].id if s.spread.detections else None for s in ds.select(first)}
     assert after == before, "labels already written are not written again"
-    assert nfo.run_status(queued["run"])["summary"]["labelled"] == shard["samples"]
+    recorded = nfo.run_status(queued["run"])["summary"]
+    assert recorded["labelled"] == shard["samples"]
+    assert recorded["instances"] == ds.count("spread.detections"), "the first attempt's instances count too"
 
 
 def test_reaper_requeues_lost_and_out_of_memory_shards_and_gives_up_on_the_rest(banked):

@@ -1,6 +1,8 @@
 """Three ``ntt worker`` processes share this test's FiftyOne database through ``FIFTYONE_DATABASE_URI`` and run a
-sharded request over 200+ samples in 10 shards; one worker is killed with SIGKILL mid-shard, the reaper of
-another re-queues its shard, and every sample ends up labelled once, exactly as one process labels it."""
+sharded request over 200+ samples in 10 shards; one worker is killed with SIGKILL mid-shard (the reaper of
+another re-queues its shard), another worker's child is killed as the out-of-memory killer would (its worker
+fails the shard, which is re-queued with half its batch), and every sample ends up labelled once, exactly as
+one process labels it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import fiftyone as fo
 import numpy as np
+import psutil
 import pytest
 from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
@@ -73,17 +76,25 @@ def test_three_workers_survive_a_killed_worker_and_label_every_sample_once(big_d
         assert queued["samples"] >= 200 and queued["shards"] == SHARDS
         run = ObjectId(queued["run"])
 
-        def mid_shard():  # a shard with a batch written and more to do, on a worker we can name
+        def mid_shard(not_on=()):  # a shard with a batch written and more to do, on a worker we can name
             for shard in shards_collection().find({"run_id": run, "state": "running"}):
                 if 0 < shard.get("labelled", 0) < shard["samples"] - 2:
                     link = DelegatedOperationService().get(shard["op_id"]).run_link or ""
-                    return shard, int(link.split("/")[3])
+                    pid = int(link.split("/")[3])
+                    if pid not in not_on:
+                        return shard, pid
             return None
 
+        # a worker killed outright: its heartbeat stops, another worker's reaper re-queues its shard
         victim_shard, victim_pid = _wait(mid_shard, "a shard half done", logs)
         victim = next(w for w in workers if w.pid == victim_pid)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
+        # a worker's child killed (as the kernel's out-of-memory killer does): its worker fails the shard, which
+        # is re-queued with half its batch, and starts a new child
+        oom_shard, oom_pid = _wait(lambda: mid_shard(not_on=(victim_pid,)), "another shard half done", logs)
+        [child] = psutil.Process(oom_pid).children()
+        child.send_signal(signal.SIGKILL)
 
         status = _wait(lambda: (s := nfo.run_status(queued["run"]))["state"] != "running" and s, "the run's end", logs)
         assert status["state"] == "completed", status
@@ -92,6 +103,9 @@ def test_three_workers_survive_a_killed_worker_and_label_every_sample_once(big_d
         again = shards_collection().find_one({"_id": victim_shard["_id"]})
         assert again["attempts"] == 2 and again["state"] == "done", "the killed shard ran again, once"
         assert "worker lost" in again["error"]
+        again = shards_collection().find_one({"_id": oom_shard["_id"]})
+        assert again["attempts"] == 2 and again["state"] == "done" and "SIGKILL" in again["error"], again
+        assert again["batch_size"] == max(1, oom_shard["batch_used"] // 2), "retried with half the batch"
         links = {
             DelegatedOperationService().get(s["op_id"]).run_link for s in shards_collection().find({"run_id": run})
         }
