@@ -84,7 +84,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"run {status['run']} [{status['state']}] {status['label_field']} with bank {status['bank']}")
         print(f"  {status_line(status)}; workers: {', '.join(status['workers']) or 'none now'}")
         for failure in status["failures"]:
-            print(f"  shard {failure['shard']} ({failure['attempts']} attempts): {failure['error']}")
+            number = f"{failure['shard'] + 1}/{sum(status['shards'].values())}"
+            print(f"  shard {number} ({failure['attempts']} attempts): {failure['error']}")
     return 0
 
 

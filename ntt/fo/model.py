@@ -16,11 +16,10 @@ from types import SimpleNamespace
 import fiftyone.core.models as fom
 
 from ..cache import CandidateStore
-from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
-from .checks import check_usable, check_weights
+from .checks import check_weights
 from .references import NTTFiftyOneError
-from .segment import _resolve_bank, _settings, to_detections
+from .segment import resolve_settings, to_detections
 
 log = logging.getLogger(__name__)
 
@@ -113,21 +112,11 @@ def load_model(
     """The model for ``coll.apply_model``: bank ``bank`` of ``coll``'s dataset with the settings ``segment``
     would use (the bank's own, or ``preset``'s, with ``config`` overrides; ``device`` or "auto"). ``cache``:
     use the candidate cache (None: the settings'). Models load here; checkpoints missing are named at once."""
-    source = _resolve_bank(coll, bank, None)
-    check_usable(source.bank, source.name)
-    cfg = _settings(source, preset, config, device)
-    if cache is not None:
-        from ..config import derive
-
-        cfg = derive(cfg, segment={"cache": cache})
-    cfg = adopt_bank_encoder(cfg, source.bank.encoder)
+    source, cfg = resolve_settings(coll, bank, preset=preset, config=config, device=device, cache=cache)
     check_weights(cfg)
     if coll.media_type != "image":
         raise NTTFiftyOneError(f"NTT segments images; this collection's media type is {coll.media_type}")
     return NTTModel(Segmenter(source.bank, cfg, cache=CandidateStore() if cfg.segment.cache else None))
-
-
-ZOO_MODEL = "ntt-sam2-dinov2"
 
 
 def register_zoo_source() -> str:

@@ -39,7 +39,7 @@ def reap(stale_after: float = STALE_AFTER, run_id: str | None = None) -> list[st
         for shard in shards_collection().find({"run_id": run["_id"], "state": {"$in": ["queued", "running"]}}, _BRIEF):
             line = _reap_shard(run, shard, stale_after)
             if line:
-                done.append(f"run {run['_id']} shard {shard['index']}: {line}")
+                done.append(f"run {run['_id']} shard {shard['index'] + 1}/{run['shards']}: {line}")
         finished = finish_if_done(run["_id"])
         if finished:
             done.append(f"run {run['_id']}: {finished['state']}")

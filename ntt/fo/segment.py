@@ -115,19 +115,33 @@ def plan_segment(
     """Check ``segment``'s arguments (the same) and resolve them, without loading a model (the weights are
     the caller's to check: a machine that only queues work need not have them)."""
     check_collection(coll)
+    knobs = dict(score_thresh=score_thresh, class_thresholds=class_thresholds, max_instances=max_instances)
+    source, cfg = resolve_settings(
+        coll, bank, tag, preset, config, device, thresholds, batch_size=batch_size, cache=cache, **knobs
+    )
+    excluded = _references(coll, source) if exclude_references else []
+    view = _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
+    return Plan(source, cfg, view, excluded)
+
+
+def resolve_settings(
+    coll, bank, tag=None, preset=None, config=None, device=None, thresholds=None, **knobs
+) -> tuple[Source, NTTConfig]:
+    """The bank (checked usable) and the settings a run with it uses: the bank's own or ``preset``'s,
+    ``config`` layered on, ``device`` or "auto", the inference ``knobs`` of ``segment`` (``score_thresh``,
+    ``class_thresholds``, ``max_instances``, ``batch_size``, ``cache``; checked), ``thresholds="calibrated"``
+    under ``class_thresholds``, and the bank's DINOv2 encoder."""
     source = _resolve_bank(coll, bank, tag)
     check_usable(source.bank, source.name)
     if thresholds is not None:
-        class_thresholds = {**_stored_thresholds(source, thresholds), **(class_thresholds or {})}
-    check_segment_args(score_thresh, class_thresholds, max_instances, batch_size)
+        knobs["class_thresholds"] = {**_stored_thresholds(source, thresholds), **(knobs.get("class_thresholds") or {})}
+    check_segment_args(*(knobs.get(k) for k in ("score_thresh", "class_thresholds", "max_instances", "batch_size")))
+    for key in ("max_instances", "batch_size"):
+        knobs[key] = whole_number(knobs.get(key))
     cfg = _settings(source, preset, config, device)
-    overrides = dict(score_thresh=score_thresh, class_thresholds=class_thresholds)
-    overrides.update(max_instances=whole_number(max_instances), batch_size=whole_number(batch_size), cache=cache)
-    cfg = derive(cfg, segment={key: value for key, value in overrides.items() if value is not None})
+    cfg = derive(cfg, segment={key: value for key, value in knobs.items() if value is not None})
     check_settings(cfg, source.classes)
-    excluded = _references(coll, source) if exclude_references else []
-    view = _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
-    return Plan(source, adopt_bank_encoder(cfg, source.bank.encoder), view, excluded)
+    return source, adopt_bank_encoder(cfg, source.bank.encoder)
 
 
 def _stored_thresholds(source: Source, which: str) -> dict[str, float]:

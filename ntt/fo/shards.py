@@ -89,7 +89,7 @@ def submit(
     }
     run_id = runs_collection().insert_one(run).inserted_id
     for index in range(count):
-        _queue_shard(dataset, run_id, index, ids[index::count], delegation_target, bank)
+        _queue_shard(dataset, run_id, (index, count), ids[index::count], delegation_target, bank)
     return {
         "run": str(run_id),
         "shards": count,
@@ -198,16 +198,13 @@ def _shard_count(samples: int, shards: int | None, shard_size: int | None) -> in
     return max(1, min(count, samples))
 
 
-def _queue_shard(dataset, run_id, index: int, ids: list[str], target: str, bank: str) -> None:
+def _queue_shard(dataset, run_id, position: tuple[int, int], ids: list[str], target: str, bank: str) -> None:
+    """Record shard ``position`` = (index, count) of the run and queue its operation."""
+    index, count = position
     from fiftyone.operators.executor import ExecutionContext
 
-    shard_id = (
-        shards_collection()
-        .insert_one(
-            {"run_id": run_id, "index": index, "sample_ids": ids, "samples": len(ids), "state": "queued", "attempts": 0}
-        )
-        .inserted_id
-    )
+    record = {"run_id": run_id, "index": index, "sample_ids": ids, "samples": len(ids), "state": "queued"}
+    shard_id = shards_collection().insert_one({**record, "attempts": 0}).inserted_id
     request = {
         "dataset_name": dataset.name,
         "dataset_id": str(dataset._doc.id),
@@ -218,7 +215,7 @@ def _queue_shard(dataset, run_id, index: int, ids: list[str], target: str, bank:
     }
     op = _service().queue_operation(
         operator=OPERATOR,
-        label=f"NTT: segment with {bank} (shard {index + 1}, run {run_id})",
+        label=f"NTT: segment with {bank} (shard {index + 1}/{count}, run {run_id})",
         delegation_target=target,
         context=ExecutionContext(request_params=request),
     )

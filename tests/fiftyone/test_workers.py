@@ -93,7 +93,8 @@ def test_three_workers_survive_a_killed_worker_and_label_every_sample_once(big_d
         # a worker's child killed (as the kernel's out-of-memory killer does): its worker fails the shard, which
         # is re-queued with half its batch, and starts a new child
         oom_shard, oom_pid = _wait(lambda: mid_shard(not_on=(victim_pid,)), "another shard half done", logs)
-        [child] = psutil.Process(oom_pid).children()
+        children = psutil.Process(oom_pid).children()  # its child, and multiprocessing's resource tracker
+        [child] = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
         child.send_signal(signal.SIGKILL)
 
         status = _wait(lambda: (s := nfo.run_status(queued["run"]))["state"] != "running" and s, "the run's end", logs)
