@@ -107,7 +107,7 @@ class Worker:
                         self.log(f"{op.label}: {'failed: ' + error if error else 'done'}")
                     return claimed
             except (EOFError, OSError):
-                pass  # the child died: handled below
+                self._child.process.join(timeout=5)  # the child died: handled below, once it has exited
             doc = service.get(op.id)
             ours = doc is not None and doc.run_link == self.link
             if not self._child.alive():
