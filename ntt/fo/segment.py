@@ -280,6 +280,7 @@ def _run(dataset, view, segmenter: Segmenter, label_field: str, mask_dir: str | 
     names = dict(zip(segmenter.bank.class_ids, segmenter.bank.class_names))
     summary = {"samples": len(ids), "labelled": 0, "instances": 0, "per_class": Counter(), "skipped": []}
     values: dict[str, fo.Detections] = {}
+    replaced: list[Path] = []  # mask files of the labels being replaced: removed once the new labels are written
     # ordered; images are loaded ahead in threads, which stop when the run is closed
     with closing(segmenter.run(paths)) as results:
         for done, (sid, res) in enumerate(zip(ids, results), start=1):
@@ -288,23 +289,30 @@ def _run(dataset, view, segmenter: Segmenter, label_field: str, mask_dir: str | 
             else:
                 values[sid] = to_detections(res.instances, names, segmenter.bank.shots)
                 if mask_dir is not None:
-                    _masks_to_files(values[sid], Path(mask_dir) / label_field / sid)
+                    replaced += _masks_to_files(values[sid], Path(mask_dir) / label_field / sid)
                 summary["instances"] += len(res.instances)
                 summary["per_class"].update(names[int(c)] for c in res.instances.class_ids)
             if done % segmenter.batch_size == 0 or done == len(ids):
                 _write(dataset, label_field, values, summary)
+                for path in replaced:
+                    path.unlink(missing_ok=True)
+                replaced.clear()
                 yield Step(done / len(ids), f"Segmenting {done}/{len(ids)} samples")
     summary["per_class"] = dict(summary["per_class"])
     summary["reused"] = segmenter.cache.hits if segmenter.cache else 0  # images taken from the candidate cache
     return summary
 
 
-def _masks_to_files(dets: fo.Detections, folder: Path) -> None:
+def _masks_to_files(dets: fo.Detections, folder: Path) -> list[Path]:
     """Each detection's mask as ``folder/<label id>.png`` (``Detection.mask_path``; the mask leaves the sample
-    document, whose size MongoDB caps at 16 MB). Written before the labels, so a label never names a missing file."""
+    document, whose size MongoDB caps at 16 MB). Written before the labels, so a label never names a missing file.
+    Returns the files there before: the masks of the labels these replace (the folder is this field's and
+    this sample's), for the caller to remove once the new labels are written."""
     folder.mkdir(parents=True, exist_ok=True)
+    before = sorted(folder.glob("*.png"))
     for det in dets.detections:
         det.export_mask(str(folder / f"{det.id}.png"), update=True)
+    return before
 
 
 def _write(dataset, label_field: str, values: dict, summary: dict) -> None:
