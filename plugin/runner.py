@@ -69,19 +69,19 @@ def background_available() -> bool:
     return bool(fo.config.allow_legacy_orchestrators)
 
 
-def execution_options(ctx, count: int) -> foo.ExecutionOptions:
+def execution_options(ctx, count: int, distributed: bool = False) -> foo.ExecutionOptions:
     """Both modes allowed; "Schedule" preferred above ``DELEGATE_ABOVE`` when this App can schedule; only
-    delegated when forced (``delegate=True``). Distributed execution is declared (FiftyOne Enterprise's fan-out;
-    open-source FiftyOne ignores it: ntt's own sharded runs spread a run over workers there)."""
+    delegated when forced (``delegate=True``). ``distributed`` declares FiftyOne Enterprise's fan-out (open-source
+    FiftyOne ignores it: ntt's own sharded runs spread a run over workers there)."""
     if ctx.params.get("delegate"):
         return foo.ExecutionOptions(
-            allow_immediate_execution=False, allow_delegated_execution=True, allow_distributed_execution=True
+            allow_immediate_execution=False, allow_delegated_execution=True, allow_distributed_execution=distributed
         )
     return foo.ExecutionOptions(
         allow_immediate_execution=True,
         allow_delegated_execution=True,
         default_choice_to_delegated=count > DELEGATE_ABOVE and background_available(),
-        allow_distributed_execution=True,
+        allow_distributed_execution=distributed,
     )
 
 

@@ -15,11 +15,10 @@ from types import SimpleNamespace
 
 import fiftyone.core.models as fom
 
-from ..cache import CandidateStore
 from ..segmenter import Segmenter
 from .checks import check_weights
 from .references import NTTFiftyOneError
-from .segment import resolve_settings, to_detections
+from .segment import new_segmenter, resolve_settings, to_detections
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def load_model(
     check_weights(cfg)
     if coll.media_type != "image":
         raise NTTFiftyOneError(f"NTT segments images; this collection's media type is {coll.media_type}")
-    return NTTModel(Segmenter(source.bank, cfg, cache=CandidateStore() if cfg.segment.cache else None))
+    return NTTModel(new_segmenter(source.bank, cfg))
 
 
 def register_zoo_source() -> str:

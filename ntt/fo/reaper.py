@@ -20,7 +20,8 @@ from typing import Any
 from bson import ObjectId
 
 from .references import NTTFiftyOneError
-from .shards import finish_if_done, runs_collection, shards_collection
+from .runs import state_of
+from .shards import aware_utc, delegated_service, finish_if_done, runs_collection, shards_collection
 
 WORKER_LINK = "ntt-worker://"  # the run link of operations an ntt worker runs (it beats their heartbeat)
 STALE_AFTER = 60.0  # seconds without a heartbeat after which a worker counts as lost
@@ -56,7 +57,7 @@ def stop(run_id: str) -> str:
     )
     if run is None:
         raise NTTFiftyOneError(f"sharded run {run_id} is not running: only a running run can be stopped")
-    service = _service()
+    service = delegated_service()
     for shard in shards_collection().find({"run_id": run["_id"], "state": {"$in": ["queued", "running"]}}, _BRIEF):
         op = service.get(shard["op_id"])
         if op is not None and state_of(op) in ("queued", "running"):
@@ -70,7 +71,7 @@ _BRIEF = {"sample_ids": 0, "per_class": 0, "skipped": 0}
 
 
 def _reap_shard(run: dict, shard: dict, stale_after: float) -> str | None:
-    service = _service()
+    service = delegated_service()
     op = service.get(shard["op_id"])
     if op is None:
         return _give_up(shard, "its delegated operation was deleted")
@@ -116,13 +117,7 @@ def _lost(op, stale_after: float) -> bool:
     run by other launchers beat no heartbeat that ntt knows of: they are left alone)."""
     if not str(op.run_link or "").startswith(WORKER_LINK):
         return False
-    beat = op.updated_at if op.updated_at.tzinfo else op.updated_at.replace(tzinfo=timezone.utc)
-    return datetime.now(timezone.utc) - beat > timedelta(seconds=stale_after)
-
-
-def state_of(op) -> str:
-    """An operation's run state as a plain string ("queued", "running", "completed", "failed", ...)."""
-    return str(getattr(op.run_state, "value", op.run_state))
+    return datetime.now(timezone.utc) - aware_utc(op.updated_at) > timedelta(seconds=stale_after)
 
 
 def _error_of(op) -> str:
@@ -145,9 +140,3 @@ def _out_of_memory(error: str) -> bool:
 
 def _set(shard: dict, **values) -> None:
     shards_collection().update_one({"_id": shard["_id"]}, {"$set": values})
-
-
-def _service():
-    from fiftyone.operators.delegated import DelegatedOperationService
-
-    return DelegatedOperationService()

@@ -118,12 +118,17 @@ def _describe(op) -> dict[str, Any]:
         "id": str(op.id),
         "operation": str(op.operator).removeprefix(PLUGIN_PREFIX),
         "where": "background",
-        "state": str(getattr(op.run_state, "value", op.run_state)),
+        "state": state_of(op),
         "progress": getattr(status, "progress", None),
         "label": getattr(status, "label", None),
         "started": started.replace(tzinfo=timezone.utc).isoformat(timespec="seconds") if started else None,
         "error": str(error).strip().splitlines()[-1] if error else None,
     }
+
+
+def state_of(op) -> str:
+    """A delegated operation's run state as a plain string ("queued", "running", "completed", "failed", ...)."""
+    return str(getattr(op.run_state, "value", op.run_state))
 
 
 def _describe_sharded(status: dict[str, Any]) -> dict[str, Any]:

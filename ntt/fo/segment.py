@@ -74,7 +74,7 @@ def segment_steps(
     plan = plan_segment(**locals())
     check_weights(plan.cfg)
     yield Step(0.0, "Loading models")
-    segmenter = Segmenter(plan.source.bank, plan.cfg, cache=CandidateStore() if plan.cfg.segment.cache else None)
+    segmenter = new_segmenter(plan.source.bank, plan.cfg)
     dataset = dataset_of(coll)
     info = declare_field(dataset, label_field, plan.source.info(plan.excluded))
     summary = yield from _run(dataset, plan.view, segmenter, label_field, mask_dir)
@@ -116,12 +116,16 @@ def plan_segment(
     the caller's to check: a machine that only queues work need not have them)."""
     check_collection(coll)
     knobs = dict(score_thresh=score_thresh, class_thresholds=class_thresholds, max_instances=max_instances)
-    source, cfg = resolve_settings(
-        coll, bank, tag, preset, config, device, thresholds, batch_size=batch_size, cache=cache, **knobs
-    )
+    knobs.update(batch_size=batch_size, cache=cache)
+    source, cfg = resolve_settings(coll, bank, tag, preset, config, device, thresholds, **knobs)
     excluded = _references(coll, source) if exclude_references else []
     view = _target_view(coll, coll.exclude(excluded), source, label_field, skip_existing, overwrite)
     return Plan(source, cfg, view, excluded)
+
+
+def new_segmenter(bank: MemoryBank, cfg: NTTConfig) -> Segmenter:
+    """The ``Segmenter`` of a run: the bank, the settings, the candidate cache when the settings use it."""
+    return Segmenter(bank, cfg, cache=CandidateStore() if cfg.segment.cache else None)
 
 
 def resolve_settings(

@@ -9,7 +9,7 @@ from typing import Any
 from bson import ObjectId
 
 from .references import NTTFiftyOneError
-from .shards import aware_utc, runs_collection, shards_collection
+from .shards import aware_utc, delegated_service, runs_collection, shards_collection
 from .store import dataset_of
 
 SHARD_STATES = ("queued", "running", "done", "failed", "stopped")
@@ -76,11 +76,8 @@ def _workers(op_ids: list) -> list[str]:
     if not op_ids:
         return []
     from fiftyone.factory import DelegatedOperationPagingParams
-    from fiftyone.operators.delegated import DelegatedOperationService
 
-    ops = DelegatedOperationService().list_operations(
-        _id={"$in": op_ids}, paging=DelegatedOperationPagingParams(limit=0)
-    )
+    ops = delegated_service().list_operations(_id={"$in": op_ids}, paging=DelegatedOperationPagingParams(limit=0))
     return sorted({op.run_link for op in ops if op.run_link})
 
 

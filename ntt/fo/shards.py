@@ -20,10 +20,11 @@ from typing import Any
 
 from bson import ObjectId
 
-from ..steps import Step, Steps
+from ..steps import Step, Steps, relay
+from .checks import check_weights
 from .provenance import declare_field, record_done
 from .references import NTTFiftyOneError
-from .segment import _run, plan_segment
+from .segment import _run, new_segmenter, plan_segment
 from .store import dataset_of
 
 OPERATOR = "@ntt/ntt/segment_with_bank"
@@ -117,23 +118,16 @@ def shard_steps(dataset, shard_id: str) -> Steps[dict[str, Any]]:
             f"bank {run['bank']!r} changed after run {run['_id']} was submitted: its shards would mix two banks; "
             "stop the run and submit it again"
         )
-    from ..cache import CandidateStore
-    from ..segmenter import Segmenter
-    from .checks import check_weights
-
     check_weights(plan.cfg)
     yield Step(0.0, "Loading models")
-    segmenter = Segmenter(plan.source.bank, plan.cfg, cache=CandidateStore() if plan.cfg.segment.cache else None)
+    segmenter = new_segmenter(plan.source.bank, plan.cfg)
     _update(shard, {"batch_used": segmenter.batch_size, "models_loaded_at": _now()})
-    steps = _run(dataset, plan.view, segmenter, field, run["args"].get("mask_dir"))
-    while True:
-        try:
-            step = next(steps)
-        except StopIteration as end:
-            summary = end.value
-            break
+
+    def noted(step: Step) -> Step:  # the shard's progress, for run_status
         _update(shard, {"labelled": view.exists(field).count()})
-        yield step
+        return step
+
+    summary = yield from relay(_run(dataset, plan.view, segmenter, field, run["args"].get("mask_dir")), noted)
     # counted on the dataset: an earlier attempt's batches are part of the shard too
     per_class = {k: n for k, n in view.count_values(f"{field}.detections.label").items() if k is not None}
     done = {"labelled": view.exists(field).count(), "instances": sum(per_class.values()), "per_class": per_class}
@@ -213,7 +207,7 @@ def _queue_shard(dataset, run_id, position: tuple[int, int], ids: list[str], tar
         "delegation_target": target,
         "params": {"bank": bank, "ntt_shard": str(shard_id)},
     }
-    op = _service().queue_operation(
+    op = delegated_service().queue_operation(
         operator=OPERATOR,
         label=f"NTT: segment with {bank} (shard {index + 1}/{count}, run {run_id})",
         delegation_target=target,
@@ -238,7 +232,8 @@ def shards_collection():
     return get_db_conn()["ntt_shards"]
 
 
-def _service():
+def delegated_service():
+    """FiftyOne's delegated-operation service (the queue shards go through)."""
     from fiftyone.operators.delegated import DelegatedOperationService
 
     return DelegatedOperationService()

@@ -21,9 +21,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-from .reaper import STALE_AFTER, WORKER_LINK, reap, state_of
-from .runs import PLUGIN_PREFIX
-from .shards import TARGET
+from .reaper import STALE_AFTER, WORKER_LINK, reap
+from .runs import PLUGIN_PREFIX, state_of
+from .shards import TARGET, delegated_service
 
 HEARTBEAT = 10.0  # seconds between heartbeats; the reaper's stale_after must be several of these
 
@@ -88,7 +88,7 @@ class Worker:
         from fiftyone.factory import DelegatedOperationPagingParams, SortByField, SortDirection
 
         paging = DelegatedOperationPagingParams(SortByField.QUEUED_AT, SortDirection.ASCENDING, limit=1)
-        ops = _service().list_operations(
+        ops = delegated_service().list_operations(
             operator={"$regex": f"^{PLUGIN_PREFIX}"}, delegation_target=self.target, run_state="queued", paging=paging
         )
         return ops[0] if ops else None
@@ -98,7 +98,7 @@ class Worker:
         if self._child is None or not self._child.alive():
             self._child = _Child()
         self._child.conn.send((str(op.id), self.link))
-        service = _service()
+        service = delegated_service()
         while True:
             try:
                 if self._child.conn.poll(self.heartbeat):
@@ -151,7 +151,7 @@ class _Child:
 def _child_main(conn, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the worker after this operation, not the operation
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    service = _service()
+    service = delegated_service()
     while (request := conn.recv()) is not None:
         from bson import ObjectId
 
@@ -180,9 +180,3 @@ def _fail(service, op_id, error: str) -> None:
     from fiftyone.operators.executor import ExecutionResult
 
     service.set_failed(op_id, result=ExecutionResult(error=error), required_state="running")
-
-
-def _service():
-    from fiftyone.operators.delegated import DelegatedOperationService
-
-    return DelegatedOperationService()

@@ -52,6 +52,8 @@ class BackgroundOperator(NTTOperator):
     """A model-running operator: immediate or delegated, delegated by default for large runs and whenever the
     ``delegate`` param is true. Subclasses say how many samples a run covers (``run_size``)."""
 
+    distributed = False  # whether FiftyOne Enterprise may fan a run out over several tasks
+
     @staticmethod
     def background_config(name: str, label: str, description: str) -> foo.OperatorConfig:
         """The config every model-running operator shares: a dynamic generator, immediate or delegated."""
@@ -90,4 +92,4 @@ class BackgroundOperator(NTTOperator):
             size = self.run_size(ctx)
         except Exception:  # noqa: BLE001 - an incomplete form must not break the execution choice
             size = 0
-        return runner.execution_options(ctx, size)
+        return runner.execution_options(ctx, size, self.distributed)

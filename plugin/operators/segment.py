@@ -24,6 +24,8 @@ CACHE_CHOICES = {True: "on", False: "off"}
 
 
 class SegmentWithBank(BackgroundOperator):
+    distributed = True
+
     @property
     def config(self):
         return self.background_config(
