@@ -48,9 +48,21 @@ class Encoded:
             for i in range(len(self.tokens))
         ]
 
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @staticmethod
+    def empty() -> Encoded:
+        """A batch of no images: what ``encode`` gives for no images, ``join`` for no parts (``split`` of it is
+        empty, and ``Predictor.pools_from`` of it gives no pools)."""
+        return Encoded({}, torch.zeros(0, 0, 0, 0))
+
     @staticmethod
     def join(parts: Sequence[Encoded]) -> Encoded:
-        """The batch of several ``Encoded`` (inverse of ``split``)."""
+        """The batch of several ``Encoded`` (inverse of ``split``); no parts give ``Encoded.empty()``."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Encoded.empty()
         first = parts[0].features
         features = {
             k: torch.cat([p.features[k] for p in parts])
@@ -215,7 +227,9 @@ class Predictor:
 
     @torch.no_grad()
     def pools_from(self, encoded: Encoded, points_chunk: int | None = None) -> list[MaskPool]:
-        """propose -> pool_masks for a batch already through the encoders."""
+        """propose -> pool_masks for a batch already through the encoders (none for a batch of no images)."""
+        if not len(encoded):
+            return []
         proposals = self.propose(encoded, points_chunk or self.cfg.segment.points_batch_size)
         return [self.pool_masks(props, tokens) for props, tokens in zip(proposals, encoded.tokens)]
 
@@ -230,7 +244,10 @@ class Predictor:
         return self.sam.prepare(image)
 
     def encode(self, prepared: Sequence[torch.Tensor]) -> Encoded:
-        """Both encoders on a batch of prepared images (float (3, S, S) each)."""
+        """Both encoders on a batch of prepared images (float (3, S, S) each); no images give
+        ``Encoded.empty()``."""
+        if not len(prepared):
+            return Encoded.empty()
         sam_in = torch.stack(list(prepared)).to(self.device, non_blocking=True)
         with autocast(self.cfg.model):
             with self.timer("sam2_encoder"):

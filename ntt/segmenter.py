@@ -99,6 +99,8 @@ class Segmenter:
         return image, prepared, (self.cache.key(source, image) if self.cache else None)
 
     def _run_batch(self, pending) -> Iterator[ImageResult]:
+        """Results for a batch of loaded and skipped sources, in order: a batch whose every source was skipped
+        (the loader may leave none) runs no stage."""
         loaded = [got for _, got, _ in pending if got is not None]
         images = [image for image, _, _ in loaded]
         prepared = [p for _, p, _ in loaded] if loaded and loaded[0][1] is not None else None
@@ -112,7 +114,9 @@ class Segmenter:
         """The predictor's stages for a batch (mask pools from the cache when there), surviving running out of
         (GPU) memory: a decoder failure is retried with half as many prompts per decoder call (down to
         ``MIN_POINTS_CHUNK``), any other with the batch split in halves (later batches use the smaller size); an
-        image that fits in neither way gets the reason."""
+        image that fits in neither way gets the reason. No images: no results (no stage runs)."""
+        if not images:
+            return []
         try:
             if self._fit_batch:
                 found = self._predict_and_fit_batch(images, prepared, keys)

@@ -276,3 +276,37 @@ def test_with_grid_prompts_the_mask_pool_does_not_depend_on_the_bank(bank, image
     np.testing.assert_array_equal(staged.boxes, whole.boxes)
     np.testing.assert_array_equal(staged.scores, whole.scores)
     assert np.array_equal(staged.masks, whole.masks)
+
+
+def test_every_stage_has_a_result_for_a_batch_of_no_images(bank):
+    """A batch can be left with no image after the loader skipped some: each stage says what that gives."""
+    from ntt.predictor import Encoded
+
+    pred = Predictor(bank, _config(prompt_mode="guided", guided_points=4, guided_grid=2))
+    empty = Encoded.join([])
+    assert len(empty) == 0 and empty.split() == [] and len(pred.encode([])) == 0
+    assert pred.pools_from(empty) == [] and pred.mask_pools([]) == [] and pred.predict([]) == []
+    one = pred.encode([pred.prepare(np.zeros((32, 48, 3), np.uint8))])
+    assert len(Encoded.join([empty, one, Encoded.empty()])) == 1, "empty parts add nothing"
+
+
+@pytest.mark.parametrize("prompt_mode", ["grid", "guided"])
+@pytest.mark.parametrize(("batch", "order"), [(1, "BGB"), (3, "GGGBB"), (2, "BBB")])
+def test_a_batch_left_with_only_unreadable_files_is_skipped_not_raised(
+    bank, coco128, tmp_path, prompt_mode, batch, order
+):
+    """The report: guided prompts with the cache on died in ``Encoded.join([])`` when the last batch held only
+    unreadable files (a full batch of good images before them)."""
+    from ntt.cache import CandidateStore
+
+    good = iter(sorted((coco128 / "images" / "val2017").glob("*.jpg")))
+    sources = []
+    for i, slot in enumerate(order):
+        sources.append(next(good) if slot == "G" else tmp_path / f"bad{i}.jpg")
+        if slot == "B":
+            sources[-1].write_bytes(b"")
+    cfg = _config(batch_size=batch, prompt_mode=prompt_mode, guided_points=4, guided_grid=2)
+    for cache in (None, CandidateStore(tmp_path / "cache"), CandidateStore(tmp_path / "cache")):  # off, fill, hit
+        results = list(Segmenter(bank, cfg, cache=cache).run(sources))
+        assert [r.source for r in results] == sources
+        assert [r.error is not None and "empty file" in r.error for r in results] == [s == "B" for s in order]
