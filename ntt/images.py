@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +25,68 @@ def load_image(path: str | Path) -> np.ndarray:
     Grayscale, palette, alpha (dropped), CMYK and 16-bit images (scaled by 255/65535) are converted to 8-bit RGB.
 
     Raises:
-        ImageLoadError: missing, empty, truncated or non-image files, with the reason.
+        ImageLoadError: missing, empty, truncated or non-image files, folders, pipes, broken links and symlink
+            loops, and images with more pixels than Pillow decodes safely, each with the reason.
     """
     path = _local_path(path)
-    try:
+    with _reading(path):
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb_array(img)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn every way Pillow fails on a file into one ``ImageLoadError`` that names the file and the reason."""
+    try:
+        yield
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{path}: too many pixels to decode safely ({err})") from err
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageLoadError(
+            f"{path}: too many pixels to decode safely (the limit is {limit:,} pixels, twice Pillow's "
+            f"MAX_IMAGE_PIXELS; {err})"
+        ) from err
+    except PermissionError as err:
+        raise ImageLoadError(f"{path}: permission denied") from err
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
         raise ImageLoadError(f"{path}: not a readable image ({err})") from err
 
 
 def _local_path(path: str | Path) -> Path:
+    """A local regular file that is not empty, or ``ImageLoadError`` saying exactly why not (a folder, a pipe
+    that would block the reader, a broken link, a symlink loop, ...)."""
     text = str(path)
     if "://" in text:
         raise ImageLoadError(f"{text}: remote URLs are not supported; download the media to a local path")
     local = Path(text)
-    if not local.is_file():
-        raise ImageLoadError(f"{local}: file not found")
-    if local.stat().st_size == 0:
+    try:
+        info = local.stat()  # follows links
+    except OSError as err:
+        raise ImageLoadError(f"{local}: {_missing_reason(local, err)}") from None
+    except ValueError as err:  # e.g. a NUL byte in the name
+        raise ImageLoadError(f"{text!r}: not a valid path ({err})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageLoadError(f"{local}: a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageLoadError(f"{local}: not a regular file (a pipe, socket or device): not read")
+    if info.st_size == 0:
         raise ImageLoadError(f"{local}: empty file")
     return local
+
+
+def _missing_reason(path: Path, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return "symlink loop (the link leads back to itself)"
+    if err.errno == errno.ENOENT and path.is_symlink():
+        return f"broken symlink (it points to {os.readlink(path)}, which does not exist)"
+    if err.errno == errno.ENOENT:
+        return "file not found"
+    if err.errno == errno.ENOTDIR:
+        return "file not found (a part of the path is a file, not a folder)"
+    if err.errno == errno.EACCES:
+        return "permission denied"
+    return f"cannot be read ({err.strerror or err})"
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -74,14 +117,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(H, W) of an image file as ``load_image`` would return it (EXIF rotation applied), reading its header.
 
     Raises:
-        ImageLoadError: missing or unreadable file.
+        ImageLoadError: as ``load_image``.
     """
     path = _local_path(path)
-    try:
+    with _reading(path):
         with Image.open(path) as img:
             width, height = img.size
             orientation = img.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise ImageLoadError(f"{path}: not a readable image ({err})") from err
     # EXIF orientations 5-8 rotate by 90 degrees: width and height swap.
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)

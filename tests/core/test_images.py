@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -112,3 +114,52 @@ def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
     path = _save(tmp_path / "big.png", Image.new("RGB", (30, 30)))
     with pytest.raises(ImageLoadError, match="pixels"):
         load_image(path)
+
+
+def _fifo(d):
+    import os
+
+    os.mkfifo(d / "pipe.jpg")
+    return d / "pipe.jpg"
+
+
+def _loop(d):
+    (d / "loop.jpg").symlink_to("loop.jpg")
+    return d / "loop.jpg"
+
+
+def _broken(d):
+    (d / "broken.jpg").symlink_to(d / "gone.jpg")
+    return d / "broken.jpg"
+
+
+def _folder(d):
+    (d / "dir.jpg").mkdir()
+    return d / "dir.jpg"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_folder, "a directory, not an image file"),
+        (_loop, "symlink loop"),
+        (_broken, "broken symlink (it points to"),
+        (_fifo, "not a regular file"),  # never opened: reading a pipe would block the run
+        (lambda d: d / "missing.jpg", "file not found"),
+        (lambda d: _write(d / "file.jpg", b"x") / "below.jpg", "a part of the path is a file"),
+    ],
+)
+def test_what_is_not_an_image_file_says_what_it_is(tmp_path, make, reason):
+    path = make(tmp_path)
+    for read in (load_image, image_size):
+        with pytest.raises(ImageLoadError, match=re.escape(reason)) as err:
+            read(path)
+        assert str(err.value).startswith(str(path))
+
+
+def test_a_decompression_bomb_names_the_limit_when_only_its_size_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    path = _save(tmp_path / "big.png", Image.new("RGB", (30, 30)))
+    for read in (load_image, image_size):
+        with pytest.raises(ImageLoadError, match="the limit is 200 pixels"):
+            read(path)

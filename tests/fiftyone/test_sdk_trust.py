@@ -192,3 +192,29 @@ def test_evaluate_checks_its_arguments(dataset):
     for kwargs, message in problems:
         with pytest.raises(nfo.NTTFiftyOneError, match=message):
             nfo.evaluate(dataset, **{"pred_field": "pred", "gt_field": "gt", **kwargs})
+
+
+@pytest.mark.parametrize("kind", ["bomb", "folder", "loop"])
+def test_an_unreadable_reference_image_names_the_sample_and_why(dataset, random_config, tmp_path, monkeypatch, kind):
+    """A reference sample whose image is a decompression bomb (Pillow's own error used to escape), a folder or a
+    symlink loop: one error naming the sample and the reason (the limit, for the bomb), and no bank stored."""
+    from PIL import Image
+
+    from ntt.bank_encoder import InvalidReferenceError
+
+    ref = dataset.first()
+    path = tmp_path / "ref.png"
+    if kind == "bomb":
+        Image.new("RGB", (40, 40)).save(path)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40 x 40 is over twice the limit: refused
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(path.name)
+    ref.filepath = str(path)
+    ref.save()
+    nfo.mark_references(dataset.select(ref.id))
+    reason = {"bomb": "the limit is 200 pixels", "folder": "a directory", "loop": "symlink loop"}[kind]
+    with pytest.raises(InvalidReferenceError, match=f"reference sample {ref.id}: .*{reason}"):
+        nfo.build_bank(dataset, "bombed", label_field="gt", config=random_config)
+    assert "bombed" not in nfo.list_banks(dataset)
