@@ -27,7 +27,7 @@ from .bank import MemoryBank
 from .coco import instances_to_results
 from .config import NTTConfig
 from .evaluation import _quiet, evaluate_results
-from .images import load_image
+from .images import ImageLoadError, load_image
 from .predictor import Predictor
 from .steps import Step, Steps, drive
 from .types import Instances, Progress
@@ -145,7 +145,11 @@ def grade_steps(
         if not rest.classes:
             skipped.append({"image_id": item.image_id, "reason": "every shot of the bank is on this image"})
             continue
-        image = item.source if isinstance(item.source, np.ndarray) else load_image(item.source)
+        try:
+            image = item.source if isinstance(item.source, np.ndarray) else load_image(item.source)
+        except ImageLoadError as err:  # the other references are still graded
+            skipped.append({"image_id": item.image_id, "reason": str(err)})
+            continue
         pool = _pool(predictor.with_bank(rest), image, item, cache)
         runs.append(_Run(item, rest, pool, image.shape[:2]))
         yield Step(0.5 * n / max(1, len(images)), "Segmenting each reference image without its own shots")

@@ -8,7 +8,7 @@ import numpy as np
 from ..bank import MemoryBank
 from ..cache import CandidateStore
 from ..grading import GradeReport, LabelledImage, grade_steps
-from ..images import image_size
+from ..images import ImageLoadError, image_size
 from ..steps import Steps, drive, signature_of
 from ..types import Progress
 from .banks import _store, get_bank_info, load_bank
@@ -73,7 +73,11 @@ def _labelled_samples(dataset, bank: MemoryBank, field: str) -> list[LabelledIma
         raise NTTFiftyOneError("none of the bank's reference samples is in this dataset: nothing to grade")
     out = []
     for sample in samples.iter_samples():
-        height, width = image_size(sample.filepath)
+        try:
+            height, width = image_size(sample.filepath)
+        except ImageLoadError:  # grading skips it and says why (it cannot read the image either)
+            out.append(LabelledImage(sample.id, sample.filepath, [], []))
+            continue
         dets = sample[field].detections if sample[field] is not None else []
         dets = [d for d in dets if d.label in classes and not _is_crowd(d)]
         masks = [full_image_mask(d, width, height) if d.has_mask else _box_mask(d, width, height) for d in dets]

@@ -132,3 +132,14 @@ def _which(mask, objects) -> int | None:
         if (mask & obj).sum() / (mask | obj).sum() >= 0.5:
             return k
     return None
+
+
+def test_an_unreadable_reference_image_is_skipped_with_its_reason_and_the_rest_graded(setup, tmp_path):
+    """A reference image that cannot be read now (deleted, truncated, a folder): grading says which and why and
+    grades the others, instead of stopping with a traceback."""
+    cfg, bank, labelled = setup
+    broken = tmp_path / "gone.jpg"
+    images = [LabelledImage(labelled[0].image_id, broken, [], []), *labelled[1:]]
+    report = grade(bank, images, cfg, proposer=OracleProposer(image_size=256), encoder=LookEncoder())
+    assert report.skipped == [{"image_id": "a", "reason": f"{broken}: file not found"}]
+    assert next(c for c in report.classes if c.name == "dog").instances == 5, "the other images' dogs are graded"
