@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
 import sys
+import threading
 
 from .config import PRESETS, ConfigError, NTTConfig, get_config
 from .sampling import SPLITS, parse_class_list
@@ -35,6 +38,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         help="random-init models (seeded): smoke runs/tests only, predictions are meaningless",
     )
     g.add_argument("--weights-seed", type=int, default=None, help="seed of --random-weights (default 0)")
+    g.add_argument(
+        "--config",
+        default=None,
+        help="settings the flags do not cover, layered on the preset (flags given win): a JSON file or an inline "
+        """JSON object of sections, e.g. '{"segment": {"pred_iou_thresh": 0.7}, "model": {"sam2_image_size": 512}}'""",
+    )
 
 
 def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
@@ -59,7 +68,25 @@ def _flags_config(args: argparse.Namespace, segment: dict | None = None) -> NTTC
         "compile": args.compile,
     }
     seg = {"batch_size": args.batch_size, "points_batch_size": args.points_batch_size, **(segment or {})}
-    return get_config(args.preset, {"model": model, "segment": seg})
+    given = _config_file(args.config)
+    for section, values in (("model", model), ("segment", seg)):
+        given[section] = {**given.get(section, {}), **{k: v for k, v in values.items() if v is not None}}
+    return get_config(args.preset, given)
+
+
+def _config_file(text: str | None) -> dict:
+    """--config: an inline JSON object or a JSON file of per-section settings (checked by ``get_config``)."""
+    if text is None:
+        return {}
+    from .coco_check import read_json
+
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else read_json(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--config: not a valid JSON object ({err})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError('--config: give an object of sections, e.g. {"segment": {"pred_iou_thresh": 0.7}}')
+    return {section: dict(values) for section, values in data.items()}
 
 
 def _positive_int(text: str) -> int:
@@ -254,10 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from .bank import BankError
     from .bank_encoder import InvalidReferenceError
+    from .images import ImageLoadError
     from .weights import WeightsNotFoundError
 
     # Bad input of every kind (files, values, devices, checkpoints, disk full) is one line and exit code 2.
-    known = (ConfigError, BankError, InvalidReferenceError, WeightsNotFoundError, ValueError, OSError)
+    known = (ConfigError, BankError, InvalidReferenceError, ImageLoadError, WeightsNotFoundError, ValueError, OSError)
+    # A worker has its own SIGTERM (it stops after its current operation); other commands unwind as on Ctrl-C.
+    own_sigterm = args.command not in ("worker", "runs") and threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if own_sigterm else None
     try:
         _check_outputs(args)
         return _dispatch(args)
@@ -265,8 +296,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted: {_NOT_WRITTEN}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"terminated: {_NOT_WRITTEN}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, before)
+
+
+_NOT_WRITTEN = "the output was not written (an earlier version of it is intact)"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread: unwinds like Ctrl-C, so every file being written is dropped and the
+    previous one stays (a ``BaseException``: no ``except Exception`` on the way swallows it)."""
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

@@ -57,8 +57,10 @@ def bank_report(args: argparse.Namespace, cfg: NTTConfig) -> int:
         bar.n = fraction
         bar.refresh()
 
-    report = grade(bank, images, cfg, cache=store, target_precision=args.target_precision, progress=progress)
-    bar.close()
+    try:
+        report = grade(bank, images, cfg, cache=store, target_precision=args.target_precision, progress=progress)
+    finally:
+        bar.close()
     print(report.table())
     if args.json_out:
         pipeline.write_json_atomic(Path(args.json_out), report.to_dict())
@@ -116,20 +118,21 @@ def _bank_from_args(args: argparse.Namespace, cfg: NTTConfig) -> MemoryBank:
         bars[0].n = fraction
         bars[0].refresh()
 
-    bank = pipeline.bank_from_coco(
-        args.refs,
-        cfg,
-        image_root=args.images,
-        shots=args.shots,
-        seed=args.seed,
-        classes=args.classes,
-        box_refs=args.box_refs,
-        progress=progress,
-        split=args.split,
-    )
-    for bar in bars:
-        bar.close()
-    return bank
+    try:
+        return pipeline.bank_from_coco(
+            args.refs,
+            cfg,
+            image_root=args.images,
+            shots=args.shots,
+            seed=args.seed,
+            classes=args.classes,
+            box_refs=args.box_refs,
+            progress=progress,
+            split=args.split,
+        )
+    finally:  # on an error or Ctrl-C too: the message that follows starts its own line
+        for bar in bars:
+            bar.close()
 
 
 def bank_info(args: argparse.Namespace) -> int:
@@ -162,18 +165,24 @@ def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
     from .segmenter import Segmenter
 
     segmenter = Segmenter(bank, cfg, cache=CandidateStore() if cfg.segment.cache else None)
-    bar = tqdm(total=len(targets), desc="segmenting", unit="img")
-    meta = pipeline.segment_targets(
-        bank, targets, cfg, args.output, args.box_inclusive, on_image=lambda _res: bar.update(1), segmenter=segmenter
-    )
-    bar.close()
+    with tqdm(total=len(targets), desc="segmenting", unit="img") as bar:  # closed on Ctrl-C too: messages start a line
+        meta = pipeline.segment_targets(
+            bank,
+            targets,
+            cfg,
+            args.output,
+            args.box_inclusive,
+            on_image=lambda _res: bar.update(1),
+            segmenter=segmenter,
+        )
     if segmenter.cache is not None:
         hits, misses = segmenter.cache.hits, segmenter.cache.misses
         print(f"candidate cache: {hits} image(s) reused, {misses} computed and stored ({segmenter.cache.store.root})")
     n_done, n_skip = len(meta["image_ids"]), len(meta["skipped"])
     print(f"wrote {args.output}: {meta['detections']} detections on {n_done} images ({elapsed(start)})")
     for item in meta["skipped"]:
-        print(f"skipped {item['path']}: {item['reason']}")
+        reason = item["reason"]  # names the file when the loader refused it
+        print(f"skipped {reason}" if reason.startswith(item["path"]) else f"skipped {item['path']}: {reason}")
     if n_skip:
         print(f"{n_skip} image(s) skipped")
     return 0
