@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import zlib
 
 import numpy as np
+import torch
 
 from .cache import entry_key, image_digest
 from .models import encoder_identity
@@ -62,17 +62,26 @@ class StageCache:
         return entry_key(image=digest, **self.parts)
 
     def get(self, key: str):
-        """The stored value, or None (a miss; an entry the codec cannot read is a miss, with a warning)."""
+        """The stored value, or None (a miss). An entry the store finds unusable, or the codec cannot unpack,
+        is removed with one warning and is a miss: the caller computes and stores it again."""
         arrays = self.store.get(key)
-        if arrays is not None:
-            try:
-                value = self.codec.unpack(arrays, self.device)
-                self._hit.add(key)
-                return value
-            except (KeyError, ValueError, zlib.error) as err:
-                log.warning("candidate cache: ignoring entry %s (%s)", key[:12], err)
-        self._missed.add(key)
-        return None
+        value = None if arrays is None else self._unpack(key, arrays)
+        if value is None:
+            self._missed.add(key)
+        else:
+            self._hit.add(key)
+        return value
+
+    def _unpack(self, key: str, arrays):
+        try:
+            return self.codec.unpack(arrays, self.device)
+        except torch.OutOfMemoryError:
+            raise  # the device is full, not the entry bad: the segmenter retries with smaller batches
+        except Exception as err:  # noqa: BLE001 - an entry that cannot be read is rebuilt, never a crash
+            path = self.store.path(key)
+            log.warning("candidate cache: ignoring and removing %s (%s: %s)", path, type(err).__name__, err)
+            self.store.remove(key)
+            return None
 
     def put(self, key: str, value):
         """Store ``value``; returns it as a later hit will see it, so the run that fills the cache and the runs
