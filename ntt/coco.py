@@ -12,7 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .bank_encoder import InvalidReferenceError
-from .coco_check import category_names, check_instances, check_results, read_json
+from .coco_check import WRITTEN_ID, category_names, check_instances, check_results, read_json
 from .geometry import xyxy_to_xywh
 from .images import list_images
 from .types import Instances, Reference
@@ -78,7 +78,10 @@ def select_categories(data: dict, classes: list[str] | None) -> list[int]:
 
 
 def references_from_coco(data: dict, image_root: Path, anns: list[dict], box_only: bool) -> list[Reference]:
-    """References for COCO annotations; box-only when asked or when an annotation has no segmentation."""
+    """References for COCO annotations; box-only when asked or when an annotation has no segmentation.
+
+    A shot's ``annotation_id`` is the id its file wrote, even where ``check_instances`` renumbered a repeated one.
+    """
     images = {img["id"]: img for img in data["images"]}
     names = category_names(data)
     refs = []
@@ -95,7 +98,7 @@ def references_from_coco(data: dict, image_root: Path, anns: list[dict], box_onl
                 mask=mask,
                 box=[float(v) for v in ann["bbox"]],
                 image_id=img["id"],
-                annotation_id=ann.get("id"),
+                annotation_id=ann.get(WRITTEN_ID, ann.get("id")),
             )
         )
     return refs
@@ -115,9 +118,22 @@ def annotation_mask(ann: dict, image: dict) -> np.ndarray:
             rle = mask_utils.frPyObjects(seg, h, w)
         else:
             rle = seg
-        return mask_utils.decode(rle).astype(bool)
-    except (ValueError, TypeError, KeyError) as err:
+        mask = mask_utils.decode(rle).astype(bool)
+    except (ValueError, TypeError, KeyError, OverflowError) as err:
         raise InvalidReferenceError(f"annotation {ann.get('id')}: bad segmentation ({err})") from err
+    if mask.shape != (h, w):  # an RLE carries its own size
+        raise InvalidReferenceError(f"annotation {ann.get('id')}: segmentation size {list(mask.shape)} is not {[h, w]}")
+    return mask
+
+
+def instance_mask(ann: dict, image: dict) -> np.ndarray:
+    """An annotation's bool (H, W) mask: its segmentation, or its box filled when it has none."""
+    if ann.get("segmentation"):
+        return annotation_mask(ann, image)
+    mask = np.zeros((int(image["height"]), int(image["width"])), bool)
+    x, y, w, h = (round(float(v)) for v in ann["bbox"])
+    mask[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = True
+    return mask
 
 
 def targets_from_dir(directory: str | Path) -> list[tuple[int, Path]]:

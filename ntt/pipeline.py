@@ -214,10 +214,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def labelled_references(bank: MemoryBank, refs_json: str | Path, image_root: str | Path | None = None) -> list:
     """The bank's reference images in a COCO instance JSON, each with its labelled instances of the bank's
-    classes (crowd regions left out): the ground truth ``grading.grade`` measures the shots against."""
+    classes (crowd regions left out): the ground truth ``grading.grade`` measures the shots against. A
+    box-only annotation's instance is its box, filled (as a box-only reference's in FiftyOne)."""
     from .grading import LabelledImage
 
-    data = coco.load_json(refs_json, kind="ground truth")
+    data = coco.load_json(refs_json, kind="references")  # the file the shots came from, read as it was then
     root = coco.resolve_image_root(refs_json, image_root, data)
     wanted = {str(s.get("image_id")) for s in bank.shots}
     classes = set(bank.class_ids)
@@ -232,7 +233,7 @@ def labelled_references(bank: MemoryBank, refs_json: str | Path, image_root: str
         LabelledImage(
             img["id"],
             root / img["file_name"],
-            [coco.annotation_mask(a, img) for a in by_image.get(img["id"], [])],
+            [coco.instance_mask(a, img) for a in by_image.get(img["id"], [])],
             [int(a["category_id"]) for a in by_image.get(img["id"], [])],
         )
         for img in images

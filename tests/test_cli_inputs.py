@@ -63,10 +63,6 @@ MALFORMED = {
     "image-without-file-name": (lambda d: d["images"][0].pop("file_name"), "file_name"),
     "negative-width": (lambda d: d["images"][0].update(width=-5), "width must be between"),
     "absurd-height": (lambda d: d["images"][0].update(height=10**9), "height must be between"),
-    "duplicate-annotation-id": (
-        lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
-        "duplicate annotation id",
-    ),
     "annotation-without-id": (lambda d: _first_ann(d).pop("id"), "annotations[0]: missing 'id'"),
     "string-category-id": (lambda d: _first_ann(d).update(category_id="1"), "category_id must be an integer, got '1'"),
     "unknown-category": (lambda d: _first_ann(d).update(category_id=4242), "category_id 4242 is not in"),
@@ -82,6 +78,7 @@ MALFORMED = {
         "appears twice",
     ),
     "one-name-two-ids": (lambda d: d["categories"].append({"id": 999, "name": "person"}), "has two ids"),
+    "category-id-beyond-int64": (lambda d: _first_ann(d).update(category_id=10**30), "between 0 and 2**63 - 1"),
     "annotations-not-a-list": (lambda d: d.update(annotations={}), "'annotations' must be a list"),
     "annotation-not-an-object": (lambda d: d["annotations"].append(3), "must be an object"),
 }
@@ -265,3 +262,104 @@ def test_removing_every_class_is_refused_and_the_bank_stays(bank_path, tmp_path,
     assert main(["bank", "remove", str(bank), "--classes", "person,"]) == 2
     _one_error(capsys, "empty bank")
     assert bank.read_bytes() == before
+
+
+# ---- hostile COCO values: refused before any work, never a crash (ntt.coco_check) -----------------------------
+
+
+def _rle_of_another_size(d):
+    # the real compressed RLEs of a 480 x 640 image, declared 480 x 641 like the image: 480 pixels short
+    image = d["images"][0]
+    image["width"] += 1
+    for ann in d["annotations"]:
+        if ann["image_id"] == image["id"]:
+            ann["segmentation"]["size"] = [image["height"], image["width"]]
+
+
+HOSTILE = {
+    "category-id-beyond-int64": (
+        lambda d: (_first_ann(d).update(category_id=10**30), d["categories"].append({"id": 10**30, "name": "x"})),
+        "id must be between 0 and 2**63 - 1",
+    ),
+    "negative-image-id": (lambda d: d["images"][0].update(id=-1), "images[0] (id -1): id must be between"),
+    "rle-counts-short": (
+        lambda d: _first_ann(d).update(segmentation={"size": [480, 640], "counts": [5, 10, 20]}),
+        "counts add up to 35 pixels, not 480 x 640 = 307200",
+    ),
+    "rle-string-of-another-size": (_rle_of_another_size, "counts add up to 307200 pixels, not 480 x 641 = 307680"),
+    "rle-string-truncated": (
+        lambda d: _first_ann(d).update(segmentation={"size": [480, 640], "counts": "0\\"}),
+        "not a COCO compressed RLE",
+    ),
+    "rle-size-not-the-image": (
+        lambda d: _first_ann(d)["segmentation"].update(size=[640, 480]),
+        "segmentation size [640, 480] is not its image's [height, width] [480, 640]",
+    ),
+    "polygon-at-1e30": (  # crashed the process (segmentation fault) in pycocotools
+        lambda d: _first_ann(d).update(segmentation=[[0, 0, 1e30, 0, 1e30, 1e30]]),
+        "far outside the image",
+    ),
+    "image-of-a-trillion-pixels": (
+        lambda d: d["images"][0].update(width=1_000_000, height=1_000_000),
+        "is more than 500,000,000 pixels",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_reference_values_are_one_line(case, refs, coco128, tmp_path, capsys):
+    edit, needle = HOSTILE[case]
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps(_edit(refs, edit)))
+    images = str(coco128 / "images" / "train2017")
+    assert main(["bank", "build", str(path), "--images", images, "-o", str(tmp_path / "b.st")] + SMOKE) == 2
+    _one_error(capsys, str(path), needle)
+
+
+def _perfect_results(data):
+    keys = ("image_id", "category_id", "bbox", "segmentation")
+    return [{**{k: a[k] for k in keys}, "score": 0.9} for a in data["annotations"] if not a["iscrowd"]]
+
+
+def test_hostile_ground_truth_and_results_through_evaluate(refs, tmp_path, capsys, caplog):
+    gt, preds = tmp_path / "gt.json", tmp_path / "preds.json"
+    results = _perfect_results(refs)
+    # a results RLE whose counts fall short of its size was read past its end (uninitialised pixels)
+    short = _edit(results, lambda r: r[3].update(segmentation={"size": [480, 640], "counts": "0<"}))
+    gt.write_text(json.dumps(refs))
+    preds.write_text(json.dumps(short))
+    assert main(["evaluate", str(gt), str(preds)]) == 2
+    _one_error(capsys, str(preds), "results[3]: segmentation RLE counts add up to 12 pixels")
+    # a ground-truth object without a segmentation stopped pycocotools with a KeyError
+    gt.write_text(json.dumps(_edit(refs, lambda d: _first_ann(d).pop("segmentation"))))
+    preds.write_text(json.dumps(results))
+    assert main(["evaluate", str(gt), str(preds)]) == 2
+    _one_error(capsys, str(gt), "annotations[0]", "ground truth needs a segmentation")
+    # ... and one without an area too: now it is the mask's pixel count, and the results score perfectly
+    gt.write_text(json.dumps(_edit(refs, lambda d: [a.pop("area") for a in d["annotations"]])))
+    metrics = tmp_path / "metrics.json"
+    assert main(["evaluate", str(gt), str(preds), "--json", str(metrics)]) == 0
+    assert json.loads(metrics.read_text())["segm"]["AP"] == pytest.approx(1.0)
+    assert f"{len(refs['annotations'])} annotation(s) have no 'area'" in caplog.text
+
+
+def test_repeated_annotation_ids_build_a_bank_whose_shots_keep_them(refs, coco128, tmp_path, caplog):
+    from ntt.bank import MemoryBank
+
+    oranges = [a for a in refs["annotations"] if a["category_id"] == 55]
+    written = oranges[0]["id"]
+
+    def repeat(d):
+        for ann in d["annotations"]:
+            if ann["category_id"] == 55:
+                ann["id"] = written
+
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps(_edit(refs, repeat)))
+    out = tmp_path / "bank.safetensors"
+    args = ["bank", "build", str(path), "--images", str(coco128 / "images" / "train2017"), "-o", str(out)]
+    assert main(args + ["--classes", "orange"] + SMOKE) == 0
+    shots = MemoryBank.load(out).shots
+    assert [s["annotation_id"] for s in shots] == [written] * len(oranges)
+    repeats = len(oranges) - 1
+    assert f"{repeats} annotation ids repeat an earlier one, given new ids" in caplog.text
