@@ -32,7 +32,10 @@ class AtomicWriter:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        path = Path(path)
+        # A link is written through: its file is replaced and the link stays (renaming over it would replace
+        # the link itself with a file and leave the file it names stale).
+        self.path = Path(os.path.realpath(path)) if path.is_symlink() else path
         _guarded(self.path, lambda: self.path.parent.mkdir(parents=True, exist_ok=True))
         remove_stale_temps(self.path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -53,6 +56,15 @@ class AtomicWriter:
     def _write_chunk(self, view: memoryview) -> int:
         try:
             return os.write(self._fd, view)
+        except OSError as err:
+            self.abort()
+            raise _explained(self.path, err) from err
+
+    def flush(self) -> None:
+        """Make what was written durable under the temp name (the target is untouched): after this, ``commit``
+        needs no more disk space, so several files can be made ready first and then renamed together."""
+        try:
+            os.fsync(self._fd)
         except OSError as err:
             self.abort()
             raise _explained(self.path, err) from err

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,21 @@ def image_digest(path: str | Path) -> str:
     return file_sha256(path)
 
 
+def _env_limit_mb() -> float:
+    """``$NTT_CACHE_LIMIT_MB``, else ``DEFAULT_LIMIT_MB``; a value that is not a finite number >= 0 is an error
+    that names the variable."""
+    text = os.environ.get("NTT_CACHE_LIMIT_MB", "").strip()
+    if not text:
+        return DEFAULT_LIMIT_MB
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"NTT_CACHE_LIMIT_MB must be a number of megabytes >= 0, got {text!r}")
+    return value
+
+
 def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
     """sha256 (hex) over each array's name, dtype, shape and bytes, in name order.
 
@@ -72,8 +88,7 @@ class CandidateStore:
 
     def __init__(self, root: str | Path | None = None, limit_mb: float | None = None):
         self.root = Path(root) if root is not None else cache_root()
-        env_limit = os.environ.get("NTT_CACHE_LIMIT_MB")
-        self.limit_bytes = int(1e6 * (limit_mb if limit_mb is not None else float(env_limit or DEFAULT_LIMIT_MB)))
+        self.limit_bytes = int(1e6 * (limit_mb if limit_mb is not None else _env_limit_mb()))
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}{SUFFIX}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -100,6 +101,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    """argparse type of a precision: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 class _ClassList(argparse.Action):
     """--classes: names or ids, space- and/or comma-separated (``boat,bird``, ``boat bird``, ``"dining table"``)."""
 
@@ -164,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--images", default=None, help="folder of the reference images (default: found from the JSON)")
     g.add_argument("--calibrate", action="store_true", help="store the calibrated thresholds in the bank")
     g.add_argument(
-        "--target-precision", type=float, default=None, help="calibrate to this precision (default: best F1)"
+        "--target-precision",
+        type=_fraction,
+        default=None,
+        help="calibrate to this precision, in (0, 1] (default: best F1)",
     )
     g.add_argument("-o", "--output", default=None, help="with --calibrate: write the bank here, not in place")
     g.add_argument("--json", dest="json_out", default=None, help="also write the report to this JSON file")
@@ -287,36 +302,53 @@ def main(argv: list[str] | None = None) -> int:
     # Bad input of every kind (files, values, devices, checkpoints, disk full) is one line and exit code 2.
     known = (ConfigError, BankError, InvalidReferenceError, ImageLoadError, WeightsNotFoundError, ValueError, OSError)
     # A worker has its own SIGTERM (it stops after its current operation); other commands unwind as on Ctrl-C.
-    own_sigterm = args.command not in ("worker", "runs") and threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGTERM, _terminate) if own_sigterm else None
+    own_signals = args.command not in ("worker", "runs") and threading.current_thread() is threading.main_thread()
+    before = _catch_termination() if own_signals else {}
     try:
         _check_outputs(args)
         return _dispatch(args)
+    except BrokenPipeError:  # whoever read the output (`| head`) stopped: no message, as other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 128 + signal.SIGPIPE
     except known as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: {_NOT_WRITTEN}", file=sys.stderr)
         return 130
-    except Terminated:
-        print(f"terminated: {_NOT_WRITTEN}", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Terminated as stop:
+        print(f"terminated ({signal.Signals(stop.signum).name}): {_NOT_WRITTEN}", file=sys.stderr)
+        return 128 + stop.signum
     finally:
-        if own_sigterm:
-            signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 _NOT_WRITTEN = "the output was not written (an earlier version of it is intact)"
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised in the main thread: unwinds like Ctrl-C, so every file being written is dropped and the
-    previous one stays (a ``BaseException``: no ``except Exception`` on the way swallows it)."""
+    """SIGTERM or SIGHUP (the terminal or ssh session closed), raised in the main thread: unwinds like Ctrl-C, so
+    every file being written is dropped and the previous one stays (a ``BaseException``: no ``except Exception``
+    on the way swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _catch_termination() -> dict:
+    """Raise ``Terminated`` on SIGTERM, and on SIGHUP unless it is ignored (``nohup``); returns the handlers
+    replaced, to put back."""
+    before = {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate)}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        before[signal.SIGHUP] = signal.signal(signal.SIGHUP, _terminate)
+    return before
 
 
 def _terminate(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    raise Terminated()
+    signal.signal(signum, signal.SIG_DFL)  # the same signal again ends the process at once
+    raise Terminated(signum)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -327,6 +359,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     command = args.command if args.command != "bank" else f"bank {args.bank_cmd}"
     if command in ("bank build", "bank add", "bank remove") or (command == "bank report" and args.calibrate):
         check_output(args.output or args.bank, [getattr(args, "refs", None)], "bank file")
+    if command == "bank report" and args.json_out is not None:
+        check_output(args.json_out, [args.bank, args.refs, args.output if args.calibrate else None], "report file")
     elif command == "segment":
         inputs = [args.bank, args.images]
         check_output(args.output, inputs, "results file")

@@ -40,22 +40,26 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     return check_results(read_json(path), path)
 
 
-def resolve_image_root(json_path: str | Path, image_root: str | Path | None, data: dict) -> Path:
+def resolve_image_root(
+    json_path: str | Path, image_root: str | Path | None, data: dict, flag: str = "--images"
+) -> Path:
     """Where a COCO JSON's ``file_name`` entries live.
 
     Tries the given root, the JSON's folder, then the standard layout ``<root>/images/<split>`` for
-    ``<root>/annotations/instances_<split>.json``.
+    ``<root>/annotations/instances_<split>.json``: the first where one of the first images is (a missing image
+    is then skipped or named by the command, not taken for a wrong folder). ``flag``: the option that gives the
+    folder, for the message.
     """
     if image_root is not None:
         return Path(image_root)
     json_path = Path(json_path)
     split = json_path.stem.split("_", 1)[-1]
     candidates = [json_path.parent, json_path.parent.parent / "images" / split, json_path.parent / split]
-    first = data["images"][0]["file_name"] if data["images"] else None
+    names = [img["file_name"] for img in data["images"][:20]]
     for root in candidates:
-        if first is None or (root / first).is_file():
+        if not names or any((root / name).is_file() for name in names):
             return root
-    raise FileNotFoundError(f"cannot find the images of {json_path}; pass their folder with --images")
+    raise FileNotFoundError(f"cannot find the images of {json_path} (e.g. {names[0]}); pass their folder with {flag}")
 
 
 def select_categories(data: dict, classes: list[str] | None) -> list[int]:
@@ -144,16 +148,22 @@ def targets_from_dir(directory: str | Path) -> list[tuple[int, Path]]:
     the others. The sidecar of ``ntt segment`` records this map.
     """
     paths = list_images(directory)
-    numbered = {int(p.stem): p for p in reversed(paths) if p.stem.isdigit()}  # first file of a number wins
+    numbered = {int(p.stem): p for p in reversed(paths) if _is_number(p.stem)}  # first file of a number wins
     next_id = max(numbered, default=0) + 1
     out = []
     for path in paths:
-        if path.stem.isdigit() and numbered[int(path.stem)] == path:
+        if _is_number(path.stem) and numbered[int(path.stem)] == path:
             out.append((int(path.stem), path))
         else:
             out.append((next_id, path))
             next_id += 1
     return out
+
+
+def _is_number(stem: str) -> bool:
+    """An image id written as a file name: ASCII digits only ("²" and "١٢" are digits to ``str.isdigit``), at most
+    18 of them (an int64)."""
+    return stem.isascii() and stem.isdigit() and len(stem) <= 18
 
 
 def targets_from_json(data: dict, image_root: Path) -> list[tuple[int, Path]]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .inputs import InputFileError, regular_file
 from .rle import compressed_rle_totals
 
 MAX_SIDE = 1_000_000  # pixels: larger image sizes are typos, not images
@@ -40,8 +41,10 @@ class CocoFormatError(ValueError):
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file with one clear error for every way it can fail."""
     path = Path(path)
-    if path.is_dir():
-        raise CocoFormatError(f"{path}: is a directory, not a JSON file")
+    try:
+        regular_file(path, "JSON file")  # never read a pipe or a device: it may never end
+    except InputFileError as err:
+        raise CocoFormatError(str(err)) from None
     try:
         text = path.read_bytes().decode("utf-8")
         return json.loads(text)

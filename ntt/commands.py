@@ -14,11 +14,13 @@ from .bank import MemoryBank
 from .config import NTTConfig
 from .evaluation import format_metrics
 from .models import describe_checkpoint, ensure_weights
+from .outputs import check_output
 
 
 def bank_build(args: argparse.Namespace, cfg: NTTConfig) -> int:
     start = time.perf_counter()
     bank = _bank_from_args(args, cfg)
+    check_output(args.output, _shot_images(bank), "bank file")  # never over a reference image
     path = bank.save(args.output)
     size = path.stat().st_size
     print(f"wrote {path}: {len(bank.classes)} classes, {len(bank.shots)} shots, {size / 1e6:.2f} MB ({elapsed(start)})")
@@ -30,6 +32,7 @@ def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
     bank = MemoryBank.load(args.bank)
     cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
     new = _bank_from_args(args, cfg)
+    check_output(args.output or args.bank, _shot_images(new), "bank file")
     merged = bank.add(new.as_negatives() if args.negative else new)
     path = merged.save(args.output or args.bank)
     added = len(merged.shots) - len(bank.shots)
@@ -37,6 +40,10 @@ def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
     kind = "negative shots" if args.negative else "shots"
     print(f"wrote {path}: {added} {kind} added, {total} ({elapsed(start)})")
     return 0
+
+
+def _shot_images(bank: MemoryBank) -> list[str]:
+    return sorted({s["image_path"] for s in bank.shots if s.get("image_path")})
 
 
 def bank_report(args: argparse.Namespace, cfg: NTTConfig) -> int:
@@ -89,7 +96,7 @@ def weights(cfg: NTTConfig) -> int:
     if cfg.model.random_weights:
         print("random weights: no checkpoint needed (predictions are meaningless)")
         return 0
-    for kind, name in (("sam2", cfg.model.sam2), ("dinov2", cfg.model.dinov2)):
+    for kind, name in (("sam2", cfg.model.sam2), ("dinov2", cfg.model.dinov2)):  # found, not read: a job reads them
         print(f"{kind} {name}: {describe_checkpoint(cfg.model, kind)}")
     return 0
 
@@ -160,41 +167,59 @@ def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
         targets = targets[: args.max_images]
     if not targets:
         raise ValueError(f"no target images found in {args.images}")
+    results = [args.output, pipeline.sidecar_path(args.output)]
+    for out, what in zip(results, ("results file", "results sidecar")):
+        check_output(out, [path for _, path in targets], what)  # an output must never replace a target image
     ensure_weights(cfg.model)
     from .cache import CandidateStore
     from .segmenter import Segmenter
 
     segmenter = Segmenter(bank, cfg, cache=CandidateStore() if cfg.segment.cache else None)
-    with tqdm(total=len(targets), desc="segmenting", unit="img") as bar:  # closed on Ctrl-C too: messages start a line
-        meta = pipeline.segment_targets(
-            bank,
-            targets,
-            cfg,
-            args.output,
-            args.box_inclusive,
-            on_image=lambda _res: bar.update(1),
-            segmenter=segmenter,
-        )
+    try:
+        with tqdm(total=len(targets), desc="segmenting", unit="img") as bar:  # closed on Ctrl-C: messages start a line
+            meta = pipeline.segment_targets(
+                bank,
+                targets,
+                cfg,
+                args.output,
+                args.box_inclusive,
+                on_image=lambda _res: bar.update(1),
+                segmenter=segmenter,
+            )
+    except pipeline.NothingSegmented as err:
+        _print_skipped(err.skipped)
+        raise
     if segmenter.cache is not None:
-        hits, misses = segmenter.cache.hits, segmenter.cache.misses
-        print(f"candidate cache: {hits} image(s) reused, {misses} computed and stored ({segmenter.cache.store.root})")
+        cache = segmenter.cache
+        stored = (
+            f"{cache.misses} computed and stored"
+            if not cache.unstored
+            else f"{cache.misses} computed, {cache.misses - cache.unstored} stored (see the warnings)"
+        )
+        print(f"candidate cache: {cache.hits} image(s) reused, {stored} ({cache.store.root})")
     n_done, n_skip = len(meta["image_ids"]), len(meta["skipped"])
     print(f"wrote {args.output}: {meta['detections']} detections on {n_done} images ({elapsed(start)})")
-    for item in meta["skipped"]:
-        reason = item["reason"]  # names the file when the loader refused it
-        print(f"skipped {reason}" if reason.startswith(item["path"]) else f"skipped {item['path']}: {reason}")
+    _print_skipped(meta["skipped"])
     if n_skip:
         print(f"{n_skip} image(s) skipped")
     return 0
 
 
+def _print_skipped(skipped: list[dict]) -> None:
+    for item in skipped:
+        reason = item["reason"]  # names the file when the loader refused it
+        print(f"skipped {reason}" if reason.startswith(item["path"]) else f"skipped {item['path']}: {reason}")
+
+
 def _targets(images: str, image_root: str | None) -> list[tuple[int, Path]]:
+    if not images.strip():  # Path("") is the current folder: never segment it by accident
+        raise ValueError("--images is empty: give a folder of images or a COCO JSON listing them")
     path = Path(images)
     if path.is_dir():
         return coco.targets_from_dir(path)
     if path.suffix.lower() == ".json":
         data = coco.load_json(path, kind="targets")
-        return coco.targets_from_json(data, coco.resolve_image_root(path, image_root, data))
+        return coco.targets_from_json(data, coco.resolve_image_root(path, image_root, data, flag="--image-root"))
     raise FileNotFoundError(f"{images}: neither a folder of images nor a COCO JSON")
 
 
@@ -216,7 +241,7 @@ def benchmark(args: argparse.Namespace, cfg: NTTConfig) -> int:
     from .images import list_images
 
     folder = Path(args.images) if args.images else _default_benchmark_images()
-    paths = list_images(folder)[: args.max_images]
+    paths = _readable(list_images(folder))[: args.max_images]
     if not paths:
         raise ValueError(f"no images in {folder}")
     ensure_weights(cfg.model)
@@ -244,6 +269,20 @@ def benchmark(args: argparse.Namespace, cfg: NTTConfig) -> int:
     if args.json_out:
         pipeline.write_json_atomic(Path(args.json_out), out)
     return 0
+
+
+def _readable(paths: list[Path]) -> list[Path]:
+    """The images whose header reads (a benchmark times images, not failures); the others are named."""
+    from .images import ImageLoadError, image_size
+
+    out = []
+    for path in paths:
+        try:
+            image_size(path)
+            out.append(path)
+        except ImageLoadError as err:
+            print(f"skipped {err}")
+    return out
 
 
 def _benchmark_resegment(args: argparse.Namespace, cfg: NTTConfig, bank, paths) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .inputs import missing_reason
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -63,7 +63,7 @@ def _local_path(path: str | Path) -> Path:
     try:
         info = local.stat()  # follows links
     except OSError as err:
-        raise ImageLoadError(f"{local}: {_missing_reason(local, err)}") from None
+        raise ImageLoadError(f"{local}: {missing_reason(local, err)}") from None
     except ValueError as err:  # e.g. a NUL byte in the name
         raise ImageLoadError(f"{text!r}: not a valid path ({err})") from None
     if stat.S_ISDIR(info.st_mode):
@@ -73,20 +73,6 @@ def _local_path(path: str | Path) -> Path:
     if info.st_size == 0:
         raise ImageLoadError(f"{local}: empty file")
     return local
-
-
-def _missing_reason(path: Path, err: OSError) -> str:
-    if err.errno == errno.ELOOP:
-        return "symlink loop (the link leads back to itself)"
-    if err.errno == errno.ENOENT and path.is_symlink():
-        return f"broken symlink (it points to {os.readlink(path)}, which does not exist)"
-    if err.errno == errno.ENOENT:
-        return "file not found"
-    if err.errno == errno.ENOTDIR:
-        return "file not found (a part of the path is a file, not a folder)"
-    if err.errno == errno.EACCES:
-        return "permission denied"
-    return f"cannot be read ({err.strerror or err})"
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

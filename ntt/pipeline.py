@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,21 @@ def adopt_bank_encoder(cfg: NTTConfig, encoder: dict, explicit_dinov2: bool = Fa
     return cfg.validate()
 
 
+class NothingSegmented(ValueError):
+    """No target could be read: nothing is written (an earlier results file is kept). ``skipped``: each image's
+    ``{"image_id", "path", "reason"}``."""
+
+    def __init__(self, output: Path, skipped: list[dict]):
+        self.skipped = skipped
+        super().__init__(
+            f"none of the {len(skipped)} image(s) could be read, so nothing was written (an earlier {output.name} "
+            f"is as it was); the first: {skipped[0]['reason']}"
+        )
+
+
 def segment_targets(
     bank: MemoryBank,
-    targets: Sequence[tuple[int, Path]],
+    targets: Iterable[tuple[int, Path]],
     cfg: NTTConfig,
     output: str | Path,
     box_inclusive: bool = False,
@@ -85,38 +97,55 @@ def segment_targets(
     ``<output stem>.meta.json`` (bank classes, segmented and skipped images, file -> image id map, config,
     and the sha256 of the results it describes, so a results file is never paired with another run's sidecar).
 
-    Unreadable images are skipped with their reason; the run goes on with the rest.
+    Unreadable images are skipped with their reason; the run goes on with the rest. Both files are complete on
+    disk before either replaces its earlier version, so running out of space leaves the earlier pair as it was.
     Returns the sidecar's content.
+
+    Raises:
+        NothingSegmented: every target was unreadable (nothing is written).
     """
+    targets = list(targets)  # read twice: the paths to load, then each result's id (by position: paths can repeat)
     segmenter = segmenter or Segmenter(bank, cfg)
-    ids = {str(path): image_id for image_id, path in targets}
     done, skipped, count = [], [], 0
     output = Path(output)
-    with JsonListWriter(output) as writer:  # streamed: memory does not grow with the number of images
-        for res in segmenter.run([p for _, p in targets]):
-            image_id = ids[str(res.source)]
+    results = JsonListWriter(output)  # streamed: memory does not grow with the number of images
+    sidecar = None
+    try:
+        for (image_id, _), res in zip(targets, segmenter.run([p for _, p in targets]), strict=True):
             if res.instances is None:
                 skipped.append({"image_id": image_id, "path": str(res.source), "reason": res.error})
             else:
                 done.append(image_id)
                 for item in coco.instances_to_results(image_id, res.instances, box_inclusive, bank.shots):
-                    writer.write(item)
+                    results.write(item)
                     count += 1
             if on_image:
                 on_image(res)
-    meta = {
-        "bank": bank.info.get("path"),
-        "bank_fingerprint": bank.fingerprint,
-        "category_ids": bank.class_ids,
-        "classes": bank.classes,
-        "image_ids": done,
-        "files": {str(path): image_id for image_id, path in targets},
-        "skipped": skipped,
-        "detections": count,
-        "results_sha256": writer.sha256,
-        "config": cfg.to_dict(),
-    }
-    write_json_atomic(sidecar_path(output), meta)
+        if skipped and not done:
+            raise NothingSegmented(output, skipped)
+        results.finish()
+        meta = {
+            "bank": bank.info.get("path"),
+            "bank_fingerprint": bank.fingerprint,
+            "category_ids": bank.class_ids,
+            "classes": bank.classes,
+            "image_ids": done,
+            "files": {str(path): image_id for image_id, path in targets},
+            "skipped": skipped,
+            "detections": count,
+            "results_sha256": results.sha256,
+            "config": cfg.to_dict(),
+        }
+        sidecar = AtomicWriter(sidecar_path(output))
+        sidecar.write(json.dumps(meta).encode())
+        sidecar.flush()
+    except BaseException:
+        results.abort()
+        if sidecar is not None:
+            sidecar.abort()
+        raise
+    results.commit()  # a crash between the two renames pairs new results with the old sidecar: their sha256s differ,
+    sidecar.commit()  # and ``ntt evaluate`` says so instead of mixing them
     return meta
 
 
@@ -145,6 +174,7 @@ def evaluate_files(
         results = [{**r, "image_id": remap.get(r["image_id"], r["image_id"])} for r in results]
         img_ids = [remap.get(i, i) for i in meta.get("image_ids", [])]
         cat_ids = cat_ids if cat_ids is not None else meta.get("category_ids")
+    _check_mask_sizes(results, gt, preds_json)
     if cat_ids is None:
         cat_ids = sorted({r["category_id"] for r in results})
         log.warning("no bank classes known (no sidecar, no --bank): evaluating the predicted classes only")
@@ -163,7 +193,40 @@ def _sidecar_for(preds_json: str | Path) -> dict | None:
             f"{path} does not describe {preds_json} (a run was stopped while writing them, or one of them was "
             "replaced): run `ntt segment` again, or move the sidecar away to evaluate without it"
         )
+    _check_sidecar(meta, path)
     return meta
+
+
+def _check_sidecar(meta: dict, path: Path) -> None:
+    """The parts of a sidecar ``evaluate_files`` reads: ``files`` {path: image id}, ``image_ids`` and
+    ``category_ids`` lists of ids (a hand-edited or foreign file is named, not crashed on)."""
+    files = meta.get("files", {})
+    if not isinstance(files, dict) or not _ids(list(files.values())):
+        problem = "'files' must map file paths to image ids"
+    elif not _ids(meta.get("image_ids", [])):
+        problem = "'image_ids' must be a list of image ids"
+    elif meta.get("category_ids") is not None and not _ids(meta["category_ids"]):
+        problem = "'category_ids' must be a list of category ids"
+    else:
+        return
+    raise ValueError(f"{path}: not a sidecar written by `ntt segment` ({problem}): move it away to evaluate without it")
+
+
+def _ids(values) -> bool:
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _check_mask_sizes(results: list[dict], gt: dict, where: str | Path) -> None:
+    """A result's RLE must have its ground-truth image's size (pycocotools would silently score it as a miss)."""
+    sizes = {img["id"]: [img["height"], img["width"]] for img in gt["images"]}
+    for i, res in enumerate(results):
+        seg = res.get("segmentation")
+        want = sizes.get(res["image_id"])
+        if isinstance(seg, dict) and want is not None and list(seg["size"]) != want:
+            raise ValueError(
+                f"{where}: results[{i}] (image {res['image_id']}): segmentation size {seg['size']} is not its "
+                f"image's [height, width] {want} in the ground truth"
+            )
 
 
 def _ids_by_file_name(files: dict[str, int], gt: dict) -> dict[int, int]:
@@ -180,7 +243,8 @@ def _ids_by_file_name(files: dict[str, int], gt: dict) -> dict[int, int]:
 
 
 class JsonListWriter:
-    """Writes a JSON list item by item into a temp file, renamed over ``path`` only when complete.
+    """Writes a JSON list item by item into a temp file, renamed over ``path`` only when complete: as a ``with``
+    block (committed on a clean exit), or by ``finish`` then ``commit`` (or ``abort``).
 
     ``sha256`` is the digest of the file as written."""
 
@@ -196,15 +260,26 @@ class JsonListWriter:
         self._out.write((("[" if self.first else ",") + json.dumps(item)).encode())
         self.first = False
 
+    def finish(self) -> None:
+        """Close the list and make it durable, still under its temp name."""
+        self._out.write(b"[]" if self.first else b"]")
+        self._out.flush()
+
+    def commit(self) -> None:
+        self._out.commit()
+
+    def abort(self) -> None:
+        self._out.abort()
+
     def __enter__(self) -> JsonListWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self._out.abort()
+            self.abort()
             return
-        self._out.write(b"[]" if self.first else b"]")
-        self._out.commit()
+        self.finish()
+        self.commit()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

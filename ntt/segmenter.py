@@ -18,7 +18,7 @@ import torch
 
 from .bank import MemoryBank
 from .config import NTTConfig
-from .images import load_image
+from .images import ImageLoadError, load_image
 from .loader import prefetch
 from .predictor import DecoderOutOfMemory, Encoded, Predictor
 from .stage_cache import stage_cache
@@ -94,7 +94,7 @@ class Segmenter:
 
     def _load(self, source) -> tuple[np.ndarray, torch.Tensor | None, str | None]:
         """The image, its SAM2 input when loading ahead, and its cache key (all in the loader's thread)."""
-        image = source if isinstance(source, np.ndarray) else load_image(source)
+        image = _checked_array(source) if isinstance(source, np.ndarray) else load_image(source)
         prepared = self.predictor.prepare(image) if self.cfg.segment.loader_workers else None
         return image, prepared, (self.cache.key(source, image) if self.cache else None)
 
@@ -180,6 +180,16 @@ class Segmenter:
         self.batch_size = fit_batch_size(free + spare, per_image)
         log.info("batch size %d (%.0f MiB per image, %.0f MiB free)", self.batch_size, per_image / 2**20, free / 2**20)
         return out
+
+
+def _checked_array(image: np.ndarray) -> np.ndarray:
+    """An image given as an array must be what ``load_image`` returns: RGB uint8 (H, W, 3), H and W >= 1; any
+    other is skipped with the reason (it would stop the whole batch deep inside the models)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ImageLoadError(
+            f"an array of shape {tuple(image.shape)} and dtype {image.dtype}: images are RGB uint8 (H, W, 3)"
+        )
+    return image
 
 
 def fit_batch_size(available_bytes: float, per_image_bytes: float, headroom: float = 0.8) -> int:

@@ -42,11 +42,17 @@ class StageCache:
         }
         self.store, self.codec, self.device = store, codec, predictor.device
         self._hit, self._missed = set(), set()  # keys: a batch retried after running out of memory counts once
+        self._unstored: set[str] = set()  # computed but not stored (e.g. the disk is full)
 
     @property
     def hits(self) -> int:
         """Images whose work came from the cache."""
         return len(self._hit - self._missed)
+
+    @property
+    def unstored(self) -> int:
+        """Images computed whose entry could not be written (e.g. the disk is full)."""
+        return len(self._unstored)
 
     @property
     def misses(self) -> int:
@@ -91,6 +97,9 @@ class StageCache:
             self.store.put(key, arrays)
         except OSError as err:  # a full disk must not stop segmenting: the cache is only a shortcut
             log.warning("candidate cache: not stored (%s)", err)
+            self._unstored.add(key)
+        else:
+            self._unstored.discard(key)
         return self.codec.unpack(arrays, self.device)
 
 

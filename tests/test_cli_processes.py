@@ -71,6 +71,7 @@ def test_the_cpu_default_survives_a_trailing_unreadable_file(bad, lite_bank, sma
 def _default_signals() -> None:
     """In the child: Ctrl-C as in a terminal, even when the tests run where SIGINT is ignored (a background job)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _wait_for(proc: subprocess.Popen, needle: str, timeout: float) -> str:
@@ -92,12 +93,17 @@ def _wait_for(proc: subprocess.Popen, needle: str, timeout: float) -> str:
     return "".join(seen)
 
 
+INTERRUPT = (signal.SIGINT, 130, "interrupted")
+TERMINATE = (signal.SIGTERM, 143, "terminated (SIGTERM)")
+HANG_UP = (signal.SIGHUP, 129, "terminated (SIGHUP)")  # the terminal or ssh session closed
+
+
 @pytest.mark.parametrize(
-    ("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+    ("command", "sig", "code", "word"),
+    [("segment", *INTERRUPT), ("segment", *TERMINATE), ("segment", *HANG_UP), ("bank build", *TERMINATE)],
 )
-@pytest.mark.parametrize("command", ["segment", "bank build"])
 def test_a_signal_mid_run_keeps_the_old_output_and_leaves_no_temp_file(
-    sig, code, word, command, coco128, small_images, tmp_path
+    command, sig, code, word, coco128, small_images, tmp_path
 ):
     out = tmp_path / ("old.safetensors" if command == "bank build" else "old.json")
     out.write_bytes(b"the previous output, which must survive")

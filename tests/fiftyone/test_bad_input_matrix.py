@@ -159,7 +159,7 @@ class Files:
     """One row's files: a folder per run, named so that sorting keeps the layout's order."""
 
     def __init__(self, world, folder: Path, row_index: int, order: list[str]):
-        self.clean, self.dirty, self.bad = folder / "clean", folder / "dirty", {}
+        self.clean, self.dirty, self.bad, self.order = folder / "clean", folder / "dirty", {}, order
         self.clean.mkdir(parents=True)
         self.dirty.mkdir()
         good = iter(world["good"])
@@ -209,17 +209,21 @@ def via_cli(world, row, files: Files, run: Path, out: Path, capsys):
     argv += ["--cache" if cache != "off" else "--no-cache", "--config", json.dumps(settings(preset, prompt))]
     code = main(argv)
     printed = capsys.readouterr()
+    lines = re.findall(r"^skipped ((\S+?): .+)$", printed.out, re.MULTILINE)  # told to the user
+    said = {path: line for line, path in lines}
+    if all(slot == "B" for slot in files.order):  # nothing readable: nothing written, an error that says so
+        assert code == 2 and "none of the" in printed.err and not out.exists(), printed.err
+        return {}, said, (0, 0)
     assert code == 0 and "Traceback" not in printed.err, printed.err
     meta = json.loads(out.with_name(out.stem + ".meta.json").read_text())
     names = {image_id: Path(path).name for path, image_id in meta["files"].items()}
     found = {names[i]: [] for i in meta["image_ids"]}
     for item in json.loads(out.read_text()):  # the ids of files not named by a number follow the listing
         found[names[item.pop("image_id")]].append(item)
-    skipped = {item["path"]: item["reason"] for item in meta["skipped"]}
-    for path in skipped:
-        assert f"skipped {path}: " in printed.out, printed.out  # said to the user, not only in the sidecar
+    recorded = {item["path"]: item["reason"] for item in meta["skipped"]}
+    assert recorded.keys() == said.keys(), (recorded, said)  # the sidecar records what was said
     reuse = re.search(r"candidate cache: (\d+) image\(s\) reused, (\d+) computed", printed.out)
-    return found, skipped, tuple(int(n) for n in reuse.groups()) if reuse else (0, 0)
+    return found, recorded, tuple(int(n) for n in reuse.groups()) if reuse else (0, 0)
 
 
 def _add_samples(world, paths: list[str], tag: str):
