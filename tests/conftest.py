@@ -45,3 +45,31 @@ def smoke_config():
     from ntt.config import get_config
 
     return get_config("smoke", {"model": {"random_weights": True, "device": "cpu"}})
+
+
+@pytest.fixture(scope="session")
+def refs(coco128) -> dict:
+    """A small valid reference file's content: the first 6 COCO128 train images with their annotations (tests
+    edit copies of it)."""
+    import json
+
+    data = json.loads((coco128 / "annotations" / "instances_train2017.json").read_text())
+    images = data["images"][:6]
+    ids = {img["id"] for img in images}
+    anns = [a for a in data["annotations"] if a["image_id"] in ids]
+    return {"images": images, "annotations": anns, "categories": data["categories"]}
+
+
+@pytest.fixture(scope="session")
+def small_images(coco128, tmp_path_factory) -> list[Path]:
+    """Copies of the first four COCO128 val images at most 192 px wide: real pictures, fast command runs."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("small-images")
+    out = []
+    for src in sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:4]:
+        with Image.open(src) as img:
+            img.thumbnail((192, 192))
+            out.append(folder / src.name)
+            img.save(out[-1], quality=90)
+    return out

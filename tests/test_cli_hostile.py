@@ -23,36 +23,12 @@ SMOKE = ["--preset", "smoke", "--random-weights", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def refs(coco128):
-    data = json.loads((coco128 / "annotations" / "instances_train2017.json").read_text())
-    images = data["images"][:6]
-    ids = {img["id"] for img in images}
-    return {
-        "images": images,
-        "annotations": [a for a in data["annotations"] if a["image_id"] in ids],
-        "categories": data["categories"],
-    }
-
-
-@pytest.fixture(scope="module")
 def bank_path(coco128, refs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bank")
     (folder / "refs.json").write_text(json.dumps(refs))
     out = folder / "bank.safetensors"
     args = ["bank", "build", str(folder / "refs.json"), "--images", str(coco128 / "images" / "train2017")]
     assert main([*args, "-o", str(out), *SMOKE]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def small(coco128, tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("small")
-    out = []
-    for src in sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:2]:
-        with Image.open(src) as img:
-            img.thumbnail((192, 192))
-            out.append(folder / src.name)
-            img.save(out[-1])
     return out
 
 
@@ -88,14 +64,14 @@ def test_a_cache_limit_that_is_no_number_names_the_variable(monkeypatch, capsys)
         _one_error(capsys, "NTT_CACHE_LIMIT_MB must be a number of megabytes", repr(value))
 
 
-def test_outputs_that_are_inputs_in_disguise_are_refused(bank_path, coco128, small, tmp_path, capsys):
+def test_outputs_that_are_inputs_in_disguise_are_refused(bank_path, coco128, small_images, tmp_path, capsys):
     from ntt.bank import MemoryBank
 
     folder = tmp_path / "targets"
     folder.mkdir()
-    for img in small:
+    for img in small_images:
         shutil.copy(img, folder / img.name)
-    victim = folder / small[0].name
+    victim = folder / small_images[0].name
     before = victim.read_bytes()
     assert main(_segment(bank_path, folder, victim)) == 2  # a target image
     _one_error(capsys, "is also an input")
@@ -129,8 +105,8 @@ def test_outputs_that_are_inputs_in_disguise_are_refused(bank_path, coco128, sma
     assert bank.read_bytes() == before
 
 
-def test_a_pipe_as_output_is_refused_and_a_link_is_written_through(bank_path, small, tmp_path, capsys):
-    folder = small[0].parent
+def test_a_pipe_as_output_is_refused_and_a_link_is_written_through(bank_path, small_images, tmp_path, capsys):
+    folder = small_images[0].parent
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
     assert main(_segment(bank_path, folder, fifo)) == 2
@@ -147,11 +123,13 @@ def test_a_pipe_as_output_is_refused_and_a_link_is_written_through(bank_path, sm
     assert link.is_symlink() and isinstance(json.loads(real.read_text()), list), "the file behind the link is new"
 
 
-def test_a_disk_full_between_results_and_sidecar_keeps_the_old_pair(bank_path, small, tmp_path, capsys, monkeypatch):
+def test_a_disk_full_between_results_and_sidecar_keeps_the_old_pair(
+    bank_path, small_images, tmp_path, capsys, monkeypatch
+):
     import ntt.atomic as atomic
 
     out = tmp_path / "preds.json"
-    assert main(_segment(bank_path, small[0].parent, out)) == 0
+    assert main(_segment(bank_path, small_images[0].parent, out)) == 0
     capsys.readouterr()
     old = out.read_bytes(), out.with_name("preds.meta.json").read_bytes()
     real_write = atomic.os.write
@@ -164,7 +142,7 @@ def test_a_disk_full_between_results_and_sidecar_keeps_the_old_pair(bank_path, s
         return real_write(fd, data)
 
     monkeypatch.setattr(atomic.os, "write", full_for_the_sidecar)
-    assert main(_segment(bank_path, small[0].parent, out, "--max-instances", "3")) == 2
+    assert main(_segment(bank_path, small_images[0].parent, out, "--max-instances", "3")) == 2
     _one_error(capsys, "the disk is full")
     assert (out.read_bytes(), out.with_name("preds.meta.json").read_bytes()) == old, "the old pair, as it was"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -184,15 +162,17 @@ def test_when_no_image_can_be_read_nothing_is_written(bank_path, tmp_path, capsy
     assert out.read_text() == "the results of an earlier run" and not out.with_name("preds.meta.json").exists()
 
 
-def test_each_listed_target_gets_its_own_detections_even_one_file_twice(bank_path, small, tmp_path, capsys):
+def test_each_listed_target_gets_its_own_detections_even_one_file_twice(bank_path, small_images, tmp_path, capsys):
     targets = tmp_path / "targets.json"
-    image = {"file_name": small[0].name}
+    image = {"file_name": small_images[0].name}
     targets.write_text(
-        json.dumps({"images": [{**image, "id": 1}, {**image, "id": 2}, {"file_name": "./" + small[0].name, "id": 3}]})
+        json.dumps(
+            {"images": [{**image, "id": 1}, {**image, "id": 2}, {"file_name": "./" + small_images[0].name, "id": 3}]}
+        )
     )
     out = tmp_path / "preds.json"
     opened = ["--config", '{"segment": {"pred_iou_thresh": 0.0, "nms_thresh": 1.0}}']  # random weights find things
-    assert main(_segment(bank_path, targets, out, "--image-root", str(small[0].parent), *opened)) == 0
+    assert main(_segment(bank_path, targets, out, "--image-root", str(small_images[0].parent), *opened)) == 0
     capsys.readouterr()
     meta = json.loads(out.with_name("preds.meta.json").read_text())
     assert meta["image_ids"] == [1, 2, 3]
@@ -203,11 +183,11 @@ def test_each_listed_target_gets_its_own_detections_even_one_file_twice(bank_pat
 
 
 @pytest.mark.parametrize(("name", "expected_id"), [("².jpg", 140), ("١٢.jpg", 140), ("12.jpg", 12)])
-def test_only_ascii_digits_name_an_image_id(small, tmp_path, name, expected_id):
+def test_only_ascii_digits_name_an_image_id(small_images, tmp_path, name, expected_id):
     from ntt.coco import targets_from_dir
 
-    shutil.copy(small[0], tmp_path / "139.jpg")
-    shutil.copy(small[1], tmp_path / name)
+    shutil.copy(small_images[0], tmp_path / "139.jpg")
+    shutil.copy(small_images[1], tmp_path / name)
     assert dict((p.name, i) for i, p in targets_from_dir(tmp_path))[name] == expected_id
 
 
@@ -244,12 +224,12 @@ def test_bad_flag_values_are_refused(bank_path, tmp_path, capsys):
         assert "must be in (0, 1]" in capsys.readouterr().err
 
 
-def test_arrays_that_are_no_rgb_image_are_skipped_one_by_one(bank_path, small):
+def test_arrays_that_are_no_rgb_image_are_skipped_one_by_one(bank_path, small_images):
     from ntt.bank import MemoryBank
     from ntt.config import get_config
     from ntt.segmenter import Segmenter
 
-    good = np.asarray(Image.open(small[0]).convert("RGB"))
+    good = np.asarray(Image.open(small_images[0]).convert("RGB"))
     bad = [good[..., 0], np.dstack([good, good[..., :1]]), good.astype(np.float64), good > 0, good[:0]]
     cfg = get_config("smoke", {"model": {"random_weights": True, "device": "cpu"}, "segment": {"batch_size": 2}})
     results = list(Segmenter(MemoryBank.load(bank_path), cfg).run([good, *bad, good]))

@@ -17,16 +17,6 @@ SMOKE = ["--preset", "smoke", "--random-weights", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def refs(coco128):
-    """A small valid reference file: the first 6 train images with their annotations."""
-    data = json.loads((coco128 / "annotations" / "instances_train2017.json").read_text())
-    images = data["images"][:6]
-    ids = {img["id"] for img in images}
-    anns = [a for a in data["annotations"] if a["image_id"] in ids]
-    return {"images": images, "annotations": anns, "categories": data["categories"]}
-
-
-@pytest.fixture(scope="module")
 def bank_path(coco128, refs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bank")
     path = folder / "refs.json"

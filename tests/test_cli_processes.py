@@ -14,24 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 NTT = [sys.executable, "-m", "ntt.cli"]
 SMOKE = ["--random-weights", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def small_images(coco128, tmp_path_factory) -> list[Path]:
-    """Small copies of four real COCO images."""
-    folder = tmp_path_factory.mktemp("small")
-    out = []
-    for src in sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:4]:
-        with Image.open(src) as img:
-            img.thumbnail((256, 256))
-            out.append(folder / src.name)
-            img.save(out[-1], quality=90)
-    return out
 
 
 @pytest.fixture(scope="module")
