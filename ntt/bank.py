@@ -46,6 +46,12 @@ class MemoryBank:
             ``image_size``, ``weights`` (where they came from, for messages), ``fingerprint`` (a hash of
             the loaded weights: the same weights in another file format give the same one), ``dim``,
             ``context_ratio``). Target features must come from the same encoder.
+        info: free-form provenance (an object); ``calibration`` holds ``ntt bank report --calibrate``'s thresholds.
+        file_digest: sha256 (hex) of the file's bytes as this bank was loaded from or saved to, None for a bank
+            made in memory: what a conditional update (``ntt.bank_file.update_bank_file``) compares with.
+
+    Raises:
+        BankError: any part is malformed (the constructor checks everything: a bank file may be hostile).
     """
 
     classes: list[dict[str, Any]]
@@ -54,24 +60,23 @@ class MemoryBank:
     shots: list[dict[str, Any]]
     encoder: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
+    file_digest: str | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        features = np.asarray(self.shot_features, dtype=np.float32)
-        try:
-            self.shot_features = features.reshape(-1, int(self.encoder["dim"]))
-        except ValueError as err:
-            raise BankError(
-                f"bank features of shape {features.shape} do not match the encoder dim {self.encoder['dim']}"
-            ) from err
-        self.shot_class_ids = np.asarray(self.shot_class_ids, dtype=np.int64).reshape(-1)
-        if not (len(self.shot_features) == len(self.shot_class_ids) == len(self.shots)):
-            raise BankError("bank has inconsistent numbers of shots")
-        known = {c["id"] for c in self.classes}
-        if len(known) != len(self.classes):
-            raise BankError("bank has duplicate class ids")
-        if set(self.shot_class_ids.tolist()) - known:
-            raise BankError("bank has shots of unknown classes")
-        self.negative = np.array([bool(s.get("negative")) for s in self.shots], dtype=bool).reshape(-1)
+        """Check every part of the bank (all of it may come from a file someone else wrote) and normalise the
+        arrays: one ``BankError`` that says what is wrong, never a crash later or a silently wrong result."""
+        self.encoder = _checked_encoder(self.encoder)
+        self.classes = _checked_classes(self.classes)
+        self.shots = _checked_shots(self.shots)
+        self.info = _checked_info(self.info)
+        self.shot_features = _checked_features(self.shot_features, self.encoder["dim"])
+        self.shot_class_ids = _checked_class_ids(self.shot_class_ids)
+        shots, rows, ids = len(self.shots), len(self.shot_features), len(self.shot_class_ids)
+        if not shots == rows == ids:
+            raise BankError(f"bank has inconsistent numbers of shots: {shots} shots, {rows} features, {ids} class ids")
+        if set(self.shot_class_ids.tolist()) - {c["id"] for c in self.classes}:
+            raise BankError("bank has shots of unknown classes (shot_class_ids that no class has)")
+        self.negative = np.array([shot.get("negative", False) for shot in self.shots], dtype=bool).reshape(-1)
 
     def _check_negatives(self) -> None:
         """A bank to segment with: no class may have negative shots only (``as_negatives`` makes such a bank,
@@ -183,6 +188,11 @@ class MemoryBank:
             info=dict(self.info),
         )
 
+    def with_info(self, **entries: Any) -> MemoryBank:
+        """A new bank with the same shots and these ``info`` entries set (e.g. ``calibration=...``)."""
+        info = {**self.info, **entries}
+        return MemoryBank(self.classes, self.shot_features, self.shot_class_ids, self.shots, dict(self.encoder), info)
+
     def check_encoder(self, encoder: dict[str, Any]) -> None:
         """Raise BankError unless target features will come from the bank's encoder, input size and weights.
 
@@ -239,15 +249,23 @@ class MemoryBank:
         meta = json.loads(json.dumps(meta, default=str))  # what the file will hold, for the checksum
         meta["checksum"] = _digest(meta, self.shot_features, self.shot_class_ids)
         data = save(tensors, metadata={_META_KEY: json.dumps(meta)})
-        return write_bytes_atomic(path, data)
+        written = write_bytes_atomic(path, data)
+        self.file_digest = hashlib.sha256(data).hexdigest()
+        return written
 
     @classmethod
     def load(cls, path: str | Path) -> MemoryBank:
-        """Read and verify a bank file (format version, checksum, consistency)."""
+        """Read and verify a bank file (format version, checksum, then every part, as the constructor does).
+
+        ``file_digest`` of the result is the sha256 of the bytes read. A folder, pipe or device given as the
+        bank is refused without being read.
+
+        Raises:
+            BankError: naming the file and what is wrong with it.
+        """
+        raw = _read_bytes(path)
         path = Path(path)
-        if not path.is_file():
-            raise BankError(f"{path}: bank file not found")
-        tensors, meta = _read(path)
+        tensors, meta = _parse(path, raw)
         version = meta.get("format_version")
         if version not in READS or not isinstance(version, int):
             raise BankError(f"{path}: bank format version {version}, this ntt reads {' and '.join(map(str, READS))}")
@@ -255,7 +273,7 @@ class MemoryBank:
         if meta.get("checksum") != _digest(signed, tensors["shot_features"], tensors["shot_class_ids"]):
             raise BankError(f"{path}: checksum mismatch, the bank file was modified or corrupted")
         try:
-            return cls(
+            bank = cls(
                 classes=meta["classes"],
                 shot_features=tensors["shot_features"],
                 shot_class_ids=tensors["shot_class_ids"],
@@ -263,15 +281,32 @@ class MemoryBank:
                 encoder=meta["encoder"],
                 info=meta.get("info", {}),
             )
-        except (KeyError, TypeError) as err:
-            raise BankError(f"{path}: bank metadata is incomplete ({err})") from err
+        except KeyError as err:
+            raise BankError(f"{path}: bank metadata is incomplete (no {err} entry)") from err
+        except TypeError as err:  # a shape of metadata no check foresaw: still one message naming the file
+            raise BankError(f"{path}: bank metadata is malformed ({err})") from err
+        except BankError as err:
+            raise BankError(f"{path}: {err}") from err
+        bank.file_digest = hashlib.sha256(raw).hexdigest()
+        return bank
 
 
-def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _read_bytes(path: str | Path) -> bytes:
+    """A bank file's bytes; only a regular file is opened (a FIFO would block, /dev/zero never end)."""
+    from .inputs import InputFileError, regular_file
+
+    try:
+        return regular_file(path, "bank file").read_bytes()
+    except FileNotFoundError as err:
+        raise BankError(f"{path}: bank file not found") from err
+    except InputFileError as err:
+        raise BankError(str(err)) from err
+
+
+def _parse(path: Path, raw: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    raw = path.read_bytes()
     try:
         tensors = load(raw)
         header_len = int.from_bytes(raw[:8], "little")
@@ -286,11 +321,130 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return tensors, meta
 
 
+# ---- checks of a bank's parts (``load`` adds the file's name to their messages) ------------------------
+
+_INT64 = np.iinfo(np.int64)
+_ZERO_NORM_SQ = 1e-24  # squared norm under which a row cannot be normalised (1e-12 is the eps used elsewhere)
+
+
+def _checked_encoder(encoder: Any) -> dict[str, Any]:
+    """The encoder object with ``dim`` and ``image_size`` as positive ints and a non-empty ``name``."""
+    if not isinstance(encoder, dict):
+        raise BankError(f"bank encoder must be an object, got {_json_kind(encoder)}")
+    for key in ("dim", "image_size"):
+        if not _is_int(encoder.get(key)) or encoder[key] < 1:
+            raise BankError(f"bank encoder.{key} must be a positive integer, got {_short(encoder.get(key))}")
+    if not isinstance(encoder.get("name"), str) or not encoder["name"]:
+        raise BankError(f"bank encoder.name must be a non-empty string, got {_short(encoder.get('name'))}")
+    return {**encoder, "dim": int(encoder["dim"]), "image_size": int(encoder["image_size"])}
+
+
+def _checked_classes(classes: Any) -> list[dict[str, Any]]:
+    """Class objects, each with an int64 ``id`` (unique) and a non-empty ``name``; ids made plain ints."""
+    if not isinstance(classes, (list, tuple)):
+        raise BankError(f"bank classes must be a list of objects, got {_json_kind(classes)}")
+    checked = []
+    for i, c in enumerate(classes):
+        if not isinstance(c, dict):
+            raise BankError(f"bank class {i} must be an object with an id and a name, got {_short(c)}")
+        if not _is_int(c.get("id")) or not _INT64.min <= c["id"] <= _INT64.max:
+            raise BankError(f"bank class {i} ({_short(c)}) must have an integer id")
+        if not isinstance(c.get("name"), str) or not c["name"].strip():
+            raise BankError(f"bank class {i} ({_short(c)}) must have a non-empty name")
+        checked.append({**c, "id": int(c["id"])})
+    if len({c["id"] for c in checked}) != len(checked):
+        raise BankError("bank has duplicate class ids")
+    return checked
+
+
+def _checked_shots(shots: Any) -> list[dict[str, Any]]:
+    """Shot provenance objects; ``negative``, when present, is true or false (a string would be truthy)."""
+    if not isinstance(shots, (list, tuple)):
+        raise BankError(f"bank shots must be a list of objects, got {_json_kind(shots)}")
+    for i, shot in enumerate(shots):
+        if not isinstance(shot, dict):
+            raise BankError(f"bank shot {i} must be an object (its provenance), got {_short(shot)}")
+        if not isinstance(shot.get("negative", False), bool):
+            raise BankError(f"bank shot {i}: negative must be true or false, got {_short(shot['negative'])}")
+    return list(shots)
+
+
+def _checked_info(info: Any) -> dict[str, Any]:
+    """The info object; its ``calibration``, when set, maps class names to thresholds in [0, 1]."""
+    if not isinstance(info, dict):
+        raise BankError(f"bank info must be an object, got {_json_kind(info)}")
+    calibration = info.get("calibration")
+    if calibration is None:
+        return info
+    classes = calibration.get("classes", {}) if isinstance(calibration, dict) else None
+    if not isinstance(classes, dict):
+        raise BankError(f"bank info.calibration must be an object with a 'classes' object, got {_short(calibration)}")
+    for name, entry in classes.items():
+        threshold = entry.get("threshold") if isinstance(entry, dict) else None
+        if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+            raise BankError(f"bank info.calibration: class {name!r} needs a threshold in [0, 1], got {_short(entry)}")
+    return info
+
+
+def _checked_features(features: Any, dim: int) -> np.ndarray:
+    """float32 (S, D) shot features: a float array of exactly that shape (never reshaped), finite, no zero row."""
+    array = np.asarray(features)
+    if array.size == 0:
+        return np.zeros((0, dim), np.float32)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise BankError(f"bank shot_features must be (shots, encoder dim {dim}), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise BankError(f"bank shot_features must be floats, got {array.dtype}")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused just below
+        array = np.ascontiguousarray(array, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if len(bad):
+        raise BankError(f"bank shot_features are not finite (NaN or Inf) for {_shot_list(bad, len(array))}")
+    zero = np.flatnonzero(np.einsum("ij,ij->i", array, array) <= _ZERO_NORM_SQ)
+    if len(zero):
+        raise BankError(f"bank shot_features are zero (a shot that matches nothing) for {_shot_list(zero, len(array))}")
+    return array
+
+
+def _checked_class_ids(class_ids: Any) -> np.ndarray:
+    """int64 (S,) class ids from a 1-D integer array (floats such as 1.5 are refused, not cast)."""
+    array = np.asarray(class_ids)
+    if array.size == 0:
+        return np.zeros(0, np.int64)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise BankError(f"bank shot_class_ids must be a 1-D integer array, got {array.dtype} of shape {array.shape}")
+    return array.astype(np.int64)
+
+
+def _shot_list(rows: np.ndarray, total: int) -> str:
+    first = ", ".join(map(str, rows[:5].tolist())) + (", ..." if len(rows) > 5 else "")
+    return f"{len(rows)} of {total} shots (shot {first})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number" if _is_number(value) else type(value).__name__)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _digest(meta: dict[str, Any], features: np.ndarray, class_ids: np.ndarray) -> str:
     """sha256 of a JSON header (canonical form: sorted keys, no spaces) and the two tensors."""
     digest = hashlib.sha256()
     digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":"), default=str).encode())
-    digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+    with np.errstate(over="ignore"):  # float64 features beyond float32 hash as inf (and are refused as not finite)
+        digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
     digest.update(np.ascontiguousarray(class_ids, dtype=np.int64).tobytes())
     return digest.hexdigest()
 

@@ -46,8 +46,8 @@ def build_bank(
     label)`` is called after each reference image (``build_bank_steps`` is the generator form).
 
     Raises:
-        InvalidReferenceError: an unreadable image, an empty mask, or a mask whose size differs from
-            its image; the message names the annotation.
+        InvalidReferenceError: an unreadable image, an empty mask, a mask whose size differs from its
+            image, or features that are not finite (broken weights); the message names the annotation.
     """
     return drive(build_bank_steps(references, cfg, chunk, encoder, proposer), progress)
 
@@ -148,10 +148,20 @@ def _encode_shots(part, image: np.ndarray, encoder, cfg: NTTConfig) -> list[np.n
     with autocast(cfg.model):
         tokens = encoder(torch.cat(crops).to(device)).float().cpu()  # (B, g, g, D)
     out = []
-    for t, wgt in zip(tokens, weights):
+    for (ref, _), t, wgt in zip(part, tokens, weights):
         flat_w = wgt.reshape(-1, 1)
-        out.append(((t.reshape(-1, t.shape[-1]) * flat_w).sum(0) / flat_w.sum()).numpy())
+        out.append(_checked_feature(((t.reshape(-1, t.shape[-1]) * flat_w).sum(0) / flat_w.sum()).numpy(), ref))
     return out
+
+
+def _checked_feature(feature: np.ndarray, ref: Reference) -> np.ndarray:
+    """A shot prototype (float32 (D,)) that can be matched: finite and not all zero; a broken encoder (NaN weights,
+    an overflow) must not make a bank that silently finds nothing."""
+    if not np.isfinite(feature).all():
+        raise InvalidReferenceError(f"{ref.describe()}: reference features are not finite: broken DINOv2 weights?")
+    if not np.any(feature):
+        raise InvalidReferenceError(f"{ref.describe()}: reference features are all zero: broken DINOv2 weights?")
+    return feature
 
 
 def patch_weights(soft_mask: torch.Tensor, grid: int, ref: Reference | None = None) -> torch.Tensor:

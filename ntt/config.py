@@ -88,7 +88,9 @@ class ModelConfig:
         sam2_image_size: SAM2 input side in pixels (targets are stretched to a square of this size).
         dinov2_image_size: DINOv2 input side in pixels, a multiple of 14 (518 gives a 37x37 patch grid).
         random_weights: build randomly initialised models (seeded by ``seed``) instead of loading
-            weights: for smoke runs, tests and benchmarks only; their predictions are meaningless.
+            weights: for smoke runs, tests and benchmarks only; their predictions are meaningless. Not with
+            an explicit checkpoint (it would be ignored).
+        seed: the seed of random weights, 0 to 2**63 - 1.
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         dtype: "fp32" or "bf16" (autocast for the networks; post-processing stays fp32).
         compile: run SAM2's prompt encoder + mask decoder through ``torch.compile`` (one static shape
@@ -121,6 +123,15 @@ class ModelConfig:
             raise ConfigError(f"sam2_image_size must be a multiple of 64, got {self.sam2_image_size}")
         if self.dtype not in ("fp32", "bf16"):
             raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed (--weights-seed) must be an integer in [0, 2**63 - 1], got {self.seed!r}")
+        given = [name for name in ("sam2_checkpoint", "dinov2_checkpoint") if getattr(self, name)]
+        if self.random_weights and given:
+            flags = " and ".join(f"--{name.replace('_', '-')}" for name in given)
+            raise ConfigError(
+                f"random_weights (--random-weights) builds random models and would ignore {flags} ({', '.join(given)}):"
+                " give one or the other"
+            )
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,7 @@ class SegmentConfig:
 
     Attributes:
         points_per_side: the SAM2 prompt grid is points_per_side x points_per_side single points,
-            edge-inclusive (linspace(0, S - 1, n) + 0.5 in S-pixel coordinates).
+            edge-inclusive (linspace(0, S - 1, n) + 0.5 in S-pixel coordinates); at most ``MAX_PROMPT_SIDE``.
         points_batch_size: prompts per decoder call; every prompt is decoded (no remainder dropped).
         pred_iou_thresh: keep masks whose SAM-predicted IoU is > this.
         nms_thresh: IoU threshold of the class-aware box NMS (ranked by SAM-predicted IoU).
@@ -157,7 +168,8 @@ class SegmentConfig:
         prompt_mode: "grid" (faithful: points_per_side^2 prompts) or "guided": prompt SAM2 only at the
             ``guided_points`` patches whose DINOv2 features best match a class prototype (local maxima),
             plus a coarse ``guided_grid`` x ``guided_grid`` grid for recall. Tens of prompts instead of
-            1024; instances DINOv2 does not already see as a class can be missed.
+            1024; instances DINOv2 does not already see as a class can be missed. At most 16384 points and a
+            ``MAX_PROMPT_SIDE`` grid.
         batch_size: images per forward pass of the encoders; 0 = automatic: on a GPU, sized after the
             first image from its peak memory and the memory left free (at most ``MAX_AUTO_BATCH``); 1 on
             the CPU. An out-of-memory error halves it either way.
@@ -193,6 +205,9 @@ class SegmentConfig:
     def validate(self) -> None:
         for name, minimum in _SEGMENT_COUNTS.items():
             _check_min(name, getattr(self, name), minimum)
+        for name in ("points_per_side", "guided_grid"):
+            _check_max(name, getattr(self, name), MAX_PROMPT_SIDE, _GRID_COST)
+        _check_max("guided_points", self.guided_points, MAX_PROMPT_SIDE**2, _POINTS_COST)
         if self.prompt_mode not in ("grid", "guided"):
             raise ConfigError(f"prompt_mode must be 'grid' or 'guided', got {self.prompt_mode!r}")
         if self.merge_resolution not in ("full", "low"):
@@ -222,9 +237,22 @@ _SEGMENT_COUNTS = {
 }
 
 
+# Every prompt keeps a low-resolution mask (256 x 256 floats at 1024 px) until the filters run: a 128 x 128 grid is
+# already 16384 prompts, about 4 GB per image; 1000 per side would be a million prompts, minutes and far more memory.
+MAX_PROMPT_SIDE = 128
+_GRID_COST = "the grid is side x side SAM2 prompts per image, each keeping a mask in memory: 128 already gives 16384"
+_POINTS_COST = "each point is a SAM2 prompt keeping a mask in memory: 16384 is as many as a 128 x 128 grid"
+MAX_SEED = 2**63 - 1  # what a seed of torch's generators holds as a signed 64-bit integer
+
+
 def _check_min(name: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_max(name: str, value: int, maximum: int, why: str) -> None:
+    if value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum} ({why}), got {value!r}")
 
 
 def _check_unit(name: str, value) -> None:

@@ -154,6 +154,7 @@ class Predictor:
         self.grid = point_grid(side, self.sam.image_size).to(self.device) if side > 0 else None
         self.timer = timer or NullTimer()
         self.last_counts: list[dict[str, int]] = []  # per image of the last ``predict``
+        self.warned_not_finite = False  # SAM2 gave NaN / Inf predicted IoUs: said once, not per image
 
     def with_bank(self, bank: MemoryBank) -> Predictor:
         """This predictor (same models, settings and timer) with another bank of the same encoder; per-class
@@ -282,6 +283,7 @@ class Predictor:
         """Keep one image's non-empty masks whose predicted IoU passes the filter, with their mask-pooled DINOv2
         features and boxes: everything the bank does not change. ``tokens``: float (g, g, D) of the image."""
         counts = {"prompts": len(proposals.iou)}
+        self._warn_if_not_finite(proposals.iou)
         with self.timer("matching"):
             keep = proposals.iou > self.cfg.segment.pred_iou_thresh
             logits, iou = proposals.logits[keep].float(), proposals.iou[keep]
@@ -294,6 +296,21 @@ class Predictor:
         with self.timer("nms_merge"):
             boxes = mask_boxes(masks)
         return MaskPool(logits, iou, embeddings, boxes, counts)
+
+    def _warn_if_not_finite(self, iou: torch.Tensor) -> None:
+        """Warn once when SAM2's predicted IoUs (float (P,)) hold NaN / Inf: those masks fail every filter, so an
+        image would get no detections with no word why. The IoU vector is a cheap proxy for the logits."""
+        if self.warned_not_finite or bool(torch.isfinite(iou).all()):
+            return
+        self.warned_not_finite = True
+        bad = int((~torch.isfinite(iou)).sum())
+        log.warning(
+            "SAM2 predicted non-finite (NaN or Inf) mask qualities for %d of %d prompts of an image: those masks are "
+            "dropped, so images may get no detections. Broken SAM2 weights, or a numeric overflow (under bf16: try "
+            "--dtype fp32)? Said once per run.",
+            bad,
+            len(iou),
+        )
 
     def match(self, pool: MaskPool) -> Candidates:
         """Give each mask the class of its best-matching prototype and keep the best of overlapping same-class

@@ -34,31 +34,49 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict:
     Args:
         key: the entry holding the state dict (SAM2's ``"model"``); None unwraps a ``model`` /
             ``state_dict`` / ``teacher`` entry when there is one (DINOv2 files come both ways).
+    Returns:
+        ``{name: tensor}``, every floating-point tensor finite.
     Raises:
-        CheckpointError: the file holds more than tensors (refused for safety), is truncated or corrupted,
-            or lacks ``key``.
+        CheckpointError: the file is not a regular file (a folder, pipe or device is never opened), holds more
+            than tensors (refused for safety), is truncated or corrupted, lacks ``key``, holds something other
+            than named tensors, or holds NaN / Inf weights.
+        FileNotFoundError: the file does not exist.
     """
+    path = checkpoint_file(path)
+    return _checked_tensors(path, _unwrap(path, _load(path), key))
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` when it is an existing regular file, else ``CheckpointError`` (``FileNotFoundError`` if missing)."""
+    from .inputs import InputFileError, regular_file
+
+    try:
+        return regular_file(path, "checkpoint")
+    except InputFileError as err:
+        raise CheckpointError(str(err)) from err
+
+
+def _load(path: Path):
+    """What the file holds, read without unpickling code."""
     import pickle
 
     import torch
+    from safetensors import SafetensorError
 
-    path = Path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refused for safety: the file is not plain tensors (it may contain code, or not be a "
             "checkpoint at all); ntt never unpickles code. Use the official release file."
         ) from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupted ({reason})") from err
-    return _unwrap(path, state, key)
 
 
 def _unwrap(path: Path, state, key: str | None) -> dict:
@@ -72,6 +90,40 @@ def _unwrap(path: Path, state, key: str | None) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a checkpoint of tensors")
     return state
+
+
+def _checked_tensors(path: Path, state: dict) -> dict:
+    """``state`` when it maps names to tensors, with no NaN or Inf among the weights (a model loaded from such a
+    file gives NaN features or no masks at all, silently)."""
+    import torch
+
+    wrong = next(((k, v) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+    if wrong is not None:
+        name, kind = str(wrong[0])[:80], type(wrong[1]).__name__
+        raise CheckpointError(f"{path}: not a checkpoint of tensors (entry {name!r} is not a tensor but a {kind})")
+    if not state:
+        raise CheckpointError(f"{path}: not a checkpoint of tensors (it holds none)")
+    broken = [name for name, tensor in state.items() if not _finite(tensor)]
+    if broken:
+        shown = ", ".join(broken[:3]) + (", ..." if len(broken) > 3 else "")
+        raise CheckpointError(
+            f"{path}: broken checkpoint: NaN or Inf weights in {len(broken)} of {len(state)} tensors ({shown})"
+        )
+    return state
+
+
+def _finite(tensor) -> bool:
+    """Whether a tensor has no NaN / Inf: a sum first (one fast pass; NaN and Inf propagate), the exact
+    test only when the sum is not finite (it may just overflow)."""
+    import torch
+
+    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return True
+    if tensor.element_size() == 1:  # float8: no sum on these types
+        tensor = tensor.float()
+    if bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 def cache_dir() -> Path:
@@ -101,9 +153,10 @@ def local_checkpoint(kind: str, file_name: str, explicit: str | None = None) -> 
     """The checkpoint's path on this machine (steps 1-4 above), or None; a missing explicit path is an error."""
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist")
-        return path
+        try:
+            return checkpoint_file(path)  # a folder, pipe or device is refused here, never opened
+        except FileNotFoundError:
+            raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist") from None
     return next((path for path in _local_candidates(kind, file_name) if path.is_file()), None)
 
 

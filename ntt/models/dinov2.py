@@ -73,9 +73,9 @@ def build_dinov2(name: str, image_size: int, checkpoint: Path | None, seed: int 
         vit = timm.create_model(arch, pretrained=False, img_size=image_size, num_classes=0)
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
-        try:
+        try:  # timm's filter resamples what it finds: tensors of odd shapes fail inside it in many ways
             vit.load_state_dict(checkpoint_filter_fn(state, vit), strict=True)
-        except (RuntimeError, KeyError, ValueError) as err:
+        except (RuntimeError, KeyError, ValueError, IndexError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{checkpoint}: not a {name} checkpoint ({_first_line(err)})") from err
     encoder = DinoV2Encoder(vit.eval(), name, image_size).eval()
     encoder.weights_id = f"checkpoint:{Path(checkpoint).name}" if checkpoint is not None else f"random:seed={seed}"

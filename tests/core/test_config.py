@@ -58,9 +58,34 @@ def test_overrides_layer_on_a_stored_config_and_round_trip():
         ({"segment": {"soft_merge_exponent": -0.5}}, "soft_merge_exponent must be >= 0"),
         ({"model": {"dinov2_image_size": 0}}, "dinov2_image_size must be >= 14"),
         ({"model": {"sam2_checkpoint": 3}}, "a path or null"),
+        (
+            {"segment": {"points_per_side": 1000}},
+            "points_per_side must be <= 128 (the grid is side x side SAM2 prompts",
+        ),
+        ({"segment": {"guided_grid": 129}}, "guided_grid must be <= 128"),
+        ({"segment": {"guided_points": 10**6}}, "guided_points must be <= 16384"),
+        (
+            {"model": {"seed": 2**70}},
+            "seed (--weights-seed) must be an integer in [0, 2**63 - 1], got 1180591620717411303424",
+        ),
+        ({"model": {"seed": -1}}, "seed (--weights-seed) must be an integer in [0, 2**63 - 1], got -1"),
+        ({"model": {"random_weights": True, "sam2_checkpoint": "s.pt"}}, "would ignore --sam2-checkpoint"),
+        (
+            {"model": {"random_weights": True, "sam2_checkpoint": "s.pt", "dinov2_checkpoint": "d.pth"}},
+            "would ignore --sam2-checkpoint and --dinov2-checkpoint",
+        ),
     ],
 )
 def test_bad_values_are_refused(overrides, message):
     with pytest.raises(ConfigError) as err:
         get_config("paper", overrides)
     assert message in str(err.value)
+
+
+def test_the_largest_allowed_values_are_accepted():
+    cfg = get_config("smoke", {"segment": {"points_per_side": 128, "guided_grid": 128, "guided_points": 16384}})
+    assert cfg.segment.points_per_side == 128
+    assert get_config("smoke", {"model": {"seed": 2**63 - 1, "random_weights": True}}).model.seed == 2**63 - 1
+    assert get_config(
+        "smoke", {"model": {"sam2_checkpoint": "s.pt", "dinov2_checkpoint": "d.pth"}}
+    ).model.sam2_checkpoint

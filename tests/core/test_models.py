@@ -158,7 +158,7 @@ def test_same_weights_in_both_formats_share_a_fingerprint(dinov2_ckpt, tmp_path)
     assert other["fingerprint"] != from_meta["fingerprint"]
     bank = MemoryBank(
         classes=[{"id": 1, "name": "a"}],
-        shot_features=torch.zeros(1, 384).numpy(),
+        shot_features=torch.ones(1, 384).numpy(),  # a bank refuses all-zero features (a shot that matches nothing)
         shot_class_ids=[1],
         shots=[{"annotation_id": 1}],
         encoder=from_meta,
