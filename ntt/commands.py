@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from . import coco, pipeline
 from .bank import MemoryBank
+from .bank_file import update_bank_file
 from .config import NTTConfig
 from .evaluation import format_metrics
 from .models import describe_checkpoint, ensure_weights
@@ -33,9 +34,16 @@ def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
     cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
     new = _bank_from_args(args, cfg)
     check_output(args.output or args.bank, _shot_images(new), "bank file")
-    merged = bank.add(new.as_negatives() if args.negative else new)
-    path = merged.save(args.output or args.bank)
-    added = len(merged.shots) - len(bank.shots)
+    new = new.as_negatives() if args.negative else new
+    before = {}
+
+    def add(current: MemoryBank) -> MemoryBank:  # the bank as it is now: another add meanwhile is kept
+        before["shots"] = len(current.shots)
+        return current.add(new)
+
+    merged = update_bank_file(args.bank, add, output=args.output)
+    path = Path(args.output or args.bank)
+    added = len(merged.shots) - before["shots"]
     total = f"{len(merged.classes)} classes, {len(merged.shots)} shots ({int(merged.negative.sum())} negative)"
     kind = "negative shots" if args.negative else "shots"
     print(f"wrote {path}: {added} {kind} added, {total} ({elapsed(start)})")
@@ -71,9 +79,10 @@ def bank_report(args: argparse.Namespace, cfg: NTTConfig) -> int:
     print(report.table())
     if args.json_out:
         pipeline.write_json_atomic(Path(args.json_out), report.to_dict())
-    if args.calibrate:
-        bank.info["calibration"] = report.calibration
-        path = bank.save(args.output or args.bank)
+    if args.calibrate:  # only onto the bank that was graded: refused if another command changed it meanwhile
+        calibrated = lambda current: current.with_info(calibration=report.calibration)  # noqa: E731
+        update_bank_file(args.bank, calibrated, read_digest=bank.file_digest, output=args.output)
+        path = Path(args.output or args.bank)
         done = len(report.calibration["classes"])
         why = "" if done else " (no prediction matched a labelled instance: the global threshold stays)"
         print(f"wrote {path}: calibrated thresholds for {done} of {len(bank.classes)} classes{why}")
@@ -102,15 +111,21 @@ def weights(cfg: NTTConfig) -> int:
 
 
 def bank_remove(args: argparse.Namespace) -> int:
-    bank = MemoryBank.load(args.bank)
-    unknown = set(args.classes) - set(bank.class_names)
-    if unknown:
-        raise ValueError(f"classes not in the bank: {sorted(unknown)}")
-    smaller = bank.remove(annotation_ids=args.annotations, class_names=args.classes)
-    if len(smaller.shots) == len(bank.shots):
-        raise ValueError("nothing to remove: no shot has these annotation ids or classes")
-    path = smaller.save(args.output or args.bank)
-    removed = len(bank.shots) - len(smaller.shots)
+    before = {}
+
+    def remove(current: MemoryBank) -> MemoryBank:  # checked on the bank as it is now
+        unknown = set(args.classes) - set(current.class_names)
+        if unknown:
+            raise ValueError(f"classes not in the bank: {sorted(unknown)}")
+        smaller = current.remove(annotation_ids=args.annotations, class_names=args.classes)
+        if len(smaller.shots) == len(current.shots):
+            raise ValueError("nothing to remove: no shot has these annotation ids or classes")
+        before["shots"] = len(current.shots)
+        return smaller
+
+    smaller = update_bank_file(args.bank, remove, output=args.output)
+    path = Path(args.output or args.bank)
+    removed = before["shots"] - len(smaller.shots)
     print(f"wrote {path}: {removed} shots removed, {len(smaller.classes)} classes, {len(smaller.shots)} shots")
     return 0
 

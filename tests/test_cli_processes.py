@@ -149,3 +149,30 @@ def test_a_signal_mid_run_keeps_the_old_output_and_leaves_no_temp_file(
     assert last.startswith(f"{word}: "), err
     assert out.read_bytes() == b"the previous output, which must survive"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_two_bank_adds_at_once_both_land(coco128, refs, tmp_path):
+    """Two `ntt bank add` on one bank at the same time, each with a class of its own: the bank ends with both
+    (each read-change-write is serialised on the bank's lock, the second applied to the first's result)."""
+    train = coco128 / "annotations" / "instances_train2017.json"
+    bank = tmp_path / "bank.safetensors"
+    base = ["--preset", "smoke", *SMOKE]
+    built = _run(["bank", "build", str(train), "--shots", "1", "--classes", "person", "-o", str(bank), *base], {})
+    assert built.returncode == 0, built.stderr
+    env = {**os.environ, "NTT_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    adds = [
+        subprocess.Popen(
+            [*NTT, "bank", "add", str(bank), str(train), "--shots", "1", "--classes", name, *base],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("dog", "car")
+    ]
+    for proc in adds:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    from ntt.bank import MemoryBank
+
+    assert sorted(MemoryBank.load(bank).class_names) == ["car", "dog", "person"]
