@@ -145,8 +145,15 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A wrong argument is one `error:` line (as every other bad input), not the usage and then the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ntt", description="Training-free reference-based instance segmentation")
+    parser = _Parser(prog="ntt", description="Training-free reference-based instance segmentation")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
