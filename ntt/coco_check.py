@@ -170,10 +170,10 @@ def _check_annotations(anns: list, where: Path, images: dict, categories: dict, 
                 no_area.append(i)
     _check_compressed_rles(strings)
     _set_areas(anns, no_area, images, where)
-    _renumber(anns, repeated, seen, where)
+    _renumber(anns, repeated, seen, where, "" if ground_truth else " (shots keep the written id)")
 
 
-def _renumber(anns: list, repeated: list[int], seen: set[int], where: Path) -> None:
+def _renumber(anns: list, repeated: list[int], seen: set[int], where: Path, note: str) -> None:
     """Give repeated annotation ids new unique ones, keeping the written id under ``WRITTEN_ID``."""
     if not repeated:
         return
@@ -185,10 +185,11 @@ def _renumber(anns: list, repeated: list[int], seen: set[int], where: Path) -> N
         ann["id"] = new_id
     more = f" (... and {len(changes) - SHOWN_RENUMBERED} more)" if len(changes) > SHOWN_RENUMBERED else ""
     log.warning(
-        "%s: %d annotation id%s an earlier one, given new ids (shots keep the written id): %s%s",
+        "%s: %d annotation id%s an earlier one, given new ids%s: %s%s",
         where,
         len(changes),
         " repeats" if len(changes) == 1 else "s repeat",
+        note,
         ", ".join(changes[:SHOWN_RENUMBERED]),
         more,
     )
