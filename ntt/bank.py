@@ -165,6 +165,31 @@ class MemoryBank:
         merged._check_negatives()
         return merged
 
+    def matched_to(self, other: MemoryBank) -> MemoryBank:
+        """The same shots with their classes numbered as ``other``'s classes of the same name, so that
+        ``other.add`` merges classes by name. A class ``other`` lacks keeps its id when ``other`` does not use it,
+        else gets the next free one (two changes made at once may each have given the same id to a new class)."""
+        theirs = {c["name"]: c["id"] for c in other.classes}
+        used = set(theirs.values()) | set(self.class_ids)
+        mapping = {}
+        for c in self.classes:
+            if c["name"] in theirs:
+                mapping[c["id"]] = theirs[c["name"]]
+            elif c["id"] in theirs.values():
+                mapping[c["id"]] = max(used) + 1
+                used.add(mapping[c["id"]])
+        if all(old == new for old, new in mapping.items()):
+            return self
+        renumber = lambda i: mapping.get(int(i), int(i))  # noqa: E731
+        return MemoryBank(
+            classes=[{**c, "id": renumber(c["id"])} for c in self.classes],
+            shot_features=self.shot_features,
+            shot_class_ids=np.array([renumber(i) for i in self.shot_class_ids], dtype=np.int64),
+            shots=[{**s, "class_id": renumber(s["class_id"])} if "class_id" in s else s for s in self.shots],
+            encoder=dict(self.encoder),
+            info=dict(self.info),
+        )
+
     def remove(self, annotation_ids=(), class_names=()) -> MemoryBank:
         """A new bank without the shots of these annotation ids and without these classes.
 

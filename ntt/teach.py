@@ -25,20 +25,44 @@ def teach_steps(
     proposer=None,
 ) -> Steps[MemoryBank]:
     """``teach`` as a generator: a ``Step`` after each image encoded; returns the new bank."""
+    lesson = yield from lesson_steps(bank, positives, negatives, cfg, encoder=encoder, proposer=proposer)
+    return learn(bank, lesson)
+
+
+def lesson_steps(
+    bank: MemoryBank,
+    positives: Sequence[Reference],
+    negatives: Sequence[Reference],
+    cfg: NTTConfig,
+    encoder=None,
+    proposer=None,
+) -> Steps[list[MemoryBank]]:
+    """The new shots of a ``teach``, encoded once: a ``Step`` after each image encoded; returns them as parts
+    (positives, then negatives) for ``learn`` to add to ``bank``, or to a later version of it (a bank stored
+    with a dataset may change while the shots are encoded). An empty list: nothing is new."""
     positives, negatives = _new(bank, positives, False), _new(bank, negatives, True)
     total = max(1, len(positives) + len(negatives))
-    taught = bank
+    lesson = []
     if positives:
         encoding = build_bank_steps(positives, cfg, encoder=encoder, proposer=proposer)
-        added = yield from _scaled(encoding, 0, len(positives), total)
-        taught = taught.add(added)
+        lesson.append((yield from _scaled(encoding, 0, len(positives), total)))
     if negatives:
         encoding = build_bank_steps(negatives, cfg, encoder=encoder, proposer=proposer)
         added = yield from _scaled(encoding, len(positives), len(negatives), total)
-        taught = taught.add(added.as_negatives())
-    if taught is bank:
+        lesson.append(added.as_negatives())
+    if not lesson:
         yield Step(1.0, "Nothing new: every shot is in the bank already")
-    return taught
+    return lesson
+
+
+def learn(bank: MemoryBank, lesson: Sequence[MemoryBank]) -> MemoryBank:
+    """``bank`` plus the parts of a lesson, their classes matched to the bank's by name; shots the bank holds
+    already (same image, annotation and kind) are not added twice. Returns ``bank`` itself when nothing is new."""
+    for part in lesson:
+        taught = bank.add(part.matched_to(bank))
+        if len(taught.shots) > len(bank.shots):
+            bank = taught
+    return bank
 
 
 def teach(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:

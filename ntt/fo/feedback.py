@@ -6,7 +6,9 @@
   positive of the new class and a negative of the predicted one.
 - ``references_behind``: the reference labels that predictions were matched to (their nearest shots).
 
-New shots are encoded with the bank's own models; the rest of the bank is not re-encoded. Samples that gave
+New shots are encoded once, with the bank's own models; the rest of the bank is not re-encoded, and when another
+change (another reviewer's) was stored while they were encoded, they are added to that version instead (matched
+to its classes by name; shots it holds already are not added twice). Samples that gave
 positive shots are references from then on (left out of later runs and their evaluation); samples that gave only
 negatives stay targets, so re-segmenting them shows what the negatives changed.
 """
@@ -18,9 +20,9 @@ from collections.abc import Iterable
 
 from ..bank import MemoryBank
 from ..steps import Steps, drive, signature_of
-from ..teach import teach_steps
+from ..teach import learn, lesson_steps
 from ..types import Progress, Reference
-from .banks import _store, get_bank_info, load_bank, needed_models
+from .banks import BankRead, needed_models, read_bank, store_change
 from .checks import check_device, check_weights, settings_here
 from .references import NTTFiftyOneError, _sample_references, check_collection, check_detections_field
 from .store import dataset_of
@@ -37,12 +39,12 @@ def add_negatives_steps(
 ) -> Steps[MemoryBank]:
     """``add_negatives`` as a generator (same arguments, checked at the first step): yields a ``Step`` after
     each image encoded and returns the (updated) bank. Closed before its end, the bank stays as it was."""
-    bank = load_bank(coll, name)
+    read = read_bank(coll, name)
     wanted = None if label_ids is None else {str(i) for i in label_ids}
     negatives = [(s, d, d.label, "negative") for s, d in _labels(coll, label_field) if wanted is None or d.id in wanted]
     if not negatives:
         raise NTTFiftyOneError(f"no labels to make negatives: none of the chosen labels is in {label_field!r} here")
-    return (yield from _teach(coll, name, bank, label_field, [], negatives, device))
+    return (yield from _teach(coll, read, label_field, [], negatives, device))
 
 
 @signature_of(add_negatives_steps)
@@ -68,14 +70,14 @@ def promote_steps(
 ) -> Steps[MemoryBank]:
     """``promote`` as a generator (same arguments): yields a ``Step`` after each image encoded and returns the
     (updated) bank. Closed before its end, the bank stays as it was."""
-    bank = load_bank(coll, name)
+    read = read_bank(coll, name)
     positives, negatives = _verdicts(coll, label_field, correct_tag, wrong_tag)
     if not positives and not negatives:
         raise NTTFiftyOneError(
             f"nothing to promote in {label_field!r}: tag predictions {correct_tag!r} or {wrong_tag!r}, or change "
             "their label, first"
         )
-    return (yield from _teach(coll, name, bank, label_field, positives, negatives, device))
+    return (yield from _teach(coll, read, label_field, positives, negatives, device))
 
 
 def review_counts(coll, label_field: str, correct_tag: str = "correct", wrong_tag: str = "wrong") -> dict[str, int]:
@@ -139,10 +141,11 @@ def _labels(coll, label_field: str):
             yield sample, det
 
 
-def _teach(coll, name: str, bank: MemoryBank, field: str, positives, negatives, device) -> Steps[MemoryBank]:
-    """Encode the verdicts ``(sample, detection, class name, verdict)`` as shots and store the taught bank."""
-    info = get_bank_info(coll, name)
-    cfg = settings_here(info["config"], device=device)
+def _teach(coll, read: BankRead, field: str, positives, negatives, device) -> Steps[MemoryBank]:
+    """Encode the verdicts ``(sample, detection, class name, verdict)`` as shots, once, and add them to the bank
+    as it is stored when they are done (``banks.store_change``)."""
+    bank = read.bank
+    cfg = settings_here(read.info["config"], device=device)
     check_device(cfg)
     known = set(bank.class_names) | {cls for _, _, cls, _ in positives}
     strangers = sorted({str(cls) for _, _, cls, _ in negatives} - known)
@@ -153,10 +156,11 @@ def _teach(coll, name: str, bank: MemoryBank, field: str, positives, negatives, 
     ids = dict(zip(bank.class_names, bank.class_ids))
     pos, neg = (_references(items, ids, field) for items in (positives, negatives))
     check_weights(cfg, needed_models(pos + neg))
-    taught = yield from teach_steps(bank, pos, neg, cfg)
-    if taught is not bank:
-        log.info("bank %r: %d shot(s) added", name, len(taught.shots) - len(bank.shots))
-        _store(dataset_of(coll), name, taught, info["label_field"], info["tag"], cfg)
+    lesson = yield from lesson_steps(bank, pos, neg, cfg)
+    taught = store_change(coll, read, lambda current: learn(current, lesson), cfg)
+    if lesson:
+        encoded = sum(len(part.shots) for part in lesson)
+        log.info("bank %r: %d new shot(s) encoded; it holds %d now", read.name, encoded, len(taught.shots))
     return taught
 
 

@@ -11,7 +11,7 @@ from ..grading import GradeReport, LabelledImage, grade_steps
 from ..images import ImageLoadError, image_size
 from ..steps import Steps, drive, signature_of
 from ..types import Progress
-from .banks import _store, get_bank_info, load_bank
+from .banks import read_bank, store_if_unchanged
 from .checks import check_device, check_weights, settings_here
 from .references import NTTFiftyOneError, _is_crowd, full_image_mask
 from .store import dataset_of
@@ -26,16 +26,20 @@ def grade_references_steps(
 ) -> Steps[GradeReport]:
     """``grade_references`` as a generator (same arguments): yields a ``Step`` per reference sample segmented
     and per shot measured; returns the report."""
-    info, bank = get_bank_info(coll, name), load_bank(coll, name)
+    read = read_bank(coll, name)
+    info, bank = read.info, read.bank
     cfg = settings_here(info["config"], device=device)
     check_device(cfg)
     images = _labelled_samples(dataset_of(coll), bank, info["label_field"])
     check_weights(cfg)
     cache = CandidateStore() if cfg.segment.cache else None
     report = yield from grade_steps(bank, images, cfg, cache=cache, target_precision=target_precision)
-    if calibrate:
-        bank.info["calibration"] = report.calibration
-        _store(dataset_of(coll), name, bank, info["label_field"], info["tag"], cfg)
+    if calibrate and not store_if_unchanged(coll, read, bank.with_info(calibration=report.calibration), cfg):
+        # thresholds fit the shots they were measured on: stored on another version they would be wrong
+        raise NTTFiftyOneError(
+            f"bank {name!r} changed while it was being graded (another change was stored since the grading read "
+            "it; the thresholds were not stored); grade it again to calibrate the new version"
+        )
     return report
 
 
