@@ -26,8 +26,8 @@ KEYS = ("ntt_bank", "ntt_bank_fingerprint", "ntt_tag", "ntt_classes", "ntt_refer
 @dataclass
 class Source:
     """The bank a run segments with, as far as provenance goes: its name (None for an unnamed bank), reference
-    tag, fingerprint, class names and shot samples; ``bank`` (the loaded bank) and a named bank's stored
-    settings when segmenting."""
+    tag, fingerprint, class names and shot samples; ``bank`` (the loaded bank), a named bank's stored settings
+    and the file it was read from when segmenting."""
 
     name: str | None
     tag: str
@@ -36,10 +36,14 @@ class Source:
     shot_samples: list[str]
     bank: MemoryBank | None = None
     stored: dict[str, Any] | None = None
+    bank_path: str | None = None  # a named bank's file as recorded: the version ``bank`` was read from
 
     @classmethod
-    def of_bank(cls, bank: MemoryBank, name: str | None, tag: str, stored: dict | None = None) -> Source:
-        return cls(name, tag, bank.fingerprint, bank.class_names, shot_sample_ids(bank.shots), bank, stored)
+    def of_bank(
+        cls, bank: MemoryBank, name: str | None, tag: str, stored: dict | None = None, bank_path: str | None = None
+    ) -> Source:
+        shots = shot_sample_ids(bank.shots)
+        return cls(name, tag, bank.fingerprint, bank.class_names, shots, bank, stored, bank_path)
 
     @classmethod
     def of_record(cls, info: dict[str, Any], tag: str) -> Source:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,13 @@ from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
 from ..steps import Step, Steps, drive, signature_of
 from ..types import Instances, Progress
-from .banks import get_bank_info, load_bank
+from .banks import get_bank_info, read_bank
 from .checks import check_segment_args, check_settings, check_usable, check_weights, settings_here, whole_number
+from .outages import patiently
 from .provenance import Source, declare_field, record_done, recorded
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
-from .store import dataset_of
+from .store import dataset_key, dataset_of
+from .writes import write_labels
 
 
 def to_detections(inst: Instances, class_names: dict[int, str], shots: list[dict] | None = None) -> fo.Detections:
@@ -77,7 +80,7 @@ def segment_steps(
     segmenter = new_segmenter(plan.source.bank, plan.cfg)
     dataset = dataset_of(coll)
     info = declare_field(dataset, label_field, plan.source.info(plan.excluded))
-    summary = yield from _run(dataset, plan.view, segmenter, label_field, mask_dir)
+    summary = yield from _run(dataset, plan.view, segmenter, label_field, mask_dir, overwrite)
     record_done(dataset, label_field, info)
     return summary
 
@@ -226,11 +229,12 @@ def segment_settings(coll, bank: str, preset: str | None = None, config=None, de
 def _resolve_bank(coll, bank, tag, load: bool = True) -> Source:
     if isinstance(bank, MemoryBank):
         return Source.of_bank(bank, bank.info.get("name"), tag or DEFAULT_TAG)
-    info = get_bank_info(coll, bank)
-    tag = tag or info.get("tag", DEFAULT_TAG)
     if not load:
-        return Source.of_record(info, tag)
-    return Source.of_bank(load_bank(coll, bank), bank, tag, info.get("config"))
+        info = get_bank_info(coll, bank)
+        return Source.of_record(info, tag or info.get("tag", DEFAULT_TAG))
+    read = read_bank(coll, bank)  # the description and the content of one version
+    tag = tag or read.info.get("tag", DEFAULT_TAG)
+    return Source.of_bank(read.bank, bank, tag, read.info.get("config"), read.info.get("bank_path"))
 
 
 def _settings(source: Source, preset, config, device) -> NTTConfig:
@@ -277,50 +281,96 @@ def _check_same_bank(coll, label_field: str, source: Source, existing: int) -> N
         )
 
 
-def _run(dataset, view, segmenter: Segmenter, label_field: str, mask_dir: str | None) -> Steps[dict[str, Any]]:
+def _run(
+    dataset,
+    view,
+    segmenter: Segmenter,
+    label_field: str,
+    mask_dir: str | None,
+    overwrite: bool = False,
+    holds: Callable[[], bool] | None = None,
+) -> Steps[dict[str, Any]]:
     """Segment the view's samples and write their labels batch by batch, a step after each (a run closed at a
-    step keeps them); with ``mask_dir``, each mask goes to a PNG there first."""
+    step keeps them); with ``mask_dir``, each mask goes to a PNG there first.
+
+    ``overwrite``: a sample that cannot be read loses its old label in the same write (the field never holds
+    two banks' labels). ``holds``: a shard's attempt, which writes first-writer-wins (only still-empty samples)
+    and only while ``holds()`` says it still holds its shard (else ``LeaseLost``)."""
     ids, paths = view.values(["id", "filepath"])
     names = dict(zip(segmenter.bank.class_ids, segmenter.bank.class_names))
     summary = {"samples": len(ids), "labelled": 0, "instances": 0, "per_class": Counter(), "skipped": []}
-    values: dict[str, fo.Detections] = {}
-    replaced: list[Path] = []  # mask files of the labels being replaced: removed once the new labels are written
+    values: dict[str, fo.Detections | None] = {}
+    masks = MaskFiles(dataset, mask_dir, label_field) if mask_dir is not None else None
     # ordered; images are loaded ahead in threads, which stop when the run is closed
     with closing(segmenter.run(paths)) as results:
         for done, (sid, res) in enumerate(zip(ids, results), start=1):
             if res.instances is None:
                 summary["skipped"].append({"id": sid, "filepath": res.source, "reason": res.error})
+                if overwrite:
+                    values[sid] = None
+                    if masks is not None:
+                        masks.clear(sid)
             else:
                 values[sid] = to_detections(res.instances, names, segmenter.bank.shots)
-                if mask_dir is not None:
-                    replaced += _masks_to_files(values[sid], Path(mask_dir) / label_field / sid)
+                if masks is not None:
+                    masks.write(sid, values[sid])
                 summary["instances"] += len(res.instances)
                 summary["per_class"].update(names[int(c)] for c in res.instances.class_ids)
             if done % segmenter.batch_size == 0 or done == len(ids):
-                _write(dataset, label_field, values, summary)
-                for path in replaced:
-                    path.unlink(missing_ok=True)
-                replaced.clear()
+                _write(dataset, label_field, values, summary, masks, holds)
                 yield Step(done / len(ids), f"Segmenting {done}/{len(ids)} samples")
     summary["per_class"] = dict(summary["per_class"])
     summary["reused"] = segmenter.cache.hits if segmenter.cache else 0  # images taken from the candidate cache
     return summary
 
 
-def _masks_to_files(dets: fo.Detections, folder: Path) -> list[Path]:
-    """Each detection's mask as ``folder/<label id>.png`` (``Detection.mask_path``; the mask leaves the sample
-    document, whose size MongoDB caps at 16 MB). Written before the labels, so a label never names a missing file.
-    Returns the files there before: the masks of the labels these replace (the folder is this field's and
-    this sample's), for the caller to remove once the new labels are written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    before = sorted(folder.glob("*.png"))
-    for det in dets.detections:
-        det.export_mask(str(folder / f"{det.id}.png"), update=True)
-    return before
+class LeaseLost(NTTFiftyOneError):
+    """A shard's attempt no longer holds its shard (declared lost, stopped, or run again elsewhere)."""
 
 
-def _write(dataset, label_field: str, values: dict, summary: dict) -> None:
-    if values:
-        dataset.set_values(label_field, values, key_field="id")
-        summary["labelled"] += len(values)
-        values.clear()
+class MaskFiles:
+    """Masks as PNG files (``Detection.mask_path``; the mask leaves the sample document, which MongoDB caps at
+    16 MB) under ``mask_dir/<dataset id>/<field>/<sample id>/<label id>.png``: a clone (same sample and label ids,
+    another dataset id) never shares a folder with its source. Written before the labels, so a label never names
+    a missing file."""
+
+    def __init__(self, dataset, mask_dir: str, label_field: str):
+        self.root = Path(mask_dir) / dataset_key(dataset) / label_field
+        self.written: dict[str, list[Path]] = {}  # this batch's new files, by sample
+        self.before: dict[str, list[Path]] = {}  # the files of the labels they replace, by sample
+
+    def write(self, sid: str, dets: fo.Detections) -> None:
+        folder = self.root / sid
+        folder.mkdir(parents=True, exist_ok=True)
+        self.before[sid] = sorted(folder.glob("*.png"))
+        self.written[sid] = []
+        for det in dets.detections:
+            path = folder / f"{det.id}.png"
+            det.export_mask(str(path), update=True)
+            self.written[sid].append(path)
+
+    def clear(self, sid: str) -> None:
+        """The sample's label is being cleared: its files go once the write is done."""
+        self.before[sid] = sorted((self.root / sid).glob("*.png"))
+        self.written[sid] = []
+
+    def settle(self, written: set[str], replacing: bool) -> None:
+        """After a batch's write: remove the files of samples another attempt labelled first, and (when the
+        labels replaced older ones of this dataset) the replaced labels' files."""
+        for sid, paths in self.written.items():
+            stale = self.before.get(sid, []) if sid in written and replacing else []
+            stale += [] if sid in written else paths
+            for path in stale:
+                path.unlink(missing_ok=True)
+        self.written.clear()
+        self.before.clear()
+
+
+def _write(dataset, label_field: str, values: dict, summary: dict, masks, holds) -> None:
+    if holds is not None and not holds():
+        raise LeaseLost("this attempt no longer holds its shard (declared lost or stopped): it stops here")
+    written = patiently(lambda: write_labels(dataset, label_field, values, first_writer_wins=holds is not None))
+    if masks is not None:
+        masks.settle(written, replacing=holds is None)
+    summary["labelled"] += sum(1 for sid in written if values[sid] is not None)
+    values.clear()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 
 from .references import NTTFiftyOneError
-from .shards import aware_utc, delegated_service, runs_collection, shards_collection
+from .run_states import runs_collection, server_time, shards_collection
+from .shards import aware_utc, delegated_service
 from .store import dataset_of
 
-SHARD_STATES = ("queued", "running", "done", "failed", "stopped")
+SHARD_STATES = ("pending", "queued", "running", "done", "failed", "stopped")
 
 
 def sharded_runs(coll) -> list[dict[str, Any]]:
@@ -26,10 +27,10 @@ def run_status(run_id: str) -> dict[str, Any]:
     """Where a sharded run stands.
 
     Returns:
-        ``run``, ``dataset``, ``label_field``, ``bank``, ``state`` (running, stopping, completed, failed,
-        stopped), ``samples`` (to label), ``done`` (labelled or skipped so far), ``progress`` in [0, 1],
-        ``shards`` (how many are queued / running / done / failed / stopped), ``samples_per_s`` (since the first
-        shard started), ``workers`` (the run links of the workers running shards now), ``started`` and
+        ``run``, ``dataset``, ``label_field``, ``bank``, ``state`` (submitting, running, stopping, completed,
+        failed, stopped), ``samples`` (to label), ``done`` (labelled or skipped so far), ``progress`` in [0, 1],
+        ``shards`` (how many are pending / queued / running / done / failed / stopped), ``samples_per_s``
+        (since the first shard started), ``workers`` (the run links of the workers running shards now), ``started`` and
         ``ended`` (ISO times), ``wall_s``, ``failures`` (``[{"shard", "error", "attempts", "samples"}]``) and
         once finished its ``summary`` (``labelled``, ``instances``, ``per_class``, ``skipped``,
         ``failed_shards`` with their sample ids, ``wall_s``).
@@ -41,7 +42,7 @@ def run_status(run_id: str) -> dict[str, Any]:
     done = sum(s.get("labelled", 0) + len(s.get("skipped") or []) for s in shards)
     states = Counter(s["state"] for s in shards)
     starts = [aware_utc(s["started_at"]) for s in shards if s.get("started_at")]
-    end = aware_utc(run["ended_at"]) if run.get("ended_at") else datetime.now(timezone.utc)
+    end = aware_utc(run["ended_at"]) if run.get("ended_at") else server_time()  # the clock that stamped them
     busy = (end - min(starts)).total_seconds() if starts else 0.0
     status = {
         "run": str(run["_id"]),
@@ -55,9 +56,9 @@ def run_status(run_id: str) -> dict[str, Any]:
         "shards": {state: states.get(state, 0) for state in SHARD_STATES},
         "samples_per_s": round(done / busy, 2) if busy > 0 else None,
         "workers": _workers([s["op_id"] for s in shards if s["state"] == "running" and s.get("op_id")]),
-        "started": _iso(run["created_at"]),
+        "started": _iso(run.get("created_at")),
         "ended": _iso(run.get("ended_at")),
-        "wall_s": round((end - aware_utc(run["created_at"])).total_seconds(), 1),
+        "wall_s": round((end - aware_utc(run["created_at"])).total_seconds(), 1) if run.get("created_at") else 0.0,
         "failures": [_failure(s) for s in shards if s.get("error") and s["state"] != "done"],
     }
     if "summary" in run:

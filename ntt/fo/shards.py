@@ -1,14 +1,16 @@
 """One segment request spread over many workers: a sharded run.
 
-``submit`` checks the request as ``segment`` would, declares the output field and records the run once, splits
-the samples to label into shards by sample id and queues each shard as a delegated operation of the plugin's
-segment operator (``fiftyone delegated`` sees them; ``ntt worker`` runs them, on any machine that reaches the
-same database, media and bank folder). A shard labels only its own samples that are still unlabelled and
-writes after every batch, so running a shard again (after a worker died) finishes it without labelling a
-sample twice. The last shard to end completes the run's record (counts, failures, wall time).
+``submit`` checks the request as ``segment`` would and resolves it once into a job (``jobs.Job``: the bank
+version, the settings with thresholds resolved, the field, the provenance), records the run with its job,
+splits the samples to label into shards by sample id and queues each shard as a delegated operation of the
+plugin's segment operator (``fiftyone delegated`` sees them; ``ntt worker`` runs them, on any machine that
+reaches the same database, media and bank folder).
 
-The run and its shards are documents in two collections of FiftyOne's database (``ntt_runs``, ``ntt_shards``);
-each shard names its delegated operation, which holds its state, heartbeat and progress.
+Each queued operation carries a lease, a token naming that attempt; only the attempt holding the shard's lease
+may claim it, note progress or end it, and re-queueing a shard gives it a new lease and a new operation. A
+shard labels only its samples that are still empty, first writer wins (``writes``), so however many attempts
+are alive at once (a worker declared lost may still run) every sample is labelled once. The last shard to end
+completes the run's record. Every state change goes through ``run_states`` (its table says who moves what).
 """
 
 from __future__ import annotations
@@ -21,19 +23,30 @@ from typing import Any
 from bson import ObjectId
 
 from ..steps import Step, Steps, relay
-from .checks import check_weights
+from .checks import check_weights, whole_number
+from .jobs import Job, job_bank, job_of, job_settings
+from .outages import patiently
 from .provenance import declare_field, record_done
 from .references import NTTFiftyOneError
-from .segment import _run, new_segmenter, plan_segment
-from .store import dataset_of
+from .run_states import (
+    NOW,
+    UNFINISHED_SHARD,
+    move_run,
+    move_shard,
+    new_lease,
+    note_shard,
+    runs_collection,
+    server_time,
+    shards_collection,
+)
+from .segment import LeaseLost, _run, new_segmenter, plan_segment
+from .store import dataset_key, dataset_of
 
 OPERATOR = "@ntt/ntt/segment_with_bank"
 TARGET = "ntt"  # the delegation target of shard operations: what `ntt worker` claims by default
 SHARD_SIZE = 500  # samples per shard by default: a few minutes of GPU work, cheap to retry, many to balance
 MAX_ATTEMPTS = 3
-_PASSED_ON = (  # segment's arguments a shard runs with (the samples and references are the run's)
-    "score_thresh class_thresholds max_instances batch_size device preset config tag cache thresholds mask_dir"
-).split()
+_SHOWN = "score_thresh class_thresholds max_instances batch_size preset tag cache thresholds mask_dir".split()
 
 
 def submit(
@@ -48,21 +61,32 @@ def submit(
 ) -> dict[str, Any]:
     """Queue ``segment(coll, bank, label_field, **segment_args)`` as shards for ``ntt worker`` processes.
 
-    Every argument is checked here, as ``segment`` checks it (no model loads; the workers need the weights).
-    ``overwrite=True`` clears the target samples' labels now; ``skip_existing=True`` leaves labelled samples
-    out. ``device`` None: each worker's own (its ``CUDA_VISIBLE_DEVICES``).
+    Every argument is checked here, as ``segment`` checks it (no model loads; the workers need the weights),
+    and resolved once: renaming, teaching or deleting the bank, re-calibrating it or renaming the dataset
+    mid-run changes nothing of this run. ``overwrite=True`` clears the target samples' labels once every shard
+    is recorded; ``skip_existing=True`` leaves labelled samples out. Each worker runs on its own device (its
+    ``CUDA_VISIBLE_DEVICES``): ``device`` may only be None or "auto".
 
     Args:
-        bank: the name of a bank stored with the dataset (workers load it from the bank folder).
+        bank: the name of a bank stored with the dataset (its current version is the run's).
         shards: how many shards (default: one per ``shard_size`` samples, 500).
         delegation_target: the name workers claim (``ntt worker --target``).
         max_attempts: how often a shard runs at most when its worker dies or runs out of memory.
     Returns:
         ``{"run": run id, "shards", "samples", "label_field", "delegation_target"}``; follow it with
-        ``run_status``.
+        ``run_status``. If queueing fails part-way, the run records which shards were queued (they run) and
+        which were not (failed, with their samples), and ``NTTFiftyOneError`` says so.
     """
     if not isinstance(bank, str):
         raise NTTFiftyOneError("a sharded run needs a bank stored with the dataset (its name): workers load it")
+    if segment_args.get("device") not in (None, "auto"):
+        raise NTTFiftyOneError(
+            f"a sharded run runs on each worker's own device (its CUDA_VISIBLE_DEVICES), not device="
+            f"{segment_args['device']!r}: leave device out"
+        )
+    max_attempts = whole_number(max_attempts)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise NTTFiftyOneError(f"max_attempts must be a whole number >= 1, got {max_attempts!r}")
     plan = plan_segment(coll, bank, label_field, **segment_args)
     dataset = dataset_of(coll)
     ids = sorted(plan.view.values("id"))
@@ -70,27 +94,35 @@ def submit(
         raise NTTFiftyOneError("nothing to segment: the chosen samples are all references or already labelled")
     count = _shard_count(len(ids), shards, shard_size)
     info = declare_field(dataset, label_field, plan.source.info(plan.excluded))
-    if segment_args.get("overwrite"):  # cleared now: the shards label what is empty
-        dataset.select(ids).set_values(label_field, [None] * len(ids))
-    now = _now()
-    run = {
-        "dataset_id": dataset._doc.id,
-        "dataset": dataset.name,
-        "label_field": label_field,
-        "bank": bank,
-        "fingerprint": plan.source.fingerprint,
-        "provenance": info,
-        "args": {k: segment_args[k] for k in _PASSED_ON if segment_args.get(k) is not None},
-        "delegation_target": delegation_target,
-        "max_attempts": int(max_attempts),
-        "samples": len(ids),
-        "shards": count,
-        "state": "running",
-        "created_at": now,
-    }
-    run_id = runs_collection().insert_one(run).inserted_id
-    for index in range(count):
-        _queue_shard(dataset, run_id, (index, count), ids[index::count], delegation_target, bank)
+    job = job_of(coll, plan, label_field, info, segment_args.get("mask_dir"))
+    run_id = _record_run(dataset, job, segment_args, delegation_target, max_attempts, len(ids), count)
+    parts = [ids[index::count] for index in range(count)]
+    shard_ids = (
+        shards_collection()
+        .insert_many(
+            [
+                {"run_id": run_id, "index": i, "sample_ids": part, "samples": len(part), "state": "pending"}
+                | {"attempts": 0, "op_id": None, "lease": None}
+                for i, part in enumerate(parts)
+            ]
+        )
+        .inserted_ids
+    )
+    queued = 0
+    try:
+        if segment_args.get("overwrite"):  # nothing is queued yet: no shard can write before this clears
+            _clear(dataset, job, ids)
+        for index, shard_id in enumerate(shard_ids):
+            _queue_shard(dataset, run_id, shard_id, f"shard {index + 1}/{count}", delegation_target)
+            queued += 1
+    except Exception as err:
+        _close_submit(run_id, f"never queued: submitting the run failed: {err}")
+        raise NTTFiftyOneError(
+            f"submitting run {run_id} failed after queueing {queued} of {count} shards: {err}; the queued ones run, "
+            "the others are recorded as failed with their samples (see `ntt runs status`)"
+        ) from err
+    if move_run(run_id, ("submitting",), "running") is None:
+        raise NTTFiftyOneError(f"run {run_id} was closed while it was being submitted (the submit was too slow?)")
     return {
         "run": str(run_id),
         "shards": count,
@@ -100,85 +132,217 @@ def submit(
     }
 
 
-def shard_steps(dataset, shard_id: str) -> Steps[dict[str, Any]]:
-    """Run one shard (what its delegated operation does): segment its samples that are still unlabelled,
-    writing after every batch and noting progress on the shard; returns the shard's summary."""
-    shard = shards_collection().find_one_and_update(
-        {"_id": ObjectId(shard_id)}, {"$inc": {"attempts": 1}, "$set": {"state": "running", "started_at": _now()}}
+def _record_run(dataset, job: Job, args: dict, target: str, max_attempts: int, samples: int, count: int):
+    run = {
+        "dataset_id": dataset._doc.id,
+        "dataset": dataset.name,
+        "label_field": job.label_field,
+        "bank": job.bank_name,
+        "fingerprint": job.fingerprint,
+        "job": job.to_doc(),
+        "args": {k: args[k] for k in _SHOWN if args.get(k) is not None},
+        "delegation_target": target,
+        "max_attempts": max_attempts,
+        "samples": samples,
+        "shards": count,
+        "queued": 0,
+        "state": "submitting",
+    }
+    run_id = runs_collection().insert_one(run).inserted_id
+    runs_collection().update_one({"_id": run_id}, [{"$set": {"created_at": NOW, "beat_at": NOW}}])
+    return run_id
+
+
+def _clear(dataset, job: Job, ids: list[str]) -> None:
+    """``overwrite``: the samples' labels go, and with them their mask files of this dataset."""
+    from .segment import MaskFiles
+
+    dataset.select(ids).set_values(job.label_field, [None] * len(ids))
+    if job.mask_dir:
+        masks = MaskFiles(dataset, job.mask_dir, job.label_field)
+        for sid in ids:
+            masks.clear(sid)
+        masks.settle(set(ids), replacing=True)
+
+
+def _close_submit(run_id, error: str) -> None:
+    """A submit that stopped part-way: its shards never queued (pending, or queued without an operation) fail,
+    their samples listed; the run goes on with the others."""
+    unqueued = {"run_id": run_id, "$or": [{"state": "pending"}, {"state": "queued", "op_id": None}]}
+    for shard in shards_collection().find(unqueued, {"state": 1, "lease": 1}):
+        move_shard(shard["_id"], (shard["state"],), "failed", if_lease=shard.get("lease"), error=error)
+    move_run(run_id, ("submitting",), "running")
+    finish_if_done(run_id)
+
+
+def queue_attempt(shard: dict, lease: str, target: str, label: str) -> None:
+    """Queue the operation of an attempt at ``shard``, which must hold ``lease`` already (in state queued);
+    record it on the shard only if the lease is still that (else the operation is failed at once)."""
+    from fiftyone.operators.executor import ExecutionContext
+
+    run = runs_collection().find_one({"_id": shard["run_id"]}, {"job": 1, "dataset": 1})
+    job = Job.from_doc(run["job"])
+    request = {
+        "dataset_id": job.dataset_id,
+        "operator_uri": OPERATOR,
+        "delegated": True,
+        "delegation_target": target,
+        "params": {"bank": job.bank_name, "ntt_shard": str(shard["_id"]), "ntt_lease": lease},
+    }
+    name = _dataset_name(job.dataset_id) or run["dataset"]
+    request["dataset_name"] = name
+    op = delegated_service().queue_operation(
+        operator=OPERATOR,
+        label=f"NTT: segment with {job.bank_name} ({label}, run {shard['run_id']})",
+        delegation_target=target,
+        context=ExecutionContext(request_params=request),
     )
+    found = shards_collection().update_one({"_id": shard["_id"], "lease": lease}, {"$set": {"op_id": op.id}})
+    if not found.matched_count:
+        fail_operation(op.id, "superseded: its shard was queued again or ended", "queued")
+
+
+def _queue_shard(dataset, run_id, shard_id, label: str, target: str) -> None:
+    lease = new_lease()
+    shard = move_shard(shard_id, ("pending",), "queued", lease=lease, queued_at=NOW)
+    if shard is None:
+        raise NTTFiftyOneError(f"shard {shard_id} is no longer pending: the run was closed meanwhile")
+    queue_attempt(shard, lease, target, label)
+    runs_collection().update_one({"_id": run_id}, [{"$set": {"queued": {"$add": ["$queued", 1]}, "beat_at": NOW}}])
+
+
+def shard_steps(dataset, shard_id: str, lease: str | None = None) -> Steps[dict[str, Any]]:
+    """Run one attempt at a shard (what its delegated operation does): claim it with ``lease`` (default: the
+    shard's current one), segment its samples that are still empty, first writer wins, noting progress while it
+    holds the lease; returns the shard's summary.
+
+    Raises:
+        LeaseLost: the shard is not waiting for this attempt, or stopped being held by it mid-run.
+    """
+    shard = shards_collection().find_one({"_id": ObjectId(shard_id)}, {"sample_ids": 0})
     if shard is None:
         raise NTTFiftyOneError(f"no shard {shard_id}: its run was deleted")
-    run = runs_collection().find_one({"_id": shard["run_id"]})
-    field = run["label_field"]
-    args = {**run["args"], **({"batch_size": shard["batch_size"]} if shard.get("batch_size") else {})}
-    view = dataset.select(shard["sample_ids"])
-    plan = plan_segment(view, run["bank"], field, skip_existing=True, exclude_references=False, **args)
-    if plan.source.fingerprint != run["fingerprint"]:
-        raise NTTFiftyOneError(
-            f"bank {run['bank']!r} changed after run {run['_id']} was submitted: its shards would mix two banks; "
-            "stop the run and submit it again"
-        )
-    check_weights(plan.cfg)
+    lease = lease or shard.get("lease")
+    attempt = {"$expr": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]}}
+    claimed = move_shard(
+        shard["_id"], ("queued",), "running", if_lease=lease, attempts=attempt, started_at=NOW, beat_at=NOW
+    )
+    if claimed is None:
+        raise LeaseLost(f"shard {shard_id} is not waiting for this attempt (it is {shard['state']}): nothing done")
+    run = runs_collection().find_one({"_id": claimed["run_id"]}, {"job": 1})
+    job = Job.from_doc(run["job"])
+    if dataset_key(dataset) != job.dataset_id:
+        raise NTTFiftyOneError(f"shard {shard_id} belongs to dataset {job.dataset_id}, not {dataset.name!r}")
+    bank, cfg = job_bank(job), job_settings(job, claimed.get("batch_size"))
+    check_weights(cfg)
     yield Step(0.0, "Loading models")
-    segmenter = new_segmenter(plan.source.bank, plan.cfg)
-    _update(shard, {"batch_used": segmenter.batch_size, "models_loaded_at": _now()})
+    segmenter = new_segmenter(bank, cfg)
+
+    def holds(**values) -> bool:
+        return patiently(lambda: note_shard(claimed["_id"], lease, **values))
+
+    if not holds(batch_used=segmenter.batch_size):
+        raise LeaseLost(f"shard {shard_id}: this attempt lost its lease while loading models")
+    sample_ids = shard_sample_ids(claimed["_id"])
+    field = job.label_field
 
     def noted(step: Step) -> Step:  # the shard's progress, for run_status
-        _update(shard, {"labelled": view.exists(field).count()})
+        holds(labelled=label_counts(job, sample_ids)[0])
         return step
 
-    summary = yield from relay(_run(dataset, plan.view, segmenter, field, run["args"].get("mask_dir")), noted)
+    view = dataset.select(sample_ids).exists(field, False)
+    summary = yield from relay(_run(dataset, view, segmenter, field, job.mask_dir, holds=holds), noted)
     # counted on the dataset: an earlier attempt's batches are part of the shard too
-    per_class = {k: n for k, n in view.count_values(f"{field}.detections.label").items() if k is not None}
-    done = {"labelled": view.exists(field).count(), "instances": sum(per_class.values()), "per_class": per_class}
-    done.update(skipped=summary["skipped"], state="done", ended_at=_now())
-    _update(shard, done)
-    finish_if_done(run["_id"], dataset)
-    return {"run": str(run["_id"]), "shard": shard["index"], **summary}
+    labelled, per_class = label_counts(job, sample_ids)
+    done = {"labelled": labelled, "instances": sum(per_class.values()), "per_class": per_class}
+    ended = move_shard(claimed["_id"], ("running",), "done", if_lease=lease, skipped=summary["skipped"], **done)
+    if ended is None:
+        raise LeaseLost(f"shard {shard_id}: this attempt lost its lease at the end (its labels are written)")
+    patiently(lambda: finish_if_done(claimed["run_id"]))
+    return {"run": str(claimed["run_id"]), "shard": claimed["index"], **summary}
 
 
-def finish_if_done(run_id, dataset=None) -> dict[str, Any] | None:
-    """Complete the run's record once no shard is queued or running (exactly once, whoever calls it): counts,
-    failures with their errors and samples, wall time; and record the bank on the field again. Returns the
-    record when this call completed it."""
+def finish_if_done(run_id) -> dict[str, Any] | None:
+    """Complete the run's record once no shard is pending, queued or running (exactly once, whoever calls it):
+    counts, failures with their errors and samples, wall time (server time); record the bank on the field again
+    (the dataset found by its id) and release the run's bank version if no bank points at it any more. Returns
+    the record when this call completed it."""
     run_id = ObjectId(run_id)
     shards = list(shards_collection().find({"run_id": run_id}, {"sample_ids": 0}))
-    if any(s["state"] in ("queued", "running") for s in shards):
+    if any(s["state"] in UNFINISHED_SHARD for s in shards):
+        return None
+    run = runs_collection().find_one({"_id": run_id})
+    if run is None or run["state"] not in ("running", "stopping"):
         return None
     failed = [s for s in shards if s["state"] != "done"]
     per_class = sum((Counter(s.get("per_class") or {}) for s in shards), Counter())
     summary = {
-        "labelled": sum(s.get("labelled", 0) for s in shards),
-        "instances": sum(s.get("instances", 0) for s in shards),
+        "labelled": sum(s.get("labelled", 0) for s in shards if s["state"] == "done"),
+        "instances": sum(s.get("instances", 0) for s in shards if s["state"] == "done"),
         "per_class": dict(per_class),
         "skipped": [item for s in shards for item in s.get("skipped") or []],
         "failed_shards": [_failure(s) for s in failed],
+        "wall_s": round((server_time() - aware_utc(run["created_at"])).total_seconds(), 1),
     }
-    run = runs_collection().find_one({"_id": run_id})
-    ended = _now()
+    if failed:  # a failed or stopped shard's samples labelled by an earlier attempt count too
+        job = Job.from_doc(run["job"])
+        summary["labelled"] += sum(label_counts(job, shard_sample_ids(s["_id"]))[0] for s in failed)
     state = "stopped" if run["state"] == "stopping" else ("failed" if failed else "completed")
-    summary["wall_s"] = round((ended - aware_utc(run["created_at"])).total_seconds(), 1)
-    done = runs_collection().find_one_and_update(
-        {"_id": run_id, "state": {"$in": ["running", "stopping"]}},
-        {"$set": {"state": state, "ended_at": ended, "summary": summary}},
-    )
+    done = move_run(run_id, (run["state"],), state, ended_at=NOW, summary=summary)
     if done is None:
         return None
-    if dataset is None:
-        import fiftyone as fo
+    _after_run(Job.from_doc(run["job"]))
+    return done
 
-        dataset = fo.load_dataset(run["dataset"])
-    record_done(dataset, run["label_field"], run["provenance"])
-    return {**done, "state": state, "summary": summary}
+
+def _after_run(job: Job) -> None:
+    """The finisher's clean-up: the field's provenance again, and the bank version released if no bank record
+    points at it any more (it was replaced mid-run)."""
+    from fiftyone.core.odm.database import load_dataset
+
+    from .banks import _records
+    from .store import locate_bank_file, release
+
+    path = locate_bank_file(job.bank_file)
+    release(path, _records(path))
+    try:
+        dataset = load_dataset(id=job.dataset_id)
+    except ValueError:  # the dataset was deleted mid-run: nothing to record on
+        return
+    record_done(dataset, job.label_field, job.provenance)
+
+
+def shard_sample_ids(shard_id) -> list[str]:
+    return shards_collection().find_one({"_id": shard_id}, {"sample_ids": 1})["sample_ids"]
+
+
+def label_counts(job: Job, sample_ids: list[str]) -> tuple[int, dict[str, int]]:
+    """How many of these samples have labels in the job's field, and how many labels of each class, read from
+    the database by the dataset's id (a renamed dataset is still found)."""
+    from fiftyone.core.odm.database import get_db_conn
+
+    conn = get_db_conn()
+    found = conn.datasets.find_one({"_id": ObjectId(job.dataset_id)}, {"sample_collection_name": 1})
+    if found is None:
+        return 0, {}
+    samples, field = conn[found["sample_collection_name"]], job.label_field
+    query = {"_id": {"$in": [ObjectId(i) for i in sample_ids]}, field: {"$ne": None}}
+    labels = samples.aggregate(
+        [
+            {"$match": query},
+            {"$unwind": f"${field}.detections"},
+            {"$group": {"_id": f"${field}.detections.label", "n": {"$sum": 1}}},
+        ]
+    )
+    return samples.count_documents(query), {doc["_id"]: doc["n"] for doc in labels if doc["_id"] is not None}
 
 
 def _failure(shard: dict) -> dict[str, Any]:
-    ids = shards_collection().find_one({"_id": shard["_id"]}, {"sample_ids": 1})["sample_ids"]
     return {
         "shard": shard["index"],
         "error": shard.get("error"),
         "attempts": shard.get("attempts", 0),
-        "sample_ids": ids,
+        "sample_ids": shard_sample_ids(shard["_id"]),
     }
 
 
@@ -192,44 +356,27 @@ def _shard_count(samples: int, shards: int | None, shard_size: int | None) -> in
     return max(1, min(count, samples))
 
 
-def _queue_shard(dataset, run_id, position: tuple[int, int], ids: list[str], target: str, bank: str) -> None:
-    """Record shard ``position`` = (index, count) of the run and queue its operation."""
-    index, count = position
-    from fiftyone.operators.executor import ExecutionContext
-
-    record = {"run_id": run_id, "index": index, "sample_ids": ids, "samples": len(ids), "state": "queued"}
-    shard_id = shards_collection().insert_one({**record, "attempts": 0}).inserted_id
-    request = {
-        "dataset_name": dataset.name,
-        "dataset_id": str(dataset._doc.id),
-        "operator_uri": OPERATOR,
-        "delegated": True,
-        "delegation_target": target,
-        "params": {"bank": bank, "ntt_shard": str(shard_id)},
-    }
-    op = delegated_service().queue_operation(
-        operator=OPERATOR,
-        label=f"NTT: segment with {bank} (shard {index + 1}/{count}, run {run_id})",
-        delegation_target=target,
-        context=ExecutionContext(request_params=request),
-    )
-    shards_collection().update_one({"_id": shard_id}, {"$set": {"op_id": op.id}})
-
-
-def _update(shard: dict, values: dict) -> None:
-    shards_collection().update_one({"_id": shard["_id"]}, {"$set": values})
-
-
-def runs_collection():
+def _dataset_name(dataset_id: str) -> str | None:
     from fiftyone.core.odm.database import get_db_conn
 
-    return get_db_conn()["ntt_runs"]
+    found = get_db_conn().datasets.find_one({"_id": ObjectId(dataset_id)}, {"name": 1})
+    return found["name"] if found else None
 
 
-def shards_collection():
-    from fiftyone.core.odm.database import get_db_conn
+def operation(op_id):
+    """The delegated operation ``op_id``, or None when it is gone (FiftyOne's ``get`` raises then)."""
+    try:
+        return delegated_service().get(op_id)
+    except ValueError:
+        return None
 
-    return get_db_conn()["ntt_shards"]
+
+def fail_operation(op_id, error: str, required_state: str) -> bool:
+    """Mark a delegated operation failed if it is still in ``required_state``; returns whether it was."""
+    from fiftyone.operators.executor import ExecutionResult
+
+    result = ExecutionResult(error=error, error_message=error)
+    return delegated_service().set_failed(op_id, result=result, required_state=required_state) is not None
 
 
 def delegated_service():
@@ -237,10 +384,6 @@ def delegated_service():
     from fiftyone.operators.delegated import DelegatedOperationService
 
     return DelegatedOperationService()
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def aware_utc(when: datetime) -> datetime:

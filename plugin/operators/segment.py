@@ -182,7 +182,8 @@ class SegmentWithBank(BackgroundOperator):
     def execute(self, ctx):
         nfo = sdk()
         if ctx.params.get("ntt_shard"):
-            return runner.run(ctx, nfo.shard_steps(ctx.dataset, ctx.params["ntt_shard"]), self.resolve_output(ctx))
+            steps = nfo.shard_steps(ctx.dataset, ctx.params["ntt_shard"], ctx.params.get("ntt_lease"))
+            return runner.run(ctx, steps, self.resolve_output(ctx))
         bank = ctx.params["bank"]
         preset, config = self._settings(ctx)
         kwargs = dict(

@@ -68,13 +68,14 @@ def test_segment_can_keep_masks_on_disk(banked, tmp_path):
     for sample in targets:
         for a, b in zip(sample.db.detections, sample.disk.detections, strict=True):
             assert b.mask is None and Path(b.mask_path).is_file()
-            assert Path(b.mask_path).parent == tmp_path / "masks" / "disk" / sample.id
+            assert Path(b.mask_path).parent == tmp_path / "masks" / str(ds._doc.id) / "disk" / sample.id
             np.testing.assert_array_equal(a.mask, b.get_mask())
             assert (a.label, a.confidence, a.bounding_box) == (b.label, b.confidence, b.bounding_box)
     nfo.segment(targets, "pets", label_field="disk", mask_dir=str(tmp_path / "masks"), overwrite=True)
     for sample in targets.select_fields("disk"):  # the replaced labels' files are gone, the new ones are there
         names = sorted(f"{d.id}.png" for d in sample.disk.detections)
-        assert names and sorted(p.name for p in (tmp_path / "masks" / "disk" / sample.id).iterdir()) == names
+        folder = tmp_path / "masks" / str(ds._doc.id) / "disk" / sample.id
+        assert names and sorted(p.name for p in folder.iterdir()) == names
     on_db = nfo.evaluate(targets, "db", gt_field="gt", eval_key="e_db")
     on_disk = nfo.evaluate(targets, "disk", gt_field="gt", eval_key="e_disk")
     assert on_db.mAP() == on_disk.mAP()

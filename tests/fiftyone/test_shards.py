@@ -4,8 +4,6 @@ and stop. The shards run here by calling ``shard_steps`` (what the operator does
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 import numpy as np
 import pytest
 from bson import ObjectId
@@ -89,41 +87,52 @@ def test_a_rerun_shard_labels_only_what_is_still_empty(banked):
     assert recorded["instances"] == ds.count("spread.detections"), "the first attempt's instances count too"
 
 
+def _running(shard: dict, beat_age_s: float = 0.0, link: str = "ntt-worker://test/1/abc") -> None:
+    """As if an attempt of a worker at ``link`` claimed the shard and last beat ``beat_age_s`` seconds ago (of the
+    database server's clock)."""
+    _claim(shard, link)
+    beat = [{"$set": {"state": "running", "holder": link, "attempts": 1, "batch_used": 4}}]
+    beat.append({"$set": {"beat_at": {"$subtract": ["$$NOW", int(beat_age_s * 1000)]}}})
+    shards_collection().update_one({"_id": shard["_id"]}, beat)
+
+
 def test_reaper_requeues_lost_and_out_of_memory_shards_and_gives_up_on_the_rest(banked):
     ds = banked
     queued = nfo.submit(ds, "pets", label_field="spread", shards=3, max_attempts=2)
     lost, oom, broken = _shards(queued["run"])
     service = DelegatedOperationService()
-    for shard in (lost, oom, broken):
-        _claim(shard)
-        shards_collection().update_one({"_id": shard["_id"]}, {"$set": {"attempts": 1, "batch_used": 4}})
-    # a worker that stopped beating: its heartbeat is two minutes old
-    old = datetime.utcnow() - timedelta(minutes=2)
-    service._repo._collection.update_one({"_id": lost["op_id"]}, {"$set": {"updated_at": old}})
+    _running(lost, beat_age_s=120)  # a worker that stopped beating two minutes ago (server time)
+    _running(oom)
+    _running(broken)
     service.set_failed(oom["op_id"], result=ExecutionResult(error="torch.OutOfMemoryError: CUDA out of memory"))
     service.set_failed(broken["op_id"], result=ExecutionResult(error="RuntimeError: a bug"))
 
-    done = nfo.reap(stale_after=60)
+    done = nfo.reap(stale_after=60, run_id=queued["run"])
     assert len(done) == 3, done
     states = {s["index"]: s for s in _shards(queued["run"])}
     assert states[0]["state"] == "queued" and "worker lost" in states[0]["error"]
     assert states[1]["state"] == "queued" and states[1]["batch_size"] == 2, "out of memory: half the batch"
     assert states[2]["state"] == "failed" and "a bug" in states[2]["error"], "not transient: no retry"
-    assert str(_op(lost).run_state).endswith(("queued", "QUEUED")) and str(_op(oom).run_state).endswith(
-        ("queued", "QUEUED")
-    )
-    assert nfo.reap(stale_after=60) == [], "nothing more to do; a second reaper changes nothing"
+    for old, new in ((lost, states[0]), (oom, states[1])):
+        assert new["op_id"] != old["op_id"] and new["lease"] != old["lease"], "a new attempt: new operation and lease"
+        assert str(_op(new).run_state).endswith(("queued", "QUEUED"))
+        assert str(_op(old).run_state).endswith(("failed", "FAILED")), "the old attempt's operation is ended"
+    assert nfo.reap(stale_after=60, run_id=queued["run"]) == [], "nothing more to do; a second reaper changes nothing"
 
-    # the out-of-memory shard runs with the smaller batch; the lost one dies again: no attempts left
+    # the old attempt of the lost shard cannot claim it again: the lease is the new operation's
+    with pytest.raises(nfo.NTTFiftyOneError, match="not waiting for this attempt"):
+        drive(nfo.shard_steps(ds, str(lost["_id"]), lost["lease"]))
+
+    # the out-of-memory shard runs with the smaller batch; the lost one is lost again: no attempts left
     _claim(states[1])
-    drive(nfo.shard_steps(ds, str(states[1]["_id"])))
+    drive(nfo.shard_steps(ds, str(states[1]["_id"]), states[1]["lease"]))
     assert shards_collection().find_one({"_id": states[1]["_id"]})["batch_used"] == 2
-    _claim(states[0])
-    service._repo._collection.update_one({"_id": lost["op_id"]}, {"$set": {"updated_at": old}})
+    _running(states[0], beat_age_s=120)
     shards_collection().update_one({"_id": lost["_id"]}, {"$set": {"attempts": 2}})
     nfo.reap(stale_after=60)
     status = nfo.run_status(queued["run"])
     assert status["state"] == "failed" and status["shards"] == {
+        "pending": 0,
         "queued": 0,
         "running": 0,
         "done": 1,
