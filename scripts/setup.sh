@@ -20,6 +20,15 @@ if ! command -v chromium >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v 
     || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
     || echo "[setup] warning: could not install chromium; the browser test will skip" >&2
 fi
+# The fault-injection tests run workers under skewed clocks with Debian's faketime (tests/fiftyone/test_faults.py):
+# installed the same way; without it that test skips (it fails where CI is set).
+if ! command -v faketime >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] faketime (apt-get, for the fault-injection tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends faketime >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends faketime >/dev/null; } \
+    || echo "[setup] warning: could not install faketime; the skewed-clock test will skip" >&2
+fi
 
 if [[ "$(cat "$STAMP" 2>/dev/null)" == "$WANT" ]] && "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ntt', 'sam2', 'timm', 'torch', 'torchvision', 'pycocotools', 'fiftyone', 'pytest', 'playwright')))" 2>/dev/null; then
   echo "[setup] .venv is ready"; exit 0
