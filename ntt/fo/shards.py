@@ -241,7 +241,7 @@ def shard_steps(dataset, shard_id: str, lease: str | None = None) -> Steps[dict[
     def holds(**values) -> bool:
         return patiently(lambda: note_shard(claimed["_id"], lease, **values))
 
-    if not holds(batch_used=segmenter.batch_size):
+    if not holds(batch_used=segmenter.batch_size, models_loaded_at=NOW):
         raise LeaseLost(f"shard {shard_id}: this attempt lost its lease while loading models")
     sample_ids = shard_sample_ids(claimed["_id"])
     field = job.label_field
@@ -255,7 +255,9 @@ def shard_steps(dataset, shard_id: str, lease: str | None = None) -> Steps[dict[
     # counted on the dataset: an earlier attempt's batches are part of the shard too
     labelled, per_class = label_counts(job, sample_ids)
     done = {"labelled": labelled, "instances": sum(per_class.values()), "per_class": per_class}
-    ended = move_shard(claimed["_id"], ("running",), "done", if_lease=lease, skipped=summary["skipped"], **done)
+    ended = move_shard(
+        claimed["_id"], ("running",), "done", if_lease=lease, skipped=summary["skipped"], ended_at=NOW, **done
+    )
     if ended is None:
         raise LeaseLost(f"shard {shard_id}: this attempt lost its lease at the end (its labels are written)")
     patiently(lambda: finish_if_done(claimed["run_id"]))
