@@ -160,7 +160,8 @@ def _requeue(run: dict, shard: dict, error: str, count: bool = True) -> str | No
     if moved is None:
         return None  # another reaper, or the attempt itself, moved it first
     _end_operation(shard.get("op_id"), f"superseded: shard queued again after: {error}")
-    queue_attempt(moved, lease, run["delegation_target"], f"shard {shard['index'] + 1}/{run['shards']}, again")
+    label = f"shard {shard['index'] + 1}/{run['shards']}, again"
+    queue_attempt(Job.from_doc(run["job"]), moved, lease, run["delegation_target"], label)
     smaller = f" with batch size {values['batch_size']}" if "batch_size" in values else ""
     return f"queued again{smaller} after: {error}"
 

@@ -88,12 +88,11 @@ def stop_run(coll, run_id: str) -> str:
 
         return f"{run['operation']}: {stop(run_id)}"
     from bson import ObjectId
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from fiftyone.operators.executor import ExecutionResult
 
-    reason = "Stopped on request (NTT runs)"
-    result = ExecutionResult(error=reason, error_message=reason)
-    DelegatedOperationService().set_failed(ObjectId(run_id), result=result, required_state=run["state"])
+    from .reaper import STOPPED
+    from .shards import fail_operation
+
+    fail_operation(ObjectId(run_id), STOPPED, run["state"])
     if run["state"] == "queued":
         return f"{run['operation']} will not start: it is marked failed"
     return (

@@ -113,7 +113,7 @@ def submit(
         if segment_args.get("overwrite"):  # nothing is queued yet: no shard can write before this clears
             _clear(dataset, job, ids)
         for index, shard_id in enumerate(shard_ids):
-            _queue_shard(dataset, run_id, shard_id, f"shard {index + 1}/{count}", delegation_target)
+            _queue_shard(job, run_id, shard_id, f"shard {index + 1}/{count}", delegation_target)
             queued += 1
     except Exception as err:
         _close_submit(run_id, f"never queued: submitting the run failed: {err}")
@@ -175,13 +175,11 @@ def _close_submit(run_id, error: str) -> None:
     finish_if_done(run_id)
 
 
-def queue_attempt(shard: dict, lease: str, target: str, label: str) -> None:
-    """Queue the operation of an attempt at ``shard``, which must hold ``lease`` already (in state queued);
-    record it on the shard only if the lease is still that (else the operation is failed at once)."""
+def queue_attempt(job: Job, shard: dict, lease: str, target: str, label: str) -> None:
+    """Queue the operation of an attempt at ``shard`` of a run of ``job``; the shard must hold ``lease`` already
+    (in state queued). Record it on the shard only if the lease is still that (else fail the operation at once)."""
     from fiftyone.operators.executor import ExecutionContext
 
-    run = runs_collection().find_one({"_id": shard["run_id"]}, {"job": 1, "dataset": 1})
-    job = Job.from_doc(run["job"])
     request = {
         "dataset_id": job.dataset_id,
         "operator_uri": OPERATOR,
@@ -189,8 +187,7 @@ def queue_attempt(shard: dict, lease: str, target: str, label: str) -> None:
         "delegation_target": target,
         "params": {"bank": job.bank_name, "ntt_shard": str(shard["_id"]), "ntt_lease": lease},
     }
-    name = _dataset_name(job.dataset_id) or run["dataset"]
-    request["dataset_name"] = name
+    request["dataset_name"] = _dataset_name(job.dataset_id)  # now: the dataset may have been renamed
     op = delegated_service().queue_operation(
         operator=OPERATOR,
         label=f"NTT: segment with {job.bank_name} ({label}, run {shard['run_id']})",
@@ -202,12 +199,12 @@ def queue_attempt(shard: dict, lease: str, target: str, label: str) -> None:
         fail_operation(op.id, "superseded: its shard was queued again or ended", "queued")
 
 
-def _queue_shard(dataset, run_id, shard_id, label: str, target: str) -> None:
+def _queue_shard(job: Job, run_id, shard_id, label: str, target: str) -> None:
     lease = new_lease()
     shard = move_shard(shard_id, ("pending",), "queued", lease=lease, queued_at=NOW)
     if shard is None:
         raise NTTFiftyOneError(f"shard {shard_id} is no longer pending: the run was closed meanwhile")
-    queue_attempt(shard, lease, target, label)
+    queue_attempt(job, shard, lease, target, label)
     runs_collection().update_one({"_id": run_id}, [{"$set": {"queued": {"$add": ["$queued", 1]}, "beat_at": NOW}}])
 
 
