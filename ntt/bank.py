@@ -361,6 +361,14 @@ def _digest(meta: dict[str, Any], features: np.ndarray, class_ids: np.ndarray) -
     return digest.hexdigest()
 
 
+def on_image(shot: dict[str, Any], origin: str | None, image_id: Any) -> bool:
+    """Whether ``shot`` comes from image ``image_id`` of ``origin`` (where the references came from: a COCO
+    file's digest or a dataset id; None: not known). Image ids repeat across COCO files (most tools number from
+    1), so ids are compared only within one origin; a shot or image without an origin matches by id alone."""
+    theirs = shot.get("source")
+    return str(shot.get("image_id")) == str(image_id) and (theirs is None or origin is None or theirs == origin)
+
+
 def _shot_key(shot: dict[str, Any]) -> tuple[str, str, bool]:
     return (str(shot.get("image_id")), str(shot.get("annotation_id")), bool(shot.get("negative")))
 

@@ -173,8 +173,8 @@ def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
     bank.info["path"] = str(args.bank)
     cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
     if args.thresholds == "calibrated":
+        from .calibration import calibrated_thresholds
         from .config import derive
-        from .grading import calibrated_thresholds
 
         cfg = derive(cfg, segment={"class_thresholds": calibrated_thresholds(bank)})
     targets = _targets(args.images, args.image_root)  # checked before the weights: the cheaper mistake first

@@ -24,6 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .bank import MemoryBank
+from .calibration import calibrate
 from .coco import instances_to_results
 from .config import NTTConfig
 from .evaluation import _quiet, evaluate_results
@@ -170,7 +171,8 @@ def grade_steps(
         yield Step(0.5 + 0.5 * j / len(positive), "Measuring each shot's effect on its class")
     grades.sort(key=lambda g: (g.effect is None, g.effect if g.effect is not None else 0.0, g.own_cosine or 0.0))
     classes = [ClassGrade(c["name"], bank.shots_per_class()[c["name"]], **with_all[c["id"]]) for c in bank.classes]
-    return GradeReport(classes, grades, skipped, calibrate(bank, runs, found, target_precision))
+    points = {c["id"]: _scored_matches(runs, found, c["id"]) for c in bank.classes}
+    return GradeReport(classes, grades, skipped, calibrate(bank, points, target_precision))
 
 
 def grade(*args, progress: Progress | None = None, **kwargs) -> GradeReport:
@@ -299,43 +301,6 @@ def _match_flags(truths: list[np.ndarray], preds: list[np.ndarray]) -> list[bool
             taken.add(max(free)[1])
         flags.append(bool(free))
     return flags
-
-
-def calibrate(bank: MemoryBank, runs: list[_Run], found: list[Instances], target_precision: float | None) -> dict:
-    """Per class, the score threshold that maximises F1 on the leave-one-out predictions (or, with
-    ``target_precision``, the lowest that reaches it: the most recall at that precision), with the numbers
-    behind it: ``{"method", "classes": {name: {"threshold", "precision", "recall", "f1", "instances",
-    "predictions"}}}``. Classes without labelled instances or predictions, or that never reach the precision,
-    are left out (they keep the global threshold)."""
-    method = "f1" if target_precision is None else f"precision>={target_precision:g}"
-    classes = {}
-    for c in bank.classes:
-        points, truths = _scored_matches(runs, found, c["id"])
-        points.sort(key=lambda p: -p[0])
-        best, hits = None, 0
-        for n, (score, hit) in enumerate(points, start=1):
-            hits += hit
-            precision, recall = hits / n, hits / truths if truths else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-            last = n == len(points) or points[n][0] < score  # thresholds fall between distinct scores
-            wanted = f1 if target_precision is None else (recall if precision >= target_precision else -1.0)
-            if last and hits and wanted >= 0 and (best is None or wanted > best[0]):
-                best = (wanted, {"threshold": score, "precision": precision, "recall": recall, "f1": f1})
-        if best is not None:
-            classes[c["name"]] = {**best[1], "instances": truths, "predictions": len(points)}
-    return {"method": method, "classes": classes}
-
-
-def calibrated_thresholds(bank: MemoryBank) -> dict[str, float]:
-    """The per-class thresholds a grading stored in the bank (``info["calibration"]``).
-
-    Raises:
-        ValueError: the bank was never calibrated.
-    """
-    calibration = bank.info.get("calibration") or {}
-    if not calibration.get("classes"):
-        raise ValueError("this bank has no calibrated thresholds: grade its references first (ntt bank report)")
-    return {name: float(v["threshold"]) for name, v in calibration["classes"].items() if name in bank.class_names}
 
 
 def _shot_grade(bank: MemoryBank, k: int, effect: float | None) -> ShotGrade:

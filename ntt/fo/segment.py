@@ -13,9 +13,9 @@ import fiftyone as fo
 
 from ..bank import MemoryBank
 from ..cache import CandidateStore
+from ..calibration import calibrated_thresholds
 from ..coco import explain
 from ..config import NTTConfig, derive, get_config
-from ..grading import calibrated_thresholds
 from ..pipeline import adopt_bank_encoder
 from ..segmenter import Segmenter
 from ..steps import Step, Steps, drive, signature_of

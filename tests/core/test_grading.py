@@ -91,8 +91,8 @@ def test_an_image_holding_every_shot_is_skipped_with_a_reason(setup):
 def test_calibrated_thresholds_separate_instances_from_distractors(setup):
     """On the bank without the bad shot, dogs score ~0.7 and toys ~0.5: the calibrated dog threshold keeps
     every dog and drops every toy on a new image, where the global default (0) keeps the toys."""
+    from ntt.calibration import calibrated_thresholds
     from ntt.config import derive
-    from ntt.grading import calibrated_thresholds
     from ntt.predictor import Predictor
 
     cfg, bank, labelled = setup
