@@ -26,8 +26,9 @@ def evaluate(
 ):
     """Run ``evaluate_detections(method="coco", use_masks=True, compute_mAP=True)`` on ``coll``.
 
-    What the predictions were made with is read from ``pred_field``'s info (recorded by ``segment``), so
-    this works after the bank is renamed, rebuilt or deleted. Reference samples are left out by default
+    What the predictions were made with is read from ``pred_field``'s info (recorded by ``segment``; for
+    ``apply_model``, from its labels: ``provenance.recorded``), so this works after the bank is renamed,
+    rebuilt or deleted. Reference samples are left out by default
     (they would match their own labels): the samples ``segment`` left out as references (the bank's shot
     samples, even if untagged since), plus the samples tagged ``tag`` now when ``tag`` is given. Ground
     truth is restricted to ``classes``, by default the bank's classes, so classes the bank cannot predict

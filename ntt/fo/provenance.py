@@ -7,10 +7,17 @@ after the bank is renamed, rebuilt or deleted and after the references are untag
 - ``ntt_tag``: its reference tag; ``ntt_classes``: its class names
 - ``ntt_reference_ids``: the samples left out as references: the bank's shot samples, plus the samples
   tagged as references when the run started (when references were excluded)
+
+FiftyOne's ``apply_model`` does not tell a model its output field, so an ``NTTModel`` (``model.py``) marks each
+``Detections`` it returns with its bank's fingerprint (``LABEL_KEY``) and registers the bank's provenance in the
+dataset's info (``REGISTRY``, by fingerprint). ``recorded`` reads a field's provenance from its labels that way
+when the field's info has none, or another bank's (the labels were replaced since), and records it on the field
+(so ``evaluate`` treats an ``apply_model`` field as a ``segment`` field).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +28,10 @@ from .checks import shot_sample_ids
 from .store import dataset_of, schema_lock
 
 KEYS = ("ntt_bank", "ntt_bank_fingerprint", "ntt_tag", "ntt_classes", "ntt_reference_ids")
+LABEL_KEY = "ntt_bank_fingerprint"  # on each ``Detections`` apply_model writes: the bank that made it
+REGISTRY = "ntt_bank_"  # ``dataset.info[REGISTRY + fingerprint]``: the provenance of a bank apply_model used
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,9 +74,49 @@ class Source:
 
 
 def recorded(coll, field: str) -> dict[str, Any]:
-    """The provenance recorded on ``field`` ({} for a field ntt did not write)."""
-    info = dataset_of(coll).get_field(field).info or {}
-    return {k: info[k] for k in KEYS if k in info}
+    """The provenance recorded on ``field`` ({} for a field ntt did not write).
+
+    Labels ``apply_model`` wrote name their bank (``LABEL_KEY``): when the field records none or another bank, the
+    bank's registered provenance is recorded on the field and returned. One query over the field's labels."""
+    dataset = dataset_of(coll)
+    info = _known(dataset.get_field(field).info)
+    marks = dataset.distinct(f"{field}.{LABEL_KEY}")
+    if not marks or marks == [info.get("ntt_bank_fingerprint")]:
+        return info
+    with schema_lock(dataset):  # the field's record and the registry as stored now
+        info = _known(dataset.get_field(field).info)
+        found = _from_labels(dataset, field, info, marks)
+        if found is None:
+            return info
+        ensure_field(dataset, field)
+        _save_info(dataset, field, found)
+    return found
+
+
+def register_model(dataset, info: dict[str, Any]) -> None:
+    """Register the provenance of a bank ``apply_model`` labels ``dataset`` with, in the dataset's info (key
+    ``REGISTRY`` + fingerprint). Safe while FiftyOne iterates the dataset and across processes: a single-key
+    update, no reload (which would leave views iterated before it blind to fields added after it)."""
+    dataset.info[REGISTRY + info["ntt_bank_fingerprint"]] = info
+    dataset.save()
+
+
+def _from_labels(dataset, field: str, info: dict[str, Any], marks: list[str]) -> dict[str, Any] | None:
+    """The registered provenance of the bank that ``marks`` (the fingerprints on ``field``'s labels) name, when
+    it is one bank, registered, and not mixed with labels of the bank ``info`` records (unmarked: segment's).
+    None otherwise: then ``info`` stands, with a warning."""
+    if len(marks) > 1 or (info and dataset.exists(field).exists(f"{field}.{LABEL_KEY}", False).count()):
+        log.warning("ntt: field %r mixes the predictions of several banks: its recorded bank stands", field)
+        return None
+    found = (dataset.info or {}).get(REGISTRY + marks[0])
+    if found is None:
+        log.warning("ntt: field %r holds predictions of a bank this dataset has no record of", field)
+        return None
+    return dict(found)
+
+
+def _known(info: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: info[k] for k in KEYS if k in (info or {})}
 
 
 def declare_field(dataset, label_field: str, info: dict[str, Any]) -> dict[str, Any]:
