@@ -8,12 +8,21 @@ tensors, so an edited class name is caught like a flipped feature bit). Nothing 
 A shot is a positive (it makes its class's prototype) or, with ``"negative": true`` in its provenance, a
 negative of its class: something that looks like the class but is not (usually a false positive), which
 lowers the class's score on masks that look more like it than like the class (``postprocess.match_classes``).
+
+A shot is made from a label: its identity is (``source``, image id, annotation id), ``source`` saying where the ids
+are ids: the sha256 (hex) of the COCO file the shot came from, or ``"dataset:<dataset id>"`` for a FiftyOne label.
+Most annotation tools number images and annotations from 1 in every file they export, so ids alone would take the
+labels of a second file for those of the first. ``same_label`` is the rule (with the one for shots of banks made
+before shots recorded their source), ``MemoryBank.holds`` the one place that decides "already in the bank".
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +43,9 @@ from .bank_checks import (
 FORMAT_VERSION = 3  # 3: shots may be negatives
 READS = (2, 3)  # version 2 is version 3 without negatives
 _META_KEY = "ntt_bank"
+_DATASETS = "dataset:"  # the source prefix of shots from FiftyOne datasets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,7 +58,8 @@ class MemoryBank:
             (raw, not normalised).
         shot_class_ids: int64 (S,): the category id of each shot.
         shots: per-shot provenance dicts (``image_id``, ``image_path``, ``annotation_id``, ``class_id``;
-            ``negative``: true for a negative shot of its class).
+            ``source``: where the ids are ids, see ``same_label``; ``negative``: true for a negative shot of its
+            class). A bank is never changed in place: every change makes a new one.
         encoder: the DINOv2 encoder and preprocessing the features come from (``name``,
             ``image_size``, ``weights`` (where they came from, for messages), ``fingerprint`` (a hash of
             the loaded weights: the same weights in another file format give the same one), ``dim``,
@@ -135,40 +148,113 @@ class MemoryBank:
         shots = [{**shot, "negative": True} for shot in self.shots]
         return MemoryBank(self.classes, self.shot_features, self.shot_class_ids, shots, dict(self.encoder), self.info)
 
-    def add(self, other: MemoryBank) -> MemoryBank:
-        """A new bank with ``other``'s shots (and classes) added; the encoders must match.
+    def holds(self, shot: dict[str, Any], negative: bool) -> bool:
+        """Whether the bank has ``shot``'s label already as a shot of that kind (a negative when ``negative``, else
+        a positive), whatever its class: the one rule of "already in the bank", for ``add``, ``ntt.teach`` and
+        ``ntt.fo.add_references`` alike.
 
-        Shots already in this bank (same image id, annotation id and kind, positive or negative) are not
-        added twice. Negatives need their class in the result.
+        ``shot`` is a provenance dict (as ``shots`` holds, or ``Reference.provenance()``); labels are told apart by
+        ``same_label``. A label held as the other kind is not held: a negative can become a positive, and the
+        reverse (``add`` then replaces the older one of the same class). A shot without an annotation id is no
+        label's, so never held.
         """
+        return any(bool(self.negative[i]) == bool(negative) for i in self._same_label_as(shot))
+
+    def add(self, other: MemoryBank, say: Callable[[str], None] | None = None) -> MemoryBank:
+        """A new bank with ``other``'s shots (and classes) added; the encoders must match. Returns this bank itself
+        when nothing is new.
+
+        Classes are merged by name (``matched_to``): a class of ``other`` named as one of this bank's joins it,
+        whatever its id there, and a new name whose id this bank gives another class gets the next free id. Shots
+        whose label the bank holds already as that kind of shot (``holds``) are not added twice. A new shot of a
+        label the bank has as the other kind of the same class replaces it: a positive and a negative of one label
+        and class contradict each other, and the newer verdict wins. A positive of one class and a negative of
+        another from one label (a relabelled prediction) are both kept. Negatives need their class in the result.
+
+        Args:
+            say: gets a line for each class numbered otherwise in ``other`` and each shot replaced (default: logged).
+        """
+        say = say or log.info
         if _encoder_key(other.encoder) != _encoder_key(self.encoder):
             raise BankError(f"cannot merge banks of different encoders: {self.encoder} vs {other.encoder}")
-        classes = list(self.classes)
-        names = {c["id"]: c["name"] for c in classes}
-        for c in other.classes:
-            if c["id"] in names and names[c["id"]] != c["name"]:
-                raise BankError(f"class id {c['id']} is {names[c['id']]!r} here but {c['name']!r} there")
-            if c["id"] not in names:
-                classes.append(dict(c))
-                names[c["id"]] = c["name"]
-        have = {_shot_key(s) for s in self.shots if s.get("annotation_id") is not None}
-        new = [i for i, s in enumerate(other.shots) if _shot_key(s) not in have]
-        used = set(self.shot_class_ids.tolist()) | set(other.shot_class_ids[new].tolist())
+        other = self._matched(other, say)
+        new = [j for j, shot in enumerate(other.shots) if not self.holds(shot, bool(other.negative[j]))]
+        if not new:
+            return self
+        replaced = self._replaced(other, new, say)
+        kept = [i for i in range(len(self.shots)) if i not in replaced]
+        known = set(self.class_ids)
+        classes = self.classes + [dict(c) for c in other.classes if c["id"] not in known]
+        class_ids = np.concatenate([self.shot_class_ids[kept], other.shot_class_ids[new]])
+        used = set(class_ids.tolist())
         merged = MemoryBank(
             classes=[c for c in classes if c["id"] in used],
-            shot_features=np.concatenate([self.shot_features, other.shot_features[new]]),
-            shot_class_ids=np.concatenate([self.shot_class_ids, other.shot_class_ids[new]]),
-            shots=self.shots + [other.shots[i] for i in new],
+            shot_features=np.concatenate([self.shot_features[kept], other.shot_features[new]]),
+            shot_class_ids=class_ids,
+            shots=[self.shots[i] for i in kept] + [other.shots[j] for j in new],
             encoder=dict(self.encoder),
             info=dict(self.info),
         )
         merged._check_negatives()
         return merged
 
+    def _matched(self, other: MemoryBank, say: Callable[[str], None]) -> MemoryBank:
+        """``other`` with its classes numbered as this bank's (``matched_to``); each class whose id changes said."""
+        matched = other.matched_to(self)
+        ours = {c["name"]: c["id"] for c in self.classes}
+        names = {c["id"]: c["name"] for c in self.classes}
+        where = _where(other)
+        for before, after in zip(other.classes, matched.classes):
+            name, old, new = before["name"], before["id"], after["id"]
+            if old == new:
+                continue
+            if name in ours:
+                say(f"class {name!r} is id {old} in {where} and id {new} in the bank: added to the bank's {name!r}")
+            else:
+                say(f"class {name!r} is id {old} in {where}, the bank's {names[old]!r}: added as a new class, id {new}")
+        return matched
+
+    def _replaced(self, other: MemoryBank, new: list[int], say: Callable[[str], None]) -> set[int]:
+        """Indices of this bank's shots that ``other``'s shots ``new`` contradict (same label and class, the other
+        kind), each said."""
+        names = {c["id"]: c["name"] for c in self.classes}
+        replaced: set[int] = set()
+        for j in new:
+            shot, negative, class_id = other.shots[j], bool(other.negative[j]), int(other.shot_class_ids[j])
+            for i in self._same_label_as(shot):
+                if i in replaced or bool(self.negative[i]) == negative or int(self.shot_class_ids[i]) != class_id:
+                    continue
+                replaced.add(i)
+                was, now = ("negative", "positive") if self.negative[i] else ("positive", "negative")
+                say(
+                    f"{describe_shot(shot)} was a {was} of {names[class_id]!r} and is now a {now}: the newer "
+                    "verdict replaces the older"
+                )
+        return replaced
+
+    def _same_label_as(self, shot: dict[str, Any]) -> list[int]:
+        """Indices of the bank's shots made from ``shot``'s label (``same_label``)."""
+        key = _label_key(shot)
+        if key is None:
+            return []
+        return [i for i in self._by_label.get(key, ()) if same_label(self.shots[i], shot)]
+
+    @functools.cached_property
+    def _by_label(self) -> dict[tuple[str, str], list[int]]:
+        """(image id, annotation id) -> indices of the shots with those ids: ``holds`` looks a shot up in it, not
+        through every shot (built once: a bank is never changed in place)."""
+        index: dict[tuple[str, str], list[int]] = {}
+        for i, shot in enumerate(self.shots):
+            key = _label_key(shot)
+            if key is not None:
+                index.setdefault(key, []).append(i)
+        return index
+
     def matched_to(self, other: MemoryBank) -> MemoryBank:
-        """The same shots with their classes numbered as ``other``'s classes of the same name, so that
-        ``other.add`` merges classes by name. A class ``other`` lacks keeps its id when ``other`` does not use it,
-        else gets the next free one (two changes made at once may each have given the same id to a new class)."""
+        """The same shots with their classes numbered as ``other``'s classes of the same name (``other.add`` does
+        this first: classes merge by name). A class ``other`` lacks keeps its id when ``other`` does not use it,
+        else gets the next free one (another file may number its classes otherwise; two changes made at once may
+        each have given the same id to a new class). Returns this bank itself when no id changes."""
         theirs = {c["name"]: c["id"] for c in other.classes}
         used = set(theirs.values()) | set(self.class_ids)
         mapping = {}
@@ -369,8 +455,48 @@ def on_image(shot: dict[str, Any], origin: str | None, image_id: Any) -> bool:
     return str(shot.get("image_id")) == str(image_id) and (theirs is None or origin is None or theirs == origin)
 
 
-def _shot_key(shot: dict[str, Any]) -> tuple[str, str, bool]:
-    return (str(shot.get("image_id")), str(shot.get("annotation_id")), bool(shot.get("negative")))
+def same_label(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether shots ``a`` and ``b`` (provenance dicts) were made from the same label.
+
+    Their image ids and annotation ids must be equal (as strings: ids go through JSON), and a shot without an
+    annotation id is no label's. Then:
+
+    - both have a ``source``: it is the same. All FiftyOne datasets count as one source: their ids are database
+      ids, unique across datasets, and a clone keeps its samples', labels' and banks' ids (the same labels).
+    - either has none (a shot of a bank made before shots recorded their source): their ``image_path`` is the same
+      (as written) when both have one. So a second file's labels numbered alike, on other images, are not taken
+      for an old bank's; the same file added again (same paths) is. Shots of in-memory images match by ids alone.
+    """
+    key = _label_key(a)
+    if key is None or key != _label_key(b):
+        return False
+    ours, theirs = a.get("source"), b.get("source")
+    if ours is not None and theirs is not None:
+        return _namespace(ours) == _namespace(theirs)
+    ours, theirs = a.get("image_path"), b.get("image_path")
+    return ours is None or theirs is None or str(ours) == str(theirs)
+
+
+def describe_shot(shot: dict[str, Any]) -> str:
+    """A shot's label for messages: ``annotation 7 of image 3 (refs/000003.jpg)``."""
+    where = f" ({shot['image_path']})" if shot.get("image_path") else ""
+    return f"annotation {shot.get('annotation_id')} of image {shot.get('image_id')}{where}"
+
+
+def _label_key(shot: dict[str, Any]) -> tuple[str, str] | None:
+    annotation = shot.get("annotation_id")
+    return None if annotation is None else (str(shot.get("image_id")), str(annotation))
+
+
+def _namespace(source: str) -> str:
+    return _DATASETS if source.startswith(_DATASETS) else source
+
+
+def _where(bank: MemoryBank) -> str:
+    """What a bank to add came from, for messages: its references file (``info["source"]``, set by
+    ``ntt.pipeline.bank_from_coco``) when known."""
+    source = bank.info.get("source")
+    return source if isinstance(source, str) and source else "the added shots"
 
 
 def _encoder_key(encoder: dict[str, Any]) -> tuple:

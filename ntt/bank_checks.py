@@ -49,7 +49,8 @@ def checked_classes(classes: Any) -> list[dict[str, Any]]:
 
 
 def checked_shots(shots: Any) -> list[dict[str, Any]]:
-    """Shot provenance objects; ``negative``, when present, is true or false (a string would be truthy)."""
+    """Shot provenance objects; ``negative``, when present, is true or false (a string would be truthy), and
+    ``source`` a non-empty string (where the shot's ids are ids: ``MemoryBank.holds`` compares it)."""
     if not isinstance(shots, (list, tuple)):
         raise BankError(f"bank shots must be a list of objects, got {_json_kind(shots)}")
     for i, shot in enumerate(shots):
@@ -57,6 +58,9 @@ def checked_shots(shots: Any) -> list[dict[str, Any]]:
             raise BankError(f"bank shot {i} must be an object (its provenance), got {_short(shot)}")
         if not isinstance(shot.get("negative", False), bool):
             raise BankError(f"bank shot {i}: negative must be true or false, got {_short(shot['negative'])}")
+        source = shot.get("source")
+        if source is not None and (not isinstance(source, str) or not source):
+            raise BankError(f"bank shot {i}: source must be a non-empty string, got {_short(source)}")
     return list(shots)
 
 

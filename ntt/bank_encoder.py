@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -217,21 +216,10 @@ def _assemble(refs: list[Reference], feats: np.ndarray, cfg: NTTConfig, encoder)
     classes: dict[int, str] = {}
     for ref in refs:
         classes.setdefault(int(ref.class_id), ref.class_name)
-    shots = [
-        {
-            "image_id": ref.image_id,
-            "image_path": None if isinstance(ref.image, np.ndarray) else str(Path(ref.image)),
-            "annotation_id": ref.annotation_id,
-            "class_id": int(ref.class_id),
-            "box_only": ref.mask is None,
-            **ref.extra,
-        }
-        for ref in refs
-    ]
     return MemoryBank(
         classes=[{"id": cid, "name": classes[cid]} for cid in sorted(classes)],
         shot_features=feats,
         shot_class_ids=np.array([int(r.class_id) for r in refs], dtype=np.int64),
-        shots=shots,
+        shots=[ref.provenance() for ref in refs],
         encoder={**encoder_identity(encoder, cfg.model), "context_ratio": cfg.bank.context_ratio},
     )

@@ -36,8 +36,12 @@ def bank_from_coco(
     every non-crowd annotation of the chosen classes is a shot. Classes: ``classes`` (names or ids, comma
     lists expanded) or a named ``split`` (``ntt.sampling.SPLITS``), not both; default all. ``box_refs``
     ignores masks and prompts SAM2 with boxes.
+
+    Each shot's ``source`` is the file's sha256 (``references_digest``): its image and annotation ids are this
+    file's, which another file may repeat (``MemoryBank.holds``).
     """
     data = coco.load_json(refs_json, kind="references")
+    source = references_digest(refs_json)  # after the read: a missing or unreadable file is named by it
     root = coco.resolve_image_root(refs_json, image_root, data)
     cat_ids, explicit = _chosen_categories(data, classes, split)
     if shots is not None:
@@ -45,9 +49,17 @@ def bank_from_coco(
     else:
         anns = sampling.all_annotations(data, cat_ids, explicit)
     refs = coco.references_from_coco(data, root, anns, box_refs)
+    for ref in refs:
+        ref.extra["source"] = source
     bank = build_bank(refs, cfg, progress=progress)
     bank.info.update({"source": str(refs_json), "shots_arg": shots, "seed": seed, "split": split})
     return bank
+
+
+def references_digest(refs_json: str | Path) -> str:
+    """The ``source`` of shots from a COCO references file: the sha256 (hex) of its bytes. A changed file is
+    another source (its ids may name other labels now)."""
+    return file_sha256(Path(refs_json))
 
 
 def _chosen_categories(data: dict, classes: list[str] | None, split: str | None) -> tuple[list[int], bool]:
@@ -290,26 +302,41 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def labelled_references(bank: MemoryBank, refs_json: str | Path, image_root: str | Path | None = None) -> list:
     """The bank's reference images in a COCO instance JSON, each with its labelled instances of the bank's
     classes (crowd regions left out): the ground truth ``grading.grade`` measures the shots against. A
-    box-only annotation's instance is its box, filled (as a box-only reference's in FiftyOne)."""
+    box-only annotation's instance is its box, filled (as a box-only reference's in FiftyOne).
+
+    Only the images whose shots came from this file are taken (``ntt.bank.on_image``: by the shots' ``source``,
+    the file's sha256; a shot without one, from an older bank, by image id alone), each with ``origin`` the file's
+    sha256. The file's categories map to the bank's classes by name (``MemoryBank.add`` merged them so)."""
     from .grading import LabelledImage
 
     data = coco.load_json(refs_json, kind="references")  # the file the shots came from, read as it was then
+    origin = references_digest(refs_json)
     root = coco.resolve_image_root(refs_json, image_root, data)
-    wanted = {str(s.get("image_id")) for s in bank.shots}
-    classes = set(bank.class_ids)
+    wanted = {str(s.get("image_id")) for s in bank.shots if s.get("source") in (None, origin)}  # on_image's rule
+    class_of = _bank_class_ids(bank, data)
     by_image: dict[int, list[dict]] = {}
     for ann in data["annotations"]:
-        if int(ann["category_id"]) in classes and not ann.get("iscrowd"):
+        if int(ann["category_id"]) in class_of and not ann.get("iscrowd"):
             by_image.setdefault(ann["image_id"], []).append(ann)
     images = [img for img in data["images"] if str(img["id"]) in wanted]
     if not images:
-        raise ValueError(f"{refs_json}: none of the bank's reference images is in this file")
+        raise ValueError(
+            f"{refs_json}: none of the bank's reference images came from this file (shots record the sha256 of the "
+            "file they came from: a file changed since is another one)"
+        )
     return [
         LabelledImage(
             img["id"],
             root / img["file_name"],
             [coco.instance_mask(a, img) for a in by_image.get(img["id"], [])],
-            [int(a["category_id"]) for a in by_image.get(img["id"], [])],
+            [class_of[int(a["category_id"])] for a in by_image.get(img["id"], [])],
+            origin=origin,
         )
         for img in images
     ]
+
+
+def _bank_class_ids(bank: MemoryBank, data: dict) -> dict[int, int]:
+    """The file's category id -> the bank's class id, for the categories named as a bank class."""
+    ours = {c["name"]: c["id"] for c in bank.classes}
+    return {cid: ours[name] for cid, name in coco.category_names(data).items() if name in ours}

@@ -2,7 +2,9 @@
 
 ``teach`` encodes only the new shots, with the bank's own encoder settings, and adds them: positives make (or
 join) their class's prototype, negatives push down what looks more like them than like their class
-(``postprocess.match_classes``). Shots already in the bank, of the same kind, are left out before encoding.
+(``postprocess.match_classes``). Labels the bank holds already as that kind of shot (``MemoryBank.holds``) are
+left out before encoding; a label it holds as the other kind of the same class is encoded, and replaces that shot
+(the newer verdict wins).
 """
 
 from __future__ import annotations
@@ -56,12 +58,11 @@ def lesson_steps(
 
 
 def learn(bank: MemoryBank, lesson: Sequence[MemoryBank]) -> MemoryBank:
-    """``bank`` plus the parts of a lesson, their classes matched to the bank's by name; shots the bank holds
-    already (same image, annotation and kind) are not added twice. Returns ``bank`` itself when nothing is new."""
+    """``bank`` plus the parts of a lesson (``MemoryBank.add``: classes matched by name, labels the bank holds
+    already as that kind of shot left out, contradicted shots replaced). Returns ``bank`` itself when nothing is
+    new."""
     for part in lesson:
-        taught = bank.add(part.matched_to(bank))
-        if len(taught.shots) > len(bank.shots):
-            bank = taught
+        bank = bank.add(part)
     return bank
 
 
@@ -71,8 +72,9 @@ def teach(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
 
     Args:
         bank: the bank to teach (not changed).
-        positives / negatives: references (image, mask or box, class); ``image_id`` / ``annotation_id`` name
-            them, and shots already in the bank of the same kind are skipped.
+        positives / negatives: references (image, mask or box, class); their provenance (``source``,
+            ``image_id``, ``annotation_id``) names their label, and labels the bank holds already as that kind of
+            shot are skipped (``MemoryBank.holds``).
         cfg: the bank's settings (its encoder must be the bank's: ``MemoryBank.add`` checks).
         encoder / proposer: models to use instead of the configured DINOv2 / SAM2 (tests, other backbones).
         progress: ``progress(fraction, label)`` for each step of ``teach_steps``.
@@ -81,9 +83,8 @@ def teach(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
 
 
 def _new(bank: MemoryBank, refs: Sequence[Reference], negative: bool) -> list[Reference]:
-    kind = [s for s in bank.shots if bool(s.get("negative")) == negative]
-    have = {(str(s.get("image_id")), str(s.get("annotation_id"))) for s in kind}
-    return [r for r in refs if r.annotation_id is None or (str(r.image_id), str(r.annotation_id)) not in have]
+    """The references whose label ``bank`` does not hold as that kind of shot yet."""
+    return [ref for ref in refs if not bank.holds(ref.provenance(), negative)]
 
 
 def _scaled(steps: Steps[MemoryBank], done: int, size: int, total: int) -> Steps[MemoryBank]:

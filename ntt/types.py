@@ -132,6 +132,8 @@ class Reference:
         box: pixel xywh [x, y, w, h] as in COCO (floats allowed); None takes the mask's tight box.
         image_id: provenance: the image's id in its source (COCO image id, FiftyOne sample id...).
         annotation_id: provenance: the annotation's id in its source.
+        extra: more provenance for the shot, e.g. ``source``: where the ids are ids (the sha256 of the COCO file,
+            or ``"dataset:<dataset id>"``), so that a label is told from another file's label of the same ids.
     """
 
     image: str | Path | np.ndarray
@@ -142,6 +144,18 @@ class Reference:
     image_id: int | str | None = None
     annotation_id: int | str | None = None
     extra: dict = field(default_factory=dict)
+
+    def provenance(self) -> dict:
+        """The shot's provenance, as a bank records it (``MemoryBank.shots``): what ``MemoryBank.holds`` reads to
+        tell whether the bank has this label already."""
+        return {
+            "image_id": self.image_id,
+            "image_path": None if isinstance(self.image, np.ndarray) else str(Path(self.image)),
+            "annotation_id": self.annotation_id,
+            "class_id": int(self.class_id),
+            "box_only": self.mask is None,
+            **self.extra,
+        }
 
     def describe(self) -> str:
         """A short human-readable name used in error messages."""

@@ -19,6 +19,7 @@ from PIL import Image
 from ..bank_encoder import InvalidReferenceError
 from ..images import ImageLoadError, image_size
 from ..types import Reference
+from .store import dataset_key
 
 log = logging.getLogger(__name__)
 DEFAULT_TAG = "ntt_ref"
@@ -156,10 +157,13 @@ def _is_crowd(det) -> bool:
 
 
 def _sample_references(sample, dets, ids: dict[str, int]) -> list[Reference]:
+    """References of ``dets`` on ``sample``, named by the sample's and labels' ids in its dataset (their
+    ``source``: ``"dataset:<dataset id>"``, see ``ntt.bank.same_label``); a new class name gets the next free id."""
     try:
         height, width = image_size(sample.filepath)
     except ImageLoadError as err:
         raise InvalidReferenceError(f"reference sample {sample.id}: {err}") from err
+    source = dataset_source(sample.dataset)
     out = []
     for det in dets:
         if det.label is None:
@@ -178,9 +182,16 @@ def _sample_references(sample, dets, ids: dict[str, int]) -> list[Reference]:
                 box=box,
                 image_id=sample.id,
                 annotation_id=det.id,
+                extra={} if source is None else {"source": source},
             )
         )
     return out
+
+
+def dataset_source(dataset) -> str | None:
+    """The ``source`` of shots from labels of ``dataset`` (None for a sample in no dataset): its database id, which
+    a rename does not change."""
+    return None if dataset is None else f"dataset:{dataset_key(dataset)}"
 
 
 def full_image_mask(det, width: int, height: int) -> np.ndarray:

@@ -132,10 +132,144 @@ def test_add_rejects_other_encoder(encoder_change):
         _bank().add(other)
 
 
-def test_add_rejects_conflicting_class_names():
-    other = _bank(classes=[{"id": 17, "name": "kitten"}, dict(DOG)])
-    with pytest.raises(BankError, match="kitten"):
-        _bank().add(other)
+def _part(shots, class_ids, classes, negative=False, **info):
+    """A bank to add: one feature per shot (distinct rows), shots made negatives when ``negative``."""
+    shots = [{**shot, "negative": True} if negative else shot for shot in shots]
+    features = np.arange(1, 3 * len(shots) + 1, dtype=np.float32).reshape(-1, 3)
+    return MemoryBank(classes, features, np.array(class_ids), shots, dict(ENCODER), info)
+
+
+def _from(source, class_id, ann_id, image_id=1, folder="a"):
+    """A shot of ``source`` (a file's sha256, or ``dataset:<id>``)."""
+    path = f"/{folder}/{image_id}.jpg"
+    return {"image_id": image_id, "image_path": path, "annotation_id": ann_id, "class_id": class_id, "source": source}
+
+
+def test_add_merges_classes_by_name_and_says_so():
+    """A file that numbers its classes otherwise joins the bank's classes by name; a new name whose id the bank
+    gives another class gets the next free id; neither raises."""
+    notes = []
+    other = _part(
+        [_shot(3, 201, 9), _shot(17, 202, 9)],
+        [3, 17],
+        [{"id": 3, "name": "dog"}, {"id": 17, "name": "kitten"}],
+        source="refs2.json",
+    )
+    merged = _bank().add(other, say=notes.append)
+    assert merged.classes == [CAT, DOG, {"id": 19, "name": "kitten"}], "one 'dog', kitten off the cat's id"
+    assert merged.shot_class_ids.tolist() == [17, 18, 17, 18, 19]
+    assert [s["class_id"] for s in merged.shots[3:]] == [18, 19], "the provenance follows the new ids"
+    assert merged.shots_per_class() == {"cat": 2, "dog": 2, "kitten": 1}
+    assert notes == [
+        "class 'dog' is id 3 in refs2.json and id 18 in the bank: added to the bank's 'dog'",
+        "class 'kitten' is id 17 in refs2.json, the bank's 'cat': added as a new class, id 19",
+    ]
+
+
+def test_shots_of_two_files_numbered_alike_are_all_added():
+    """Most tools number images and annotations from 1 in every file: a shot is its file's, image and annotation."""
+    first = _part([_from("sha-1", 17, 1), _from("sha-1", 18, 2)], [17, 18], [dict(CAT), dict(DOG)])
+    second = _part([_from("sha-2", 17, 1, folder="b"), _from("sha-2", 18, 2, folder="b")], [17, 18], [CAT, DOG])
+    both = first.add(second)
+    assert len(both.shots) == 4 and both.shots_per_class() == {"cat": 2, "dog": 2}
+    assert both.add(second) is both and both.add(first) is both, "the same file again adds nothing"
+    assert both.holds(_from("sha-2", 17, 1), negative=False), "the same label, whatever its image root"
+    assert not both.holds(_from("sha-3", 17, 1), negative=False)
+
+
+def test_shots_from_datasets_are_one_source():
+    """FiftyOne ids are unique across datasets, and a clone keeps its labels' ids (and banks): the same labels."""
+    bank = _part([_from("dataset:aaa", 17, "label1", "sample1")], [17], [dict(CAT)])
+    assert bank.holds(_from("dataset:bbb", 17, "label1", "sample1"), negative=False)
+    assert not bank.holds(_from("0123abcd", 17, "label1", "sample1"), negative=False)
+
+
+@pytest.mark.parametrize(
+    "old_path, new_path, held",
+    [
+        ("/a/1.jpg", "/a/1.jpg", True),  # the same file added again
+        ("/a/1.jpg", "/b/1.jpg", False),  # another file's label, numbered alike
+        (None, "/b/1.jpg", True),  # an in-memory image: ids are all there is
+        ("/a/1.jpg", None, True),
+    ],
+)
+def test_a_shot_without_source_matches_by_ids_and_image_path(old_path, new_path, held):
+    """Shots of banks made before shots recorded their source."""
+    old = _part([{**_shot(17, 1, 1), "image_path": old_path}], [17], [dict(CAT)])
+    new = {**_shot(17, 1, 1), "image_path": new_path, "source": "sha-2"}
+    assert old.holds(new, negative=False) is held
+    assert old.holds({k: v for k, v in new.items() if k != "source"}, negative=False) is held
+    assert not old.holds({**new, "annotation_id": 2}, negative=False)
+    assert len(old.add(_part([new], [17], [dict(CAT)])).shots) == (1 if held else 2)
+
+
+def test_a_shot_without_annotation_id_is_never_held():
+    bank = _part([{"image_id": 1}], [17], [dict(CAT)])
+    assert not bank.holds({"image_id": 1}, negative=False)
+    assert len(bank.add(bank).shots) == 2
+
+
+def test_a_negative_becomes_a_positive_and_back_the_newer_verdict_wins():
+    bank = _bank()
+    label = _from("sha-1", 17, 500, 7)
+    notes = []
+    negative = bank.add(_part([label], [17], [dict(CAT)], negative=True))
+    assert negative.holds(label, negative=True) and not negative.holds(label, negative=False)
+    positive = negative.add(_part([label], [17], [dict(CAT)]), say=notes.append)
+    assert positive.negatives_per_class() == {} and positive.shots_per_class() == {"cat": 3, "dog": 1}
+    assert notes == [
+        "annotation 500 of image 7 (/a/7.jpg) was a negative of 'cat' and is now a positive: the newer "
+        "verdict replaces the older"
+    ]
+    again = positive.add(_part([label], [17], [dict(CAT)], negative=True), say=notes.append)
+    assert again.negatives_per_class() == {"cat": 1} and again.shots_per_class() == {"cat": 2, "dog": 1}
+    assert "was a positive of 'cat' and is now a negative" in notes[-1]
+    np.testing.assert_array_equal(again.shot_features[:3], bank.shot_features), "the other shots are untouched"
+
+
+def test_a_relabelled_label_is_a_positive_of_one_class_and_a_negative_of_another():
+    label = _from("dataset:d", 18, "pred-1", "sample-1")
+    positive = _bank().add(_part([label], [18], [dict(DOG)]))
+    both = positive.add(_part([{**label, "class_id": 17}], [17], [dict(CAT)], negative=True))
+    assert both.shots_per_class() == {"cat": 2, "dog": 2} and both.negatives_per_class() == {"cat": 1}
+    assert both.add(_part([label], [18], [dict(DOG)])) is both
+
+
+def test_a_positive_replaced_by_its_negative_must_leave_its_class_a_positive():
+    label = _shot(18, 102, 2)  # the dog's only shot
+    with pytest.raises(BankError, match="negative shots only.*dog"):
+        _bank().add(_part([label], [18], [dict(DOG)], negative=True))
+
+
+@pytest.mark.parametrize("source", [5, "", ["sha"]])
+def test_a_shot_source_must_be_a_string(source):
+    with pytest.raises(BankError, match="shot 1: source must be a non-empty string"):
+        _bank(shots=[_shot(17, 101, 1), {**_shot(18, 102, 2), "source": source}, _shot(17, 103, 3)])
+
+
+def test_teach_turns_a_negative_into_a_positive_and_back():
+    """``ntt.teach`` asks the bank (``holds``): a label taught as a negative is taught as a positive later."""
+    from oracle_scenes import DOG as LOOK_DOG
+    from oracle_scenes import LookEncoder, look_scene
+
+    from ntt.bank_encoder import build_bank
+    from ntt.config import get_config
+    from ntt.teach import teach
+    from ntt.types import Reference
+
+    cfg = get_config("paper", {"model": {"device": "cpu"}})
+    image, masks = look_scene([(60, 0, 0), (60, 2, 2), (180, 0, 3)])
+
+    def ref(k):
+        return Reference(image, LOOK_DOG, "dog", masks[k], image_id="img", annotation_id=k, extra={"source": "s"})
+
+    bank = build_bank([ref(0), ref(1)], cfg, encoder=LookEncoder())
+    negative = teach(bank, [], [ref(2)], cfg, encoder=LookEncoder())
+    assert negative.negatives_per_class() == {"dog": 1}
+    assert teach(negative, [], [ref(2)], cfg, encoder=LookEncoder()) is negative
+    positive = teach(negative, [ref(2)], [], cfg, encoder=LookEncoder())
+    assert positive.negatives_per_class() == {} and positive.shots_per_class() == {"dog": 3}
+    assert teach(positive, [], [ref(1)], cfg, encoder=LookEncoder()).shots_per_class() == {"dog": 2}
 
 
 @pytest.mark.parametrize(
