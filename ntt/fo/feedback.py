@@ -3,7 +3,9 @@
 - ``add_negatives``: chosen labels (usually false positives) become negative shots of their classes.
 - ``promote``: after review, predictions tagged correct become positive shots of their class, predictions tagged
   wrong negatives of the class they were predicted as, and a prediction whose label the reviewer changed a
-  positive of the new class and a negative of the predicted one.
+  positive of the new class and a negative of the predicted one. Edits made with FiftyOne's own annotation tools
+  (the App's Annotate tab) count too (``corrections``): an edited mask or box is a positive with the correction,
+  a deleted prediction a negative of its class, an object drawn into the field a positive of its class.
 - ``references_behind``: the reference labels that predictions were matched to (their nearest shots).
 
 New shots are encoded once, with the bank's own models; the rest of the bank is not re-encoded, and when another
@@ -18,16 +20,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import fiftyone as fo
+from bson import ObjectId
+
 from ..bank import MemoryBank
 from ..steps import Steps, drive, signature_of
 from ..teach import learn, lesson_steps
 from ..types import Progress, Reference
 from .banks import BankRead, needed_models, read_bank, store_change
 from .checks import check_device, check_weights, settings_here
+from .corrections import corrections
 from .references import NTTFiftyOneError, _sample_references, check_collection, check_detections_field
 from .store import dataset_of
 
 log = logging.getLogger(__name__)
+
+VERDICTS = ("correct", "wrong", "relabelled", "edited", "deleted", "drawn")
 
 
 def add_negatives_steps(
@@ -74,35 +82,59 @@ def promote_steps(
     positives, negatives = _verdicts(coll, label_field, correct_tag, wrong_tag)
     if not positives and not negatives:
         raise NTTFiftyOneError(
-            f"nothing to promote in {label_field!r}: tag predictions {correct_tag!r} or {wrong_tag!r}, or change "
-            "their label, first"
+            f"nothing to promote in {label_field!r}: tag predictions {correct_tag!r} or {wrong_tag!r}, change "
+            "their label, or correct them in the App's Annotate tab, first"
         )
     return (yield from _teach(coll, read, label_field, positives, negatives, device))
 
 
 def review_counts(coll, label_field: str, correct_tag: str = "correct", wrong_tag: str = "wrong") -> dict[str, int]:
-    """What ``promote`` would take from ``label_field``: predictions ``correct``, ``wrong`` and ``relabelled``."""
+    """What ``promote`` would take from ``label_field``, per verdict (``VERDICTS``): predictions tagged ``correct``
+    or ``wrong``, ``relabelled``, ``edited``, ``deleted``, and objects ``drawn`` into the field."""
     positives, negatives = _verdicts(coll, label_field, correct_tag, wrong_tag)
     verdicts = [v for *_, v in positives] + [v for *_, v in negatives if v != "relabelled"]
-    return {kind: verdicts.count(kind) for kind in ("correct", "wrong", "relabelled")}
+    return {kind: verdicts.count(kind) for kind in VERDICTS}
 
 
 def _verdicts(coll, label_field: str, correct_tag: str, wrong_tag: str) -> tuple[list, list]:
-    """The reviewed predictions as (sample, detection, class name, verdict) positives and negatives."""
+    """The reviewed predictions as (sample, detection, class name, verdict) positives and negatives: from tags,
+    changed labels, and edits made with FiftyOne's annotation tools (``corrections``)."""
     positives, negatives = [], []
-    for sample, det in _labels(coll, label_field):
-        predicted = det.get_field("predicted_label") if det.has_field("predicted_label") else det.label
-        tags = set(det.tags or [])
-        if correct_tag in tags and wrong_tag in tags:
-            raise NTTFiftyOneError(f"label {det.id} of sample {sample.id} is tagged {correct_tag!r} and {wrong_tag!r}")
-        if det.label != predicted:  # relabelled by the reviewer
-            positives.append((sample, det, det.label, "relabelled"))
-            negatives.append((sample, det, predicted, "relabelled"))
-        elif correct_tag in tags:
-            positives.append((sample, det, det.label, "correct"))
-        elif wrong_tag in tags:
-            negatives.append((sample, det, predicted, "wrong"))
+    for sample in _samples(coll, label_field):
+        labels = sample[label_field]
+        changes = corrections(labels)
+        edited = dict((det.id, mask_changed) for det, mask_changed in changes.edited)
+        for det in labels.detections if labels is not None else []:
+            predicted = det.get_field("predicted_label") if det.has_field("predicted_label") else det.label
+            tags = set(det.tags or [])
+            if correct_tag in tags and wrong_tag in tags:
+                raise NTTFiftyOneError(
+                    f"label {det.id} of sample {sample.id} is tagged {correct_tag!r} and {wrong_tag!r}"
+                )
+            shot = _as_edited(det, edited[det.id]) if det.id in edited else det
+            if det.label != predicted:  # relabelled by the reviewer
+                positives.append((sample, shot, det.label, "relabelled"))
+                negatives.append((sample, shot, predicted, "relabelled"))
+            elif wrong_tag in tags:
+                negatives.append((sample, det, predicted, "wrong"))
+            elif det.id in edited:
+                positives.append((sample, shot, det.label, "edited"))
+            elif correct_tag in tags:
+                positives.append((sample, det, det.label, "correct"))
+        positives += [(sample, det, det.label, "drawn") for det in changes.drawn if det.label is not None]
+        negatives += [(sample, _deleted(rec), rec["label"], "deleted") for rec in changes.deleted]
     return positives, negatives
+
+
+def _as_edited(det, mask_changed: bool):
+    """An edited prediction as a shot: with its corrected mask; with its box alone when only the box was changed
+    (the mask no longer fits it: SAM2 makes one from the box)."""
+    return det if mask_changed else fo.Detection(_id=det._id, label=det.label, bounding_box=det.bounding_box)
+
+
+def _deleted(rec: dict):
+    """A deleted prediction, from its record: its id, class and box (its mask is gone: SAM2 makes one)."""
+    return fo.Detection(_id=ObjectId(rec["id"]), label=rec["label"], bounding_box=rec["box"])
 
 
 @signature_of(promote_steps)
@@ -112,8 +144,12 @@ def promote(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
     In ``label_field`` of ``coll``: a prediction tagged ``correct_tag`` becomes a positive shot of its class (its
     predicted mask); one tagged ``wrong_tag`` a negative shot of the class it was predicted as; one whose label
     the reviewer changed (``label`` differs from its ``predicted_label``) a positive of the new class (a new class
-    if the bank has none of that name) and a negative of the predicted one. Each new shot records its sample,
-    label, field and verdict (``promoted``); predictions already promoted are skipped. Samples that gave
+    if the bank has none of that name) and a negative of the predicted one. Edits made with FiftyOne's annotation
+    tools (the App's Annotate tab, or the SDK) are verdicts too: a prediction whose mask was painted becomes a
+    positive with the corrected mask (one whose box alone was moved, with that box: SAM2 makes its mask), a
+    deleted prediction a negative of its class (from its recorded box), and an object drawn into the field a
+    positive of its class. Each new shot records its sample, label, field and verdict (``promoted``: one of
+    ``VERDICTS``); predictions already promoted are skipped. Samples that gave
     positives are references from then on. ``progress(fraction, label)`` is called for each step of
     ``promote_steps``. Returns the bank.
     """
@@ -134,11 +170,16 @@ def references_behind(coll, label_field: str, label_ids: Iterable[str] | None = 
 
 def _labels(coll, label_field: str):
     """(sample, detection) for every label of ``label_field`` in ``coll``."""
-    check_collection(coll)
-    check_detections_field(coll, label_field)
-    for sample in coll.select_fields(label_field).iter_samples():
+    for sample in _samples(coll, label_field):
         for det in sample[label_field].detections if sample[label_field] is not None else []:
             yield sample, det
+
+
+def _samples(coll, label_field: str):
+    """The samples of ``coll`` with only ``label_field`` loaded (checked first)."""
+    check_collection(coll)
+    check_detections_field(coll, label_field)
+    yield from coll.select_fields(label_field).iter_samples()
 
 
 def _teach(coll, read: BankRead, field: str, positives, negatives, device) -> Steps[MemoryBank]:

@@ -13,7 +13,7 @@ import fiftyone as fo
 
 from ..bank import MemoryBank
 from ..cache import CandidateStore
-from ..calibration import calibrated_thresholds
+from ..calibration import StaleCalibration, calibrated_thresholds
 from ..coco import explain
 from ..config import NTTConfig, derive, get_config
 from ..pipeline import adopt_bank_encoder
@@ -22,6 +22,7 @@ from ..steps import Step, Steps, drive, signature_of
 from ..types import Instances, Progress
 from .banks import get_bank_info, read_bank
 from .checks import check_segment_args, check_settings, check_usable, check_weights, settings_here, whole_number
+from .corrections import with_record
 from .outages import patiently
 from .provenance import Source, declare_field, record_done, recorded
 from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
@@ -35,7 +36,8 @@ def to_detections(inst: Instances, class_names: dict[int, str], shots: list[dict
     building full-image masks; ``confidence`` is the NTT score. Each detection carries its provenance as
     attributes (``coco.explain``): ``shot_sample_id`` / ``shot_label_id`` (the nearest shot's sample and label
     when the bank was built here), ``shot_cosine``, ``class_cosine``, ``margin``, ``negative_cosine``,
-    ``sam_iou``, and ``predicted_label`` (the label as predicted: a reviewer may change ``label``)."""
+    ``sam_iou``, and ``predicted_label`` (the label as predicted: a reviewer may change ``label``). The
+    ``Detections`` records what was predicted (``corrections.with_record``), so edits made later are found."""
     h, w = inst.image_size
     dets = []
     for i, (box, crop, score, cid) in enumerate(zip(inst.boxes, inst.crops, inst.scores, inst.class_ids)):
@@ -48,7 +50,7 @@ def to_detections(inst: Instances, class_names: dict[int, str], shots: list[dict
                 why[name] = None if value is None else str(value)
         why["predicted_label"] = label = class_names[int(cid)]
         dets.append(fo.Detection(label=label, bounding_box=rel, mask=crop, confidence=float(score), **why))
-    return fo.Detections(detections=dets)
+    return with_record(fo.Detections(detections=dets))
 
 
 def segment_steps(
@@ -140,24 +142,28 @@ def resolve_settings(
     under ``class_thresholds``, and the bank's DINOv2 encoder."""
     source = _resolve_bank(coll, bank, tag)
     check_usable(source.bank, source.name)
-    if thresholds is not None:
-        knobs["class_thresholds"] = {**_stored_thresholds(source, thresholds), **(knobs.get("class_thresholds") or {})}
+    if thresholds is not None and thresholds != "calibrated":
+        raise NTTFiftyOneError(f"thresholds must be 'calibrated' or None, got {thresholds!r}")
     check_segment_args(*(knobs.get(k) for k in ("score_thresh", "class_thresholds", "max_instances", "batch_size")))
     for key in ("max_instances", "batch_size"):
         knobs[key] = whole_number(knobs.get(key))
     cfg = _settings(source, preset, config, device)
-    cfg = derive(cfg, segment={key: value for key, value in knobs.items() if value is not None})
+    cfg = adopt_bank_encoder(
+        derive(cfg, segment={k: v for k, v in knobs.items() if v is not None}), source.bank.encoder
+    )
+    if thresholds is not None:  # resolved here, once: the run uses this set whatever the bank stores later
+        stored = _stored_thresholds(source, cfg)
+        cfg = derive(cfg, segment={"class_thresholds": {**stored, **cfg.segment.class_thresholds}})
     check_settings(cfg, source.classes)
-    return source, adopt_bank_encoder(cfg, source.bank.encoder)
+    return source, cfg
 
 
-def _stored_thresholds(source: Source, which: str) -> dict[str, float]:
-    """The per-class thresholds stored in the bank: ``which`` must be "calibrated" (``grade_references``)."""
-    if which != "calibrated":
-        raise NTTFiftyOneError(f"thresholds must be 'calibrated' or None, got {which!r}")
+def _stored_thresholds(source: Source, cfg: NTTConfig) -> dict[str, float]:
+    """The calibrated per-class thresholds stored in the bank (``grade_references``), if they fit the bank and
+    ``cfg``: a stale calibration is refused with why and what to do, never applied."""
     try:
-        return calibrated_thresholds(source.bank)
-    except ValueError as err:
+        return calibrated_thresholds(source.bank, cfg)
+    except StaleCalibration as err:
         raise NTTFiftyOneError(f"bank {source.name!r}: {err}") from err
 
 

@@ -106,7 +106,9 @@ class PromoteCorrections(BackgroundOperator):
             "promote_corrections",
             "NTT: promote reviewed predictions",
             "Teach a bank from a reviewed predictions field: tagged correct -> positive shots, tagged wrong -> "
-            "negatives of the predicted class, relabelled -> a positive of the new class and a negative of the old",
+            "negatives of the predicted class, relabelled -> a positive of the new class and a negative of the old; "
+            "edits in the Annotate tab: an edited mask or box -> a positive with the correction, a deleted "
+            "prediction -> a negative, a drawn object -> a positive",
         )
 
     def __call__(
@@ -141,9 +143,9 @@ class PromoteCorrections(BackgroundOperator):
             return ui.invalid(
                 inputs,
                 f"Nothing reviewed in '{field}' here: tag predictions '{self._tags(ctx)[0]}' or '{self._tags(ctx)[1]}' "
-                "(or change their label) in the App first.",
+                "(or change their label, or correct them in the Annotate tab) in the App first.",
             )
-        summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        summary = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
         note = f"To promote: {summary}; samples that give positives become references"
         inputs.view("count", types.Notice(label=note))
         problem = ui.device_input(inputs, ctx)

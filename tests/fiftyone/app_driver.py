@@ -5,7 +5,9 @@
 - ``AppServer``: ``fo.launch_app`` in a subprocess (own process group) on 127.0.0.1, on the test's database.
 - ``AppDriver``: the UI steps (operator browser, operator forms, grid selection, sample modal, panels), each
   step's screenshot numbered in an artifacts folder. Selectors are FiftyOne 1.22's ``data-cy`` attributes and
-  visible labels; a form counts as accepted when its Execute button is enabled.
+  visible labels; a form counts as accepted when its Execute button is enabled. The In-App Annotation steps (the
+  sample modal's Annotate tab: label schema, brush painting, deleting, drawing) wait for the App's own saves, the
+  sample PATCH requests each gesture sends (``test_app_annotate.py``).
 """
 
 from __future__ import annotations
@@ -468,3 +470,313 @@ class AppDriver:
         content = self.by_cy(f"panel-content-{option}")
         content.wait_for(state="visible", timeout=30_000)
         return content
+
+    # ---- In-App Annotation: the sample modal's "Annotate" tab (FiftyOne >= 1.13)
+    # Every edit is saved at once, by itself: each gesture (a brush stroke, a deletion, a drawn box, a class picked)
+    # sends one JSON-patch PATCH of the sample (``/dataset/<id>/sample/<id>``, with ``If-Match`` on its
+    # ``last_modified_at``); there is no save button. The steps below wait for those requests' answers.
+    def _track_patches(self) -> None:
+        if getattr(self, "_patches", None) is not None:
+            return
+        self._patches: dict = {"sent": 0, "answers": []}
+
+        def is_patch(request) -> bool:
+            return request.method == "PATCH" and "/sample/" in request.url
+
+        def sent(request) -> None:
+            if is_patch(request):
+                self._patches["sent"] += 1
+
+        def answered(response) -> None:
+            if is_patch(response.request):
+                self._patches["answers"].append((response.status, response.url))
+
+        def failed(request) -> None:
+            if is_patch(request):
+                self._patches["answers"].append((0, f"{request.url}: {request.failure}"))
+
+        self.page.on("request", sent)
+        self.page.on("response", answered)
+        self.page.on("requestfailed", failed)
+
+    def patches_sent(self) -> int:
+        self._track_patches()
+        return self._patches["sent"]
+
+    def wait_saved(self, since: int, at_least: int = 1, timeout: float = 30, quiet: float = 0.8) -> int:
+        """Wait until at least ``at_least`` sample patches went out after ``since`` (a ``patches_sent()``), all were
+        answered and none followed for ``quiet`` seconds; fail on an answer other than 2xx. Returns how many went
+        out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sent, answers = self._patches["sent"], self._patches["answers"]
+            bad = [a for a in answers if not 200 <= a[0] < 300]
+            if bad:
+                raise UIError(f"the App's edit was refused: {bad}")
+            if sent - since >= at_least and len(answers) == sent:
+                self.page.wait_for_timeout(int(quiet * 1000))
+                if self._patches["sent"] == sent:
+                    return sent - since
+            self.page.wait_for_timeout(200)
+        raise UIError(
+            f"{self._patches['sent'] - since} edit(s) saved of at least {at_least} expected within {timeout:.0f} s "
+            f"({len(self._patches['answers'])}/{self._patches['sent']} answered)"
+        )
+
+    def annotate_sidebar(self):
+        return self.by_cy("sidebar", self.by_cy("modal")).last
+
+    def open_annotate(self, sample_index: int | None = None):
+        """Switch the open sample modal (or open sample ``sample_index`` first) to its Annotate tab; returns the
+        tab's sidebar. Without an active label schema it shows "Add schema" (see ``setup_annotation_schema``)."""
+        self._track_patches()
+        if sample_index is not None:
+            self.open_sample(sample_index)
+        modal = self.by_cy("modal")
+        self.by_cy("annotate", modal).click()
+        sidebar = self.annotate_sidebar()
+        add_schema = sidebar.get_by_role("button", name="Add schema")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if add_schema.count() or self.by_cy("detection-mode", sidebar).count():
+                break
+            self.page.wait_for_timeout(300)
+        else:
+            raise UIError(f"the Annotate tab did not open:\n{self.text_of(sidebar)}")
+        self.page.wait_for_timeout(500)
+        self.shot("annotate_tab")
+        return sidebar
+
+    def setup_annotation_schema(self, field: str, classes=()) -> None:
+        """Make ``field`` annotatable, as a user does: Add schema (or the schema manager's button) -> the field's
+        Setup -> Scan (its classes and attributes from the data) -> "+ Add class" for each of ``classes`` missing ->
+        Save (stores the label schema and activates it) -> close the schema manager."""
+        sidebar = self.annotate_sidebar()
+        add_schema = sidebar.get_by_role("button", name="Add schema")
+        if add_schema.count():
+            add_schema.click()
+        else:
+            self.by_cy("open-schema-manager", sidebar).click()
+        manager = self.by_cy("schema-manager")
+        manager.wait_for(state="visible", timeout=15_000)
+        row = self.by_cy(f"field-row-{field}", manager)
+        if not row.count():
+            raise UIError(f"no field {field!r} in the schema manager:\n{self.text_of(manager)}")
+        # The row's wrapper carries aria-disabled (rows are selectable only once set up), so Playwright deems the
+        # Setup button disabled although a click opens the field's schema: force it.
+        setup = self.by_cy("scan", row)
+        (setup if setup.count() else self.by_cy("edit", row)).first.click(force=True)
+        scan = self.page.get_by_role("button", name="Scan", exact=True)
+        scan.wait_for(state="visible", timeout=15_000)
+        scan.click(force=True)
+        self.page.wait_for_timeout(1500)
+        for name in classes:
+            shown = self.text_of(manager)
+            if re.search(rf"(?m)^{re.escape(name)}$", shown):
+                continue
+            self.page.get_by_role("button", name="+ Add class").click(force=True)
+            self.page.wait_for_timeout(400)
+            self.page.keyboard.type(name)
+            self.page.keyboard.press("Enter")
+            self.page.wait_for_timeout(500)
+        self.shot(f"schema_{field}")
+        self.page.get_by_role("button", name="Save", exact=True).click(force=True)
+        self.page.wait_for_timeout(1500)
+        self.by_cy("close-schema-manager").click(force=True)
+        manager.wait_for(state="detached", timeout=15_000)
+        self.by_cy("detection-mode", sidebar).wait_for(state="attached", timeout=15_000)
+        self.page.wait_for_timeout(500)
+        self.shot("annotate_ready")
+
+    def annotate_labels(self) -> list[tuple[str, str]]:
+        """(label id, class) of each label the Annotate tab lists (its list view)."""
+        entries = self.page.locator('[data-cy^="annotate-label-"]')
+        return [
+            (e.get_attribute("data-cy").removeprefix("annotate-label-"), e.inner_text().strip()) for e in entries.all()
+        ]
+
+    def editing_label_id(self) -> str | None:
+        """The id of the label open in the Annotate tab's editor ("Edit Detection"), or None."""
+        if not self.by_cy("annotate-edit-back").count():
+            return None
+        found = re.search(r"id:\s*([0-9a-f]{24})", self.text_of(self.annotate_sidebar()))
+        return found.group(1) if found else None
+
+    def leave_label(self) -> None:
+        """Back from the label editor to the Annotate tab's list of labels."""
+        back = self.by_cy("annotate-edit-back")
+        if back.count():
+            back.click()
+            back.wait_for(state="detached", timeout=10_000)
+            self.page.wait_for_timeout(400)
+
+    def select_label_in_annotate(self, label_id: str) -> None:
+        """Open label ``label_id`` in the editor by clicking its entry in the list (a label with a mask opens in
+        the mask tools: Select, Brush, Pen, AI, Merge)."""
+        self.leave_label()
+        entry = self.by_cy(f"annotate-label-{label_id}")
+        if not entry.count():
+            raise UIError(f"label {label_id} is not listed in the Annotate tab: {self.annotate_labels()}")
+        entry.click()
+        deadline = time.monotonic() + 10
+        while self.editing_label_id() != label_id:
+            if time.monotonic() > deadline:
+                raise UIError(f"the editor did not open label {label_id} (shows {self.editing_label_id()})")
+            self.page.wait_for_timeout(200)
+        self.page.wait_for_timeout(500)
+        self.shot(f"selected_{label_id[-6:]}")
+
+    def _image_frame(self) -> tuple[float, float, float]:
+        """(left, top, scale) of the sample's image in the modal now (zoom, pan): page coordinates of pixel (x, y)
+        are (left + x * scale, top + y * scale)."""
+        image = self.by_cy("lighter-sample-image", self.by_cy("modal"))
+        box = image.bounding_box()
+        return box["x"], box["y"], box["width"] / image.evaluate("i => i.naturalWidth")
+
+    def image_point(self, x: float, y: float) -> tuple[float, float]:
+        """Page coordinates of pixel (x, y) of the sample's image as the modal shows it now."""
+        left, top, scale = self._image_frame()
+        return left + x * scale, top + y * scale
+
+    def display_scale(self) -> float:
+        """Screen pixels per image pixel in the modal now: the resolution at which the App stores painted masks."""
+        return self._image_frame()[2]
+
+    def _gesture(self, points, step_ms: int = 25) -> None:
+        """Press at the first image point, move through the others, release. The page points are checked first (one
+        call: the page is slow to answer while it draws): a point under the floating tool bar or off the canvas
+        would click something else."""
+        left, top, scale = self._image_frame()
+        page_points = [(left + x * scale, top + y * scale) for x, y in points]
+        on_canvas = self.page.evaluate(
+            "points => points.map(([x, y]) => { const e = document.elementFromPoint(x, y);"
+            " return !!e && e.getAttribute('data-cy') === 'lighter-sample-renderer-canvas'; })",
+            page_points,
+        )
+        hidden = [p for p, ok in zip(points, on_canvas, strict=True) if not ok]
+        if hidden:
+            raise UIError(f"image points {hidden} are not on the visible canvas (tool bar over them, or off screen)")
+        self.page.mouse.move(*page_points[0])
+        self.page.mouse.down()
+        for point in page_points[1:]:
+            self.page.mouse.move(*point)
+            self.page.wait_for_timeout(step_ms)
+        self.page.mouse.up()
+
+    def _mask_tool(self, name: str) -> None:
+        """Pick a button of the mask tool bar (``brush``, ``pen``, ``select``, ``add``, ``remove`` ...)."""
+        button = self.by_cy(name, self.by_cy("modal"))
+        if not button.count():
+            raise UIError(f"no {name!r} in the mask tool bar (is a label with a mask open?)")
+        if button.first.get_attribute("aria-pressed") != "true":
+            button.first.click()
+            self.page.wait_for_timeout(300)
+
+    def paint_mask(self, strokes, erase: bool = False, name: str = "painted") -> int:
+        """Paint (or, with ``erase``, rub out) brush strokes on the mask of the label open in the editor: each
+        stroke a list of (x, y) image pixels. The App saves each stroke at once (the mask, and the box re-fitted to
+        the mask's extent); returns how many saves went out."""
+        self._mask_tool("brush")
+        self._mask_tool("remove" if erase else "add")
+        since = self.patches_sent()
+        for stroke in strokes:
+            self._gesture(stroke)
+            self.page.wait_for_timeout(150)
+        count = self.wait_saved(since, at_least=1)
+        self._mask_tool("select")
+        self.shot(name)
+        return count
+
+    def delete_selected_label(self) -> None:
+        """Delete the label open in the editor (its menu -> Delete label); saved at once."""
+        label_id = self.editing_label_id()
+        if label_id is None:
+            raise UIError("no label is open in the editor")
+        since = self.patches_sent()
+        self.by_cy("label-menu-trigger").click()
+        self.by_cy("label-menu-delete").click()
+        self.wait_saved(since, at_least=1)
+        deadline = time.monotonic() + 10
+        while self.by_cy(f"annotate-label-{label_id}").count() or self.editing_label_id() == label_id:
+            if time.monotonic() > deadline:
+                raise UIError(f"label {label_id} is still listed after Delete label")
+            self.page.wait_for_timeout(200)
+        self.shot(f"deleted_{label_id[-6:]}")
+
+    def set_label_class(self, name: str) -> None:
+        """Pick class ``name`` for the label open in the editor (the schema's radio list of classes; a schema with
+        more than 5 classes shows a dropdown instead, not handled here)."""
+        group = self.by_cy("root_label_container", self.annotate_sidebar())
+        options = group.evaluate(
+            "g => Array.from(g.querySelectorAll('[role=radio]')).map(r => {"
+            " const l = document.getElementById(r.getAttribute('aria-labelledby'));"
+            " return [l ? l.innerText.trim() : '', r.getAttribute('aria-checked') === 'true']; })"
+        )
+        names = [n for n, _ in options]
+        if name not in names:
+            raise UIError(f"no class {name!r} among the radio choices {names} (is it in the label schema?)")
+        if dict(options)[name]:
+            return
+        since = self.patches_sent()
+        group.get_by_role("radio").nth(names.index(name)).click()
+        self.wait_saved(since, at_least=1)
+
+    def draw_box(self, label: str, x0: float, y0: float, x1: float, y1: float) -> str:
+        """Create > Detection, drag a box from image pixel (x0, y0) to (x1, y1), pick class ``label``; returns the
+        new label's id. The drag must start off every existing label (else it selects that one)."""
+        self.leave_label()
+        mode = self.by_cy("detection-mode", self.annotate_sidebar())
+        if mode.get_attribute("data-cy-active") != "true":
+            mode.click()
+            self.page.wait_for_timeout(500)
+        since = self.patches_sent()
+        steps = 10
+        self._gesture([(x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps) for k in range(steps + 1)])
+        self.wait_saved(since, at_least=1)
+        deadline = time.monotonic() + 10
+        while self.editing_label_id() is None:
+            if time.monotonic() > deadline:
+                raise UIError(f"no new label opened after the box was drawn:\n{self.text_of(self.annotate_sidebar())}")
+            self.page.wait_for_timeout(200)
+        label_id = self.editing_label_id()
+        self.set_label_class(label)
+        self.shot(f"drawn_{label}")
+        return label_id
+
+    def add_mask_to_selected(self) -> None:
+        """Label menu -> "Add mask" for the label open in the editor (a box without a mask): opens the mask tool
+        bar; painting then gives the label a mask (and fits its box to the mask)."""
+        self.by_cy("label-menu-trigger").click()
+        item = self.by_cy("label-menu-add-mask")
+        if not item.count():
+            raise UIError("the label menu offers no 'Add mask' (the label has one already?)")
+        item.click()
+        self.by_cy("brush", self.by_cy("modal")).wait_for(state="visible", timeout=10_000)
+        self.page.wait_for_timeout(300)
+
+    def close_annotate(self) -> None:
+        """Leave the label editor, go back to the Explore tab, close the sample modal."""
+        self.leave_label()
+        modal = self.by_cy("modal")
+        if modal.count():
+            self.by_cy("explore", modal).click()
+            self.by_cy("modal-looker-container", modal).wait_for(state="visible", timeout=30_000)
+            self.page.wait_for_timeout(500)
+        self.close_sample()
+
+    def paint_new_mask(self, label: str, strokes) -> str:
+        """Create > Segmentation Mask ("Paint to create a mask"), Brush, paint ``strokes`` (lists of image pixels)
+        off every existing label: the first stroke creates a Detection with that mask; pick class ``label``.
+        Returns the new label's id."""
+        self.leave_label()
+        mode = self.by_cy("segmentation-mode", self.annotate_sidebar())
+        if mode.get_attribute("data-cy-active") != "true":
+            mode.click()
+            self.page.wait_for_timeout(500)
+        self.paint_mask(strokes, name=f"painted_new_{label}")
+        label_id = self.editing_label_id()
+        if label_id is None:
+            raise UIError("painting in segmentation mode opened no new label")
+        self.set_label_class(label)
+        self.shot(f"painted_new_{label}_class")
+        return label_id
