@@ -29,21 +29,28 @@ def bank_build(args: argparse.Namespace, cfg: NTTConfig) -> int:
 
 
 def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
+    """``ntt bank add``: the file's shots added to the bank (``MemoryBank.add``): labels it holds already as that
+    kind of shot are skipped (a shot is its file's sha256, image id and annotation id, so a second file numbered
+    from 1 adds all its shots), classes merge by name, and each class numbered otherwise in the file and each shot
+    replaced by the newer verdict is printed."""
     start = time.perf_counter()
     bank = MemoryBank.load(args.bank)
     cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
     new = _bank_from_args(args, cfg)
     check_output(args.output or args.bank, _shot_images(new), "bank file")
     new = new.as_negatives() if args.negative else new
-    before = {}
+    counts, notes = {}, []
 
     def add(current: MemoryBank) -> MemoryBank:  # the bank as it is now: another add meanwhile is kept
-        before["shots"] = len(current.shots)
-        return current.add(new)
+        counts["added"] = sum(not current.holds(shot, bool(neg)) for shot, neg in zip(new.shots, new.negative))
+        notes.clear()
+        return current.add(new, say=notes.append)
 
     merged = update_bank_file(args.bank, add, output=args.output)
     path = Path(args.output or args.bank)
-    added = len(merged.shots) - before["shots"]
+    for note in notes:
+        print(note)
+    added = counts["added"]
     total = f"{len(merged.classes)} classes, {len(merged.shots)} shots ({int(merged.negative.sum())} negative)"
     kind = "negative shots" if args.negative else "shots"
     print(f"wrote {path}: {added} {kind} added, {total} ({elapsed(start)})")
@@ -176,7 +183,7 @@ def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
         from .calibration import calibrated_thresholds
         from .config import derive
 
-        cfg = derive(cfg, segment={"class_thresholds": calibrated_thresholds(bank)})
+        cfg = derive(cfg, segment={"class_thresholds": calibrated_thresholds(bank, cfg)})  # stale: refused
     targets = _targets(args.images, args.image_root)  # checked before the weights: the cheaper mistake first
     if args.max_images is not None:
         targets = targets[: args.max_images]

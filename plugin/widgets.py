@@ -134,10 +134,15 @@ def classes_input(inputs, counts: dict[str, int]) -> None:
     )
 
 
-def class_thresholds_input(inputs, ctx, classes: list[str], calibrated: dict[str, float] | None = None) -> None:
+def class_thresholds_input(
+    inputs, ctx, classes: list[str], calibrated: dict[str, float] | None = None, stale: str | None = None
+) -> None:
     """A "per-class thresholds" box that opens a table: one threshold per bank class (params ``class_table.c<i>``,
-    read by ``settings.class_thresholds``), pre-filled with the bank's ``calibrated`` thresholds (and then open)."""
+    read by ``settings.class_thresholds``), pre-filled with the bank's ``calibrated`` thresholds (and then open).
+    ``stale``: why the bank's stored calibration does not fit it any more (shown; nothing is pre-filled)."""
     calibrated = calibrated or {}
+    if stale:
+        inputs.view("calibration_stale", types.Warning(label="Calibrated thresholds not used", description=stale))
     note = " Pre-filled with the bank's calibrated thresholds ('NTT: grade references')." if calibrated else ""
     inputs.bool(
         "per_class",

@@ -243,25 +243,43 @@ def test_segment_again_from_the_cache_then_clear_it(coco128, bank_path, tmp_path
 
 
 def test_bank_add_negative_shots(coco128, bank_path, tmp_path, capsys):
-    """--negative adds shots as negatives of classes the bank has; a class it lacks is refused by name; the
-    taught bank segments and its detections report their nearest negative."""
+    """--negative adds shots as negatives of classes the bank has; a class it lacks is refused by name; a label that
+    is a positive of the bank becomes a negative (the newer verdict); the taught bank segments and its detections
+    report their nearest negative."""
     refs = coco128 / "annotations" / "instances_train2017.json"
     taught = tmp_path / "taught.safetensors"
-    args = ["bank", "add", str(bank_path), str(refs), "-o", str(taught), "--shots", "1", "--seed", "5", "--negative"]
-    assert main(args + ["--classes", "car"] + SMOKE) == 0
+    images = coco128 / "images" / "train2017"
+
+    def add(refs_file, output, seed):
+        args = ["bank", "add", str(bank_path), str(refs_file), "-o", str(output), "--shots", "1", "--seed", str(seed)]
+        return main(args + ["--negative", "--classes", "car", "--images", str(images)] + SMOKE)
+
+    assert add(refs, taught, 2) == 0  # seed 2 draws a car the bank does not have
     assert "1 negative shots added" in capsys.readouterr().out
     assert main(["bank", "info", str(taught)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["negatives_per_class"] == {"car": 1} and info["shots_per_class"] == {"person": 2, "car": 2, "dog": 2}
-    assert main(args + ["--classes", "cup"] + SMOKE) == 2
+    flipped = tmp_path / "flipped.safetensors"
+    assert add(refs, flipped, 5) == 0  # seed 5 draws one of the bank's own cars
+    out = capsys.readouterr().out
+    assert "was a positive of 'car' and is now a negative: the newer verdict replaces the older" in out
+    assert "1 negative shots added, 3 classes, 6 shots (1 negative)" in out
+    assert MemoryBank.load(flipped).shots_per_class() == {"person": 2, "car": 1, "dog": 2}
+    cup = ["bank", "add", str(bank_path), str(refs), "-o", str(taught), "--shots", "1", "--negative"]
+    assert main(cup + ["--classes", "cup"] + SMOKE) == 2
     err = capsys.readouterr().err
     assert "negative shots only" in err and "'cup'" in err
+
+    # Random features are unlike each other: only a negative that looks like a positive surely reaches the cars. The
+    # same car from a copy of the file (another source: another label) is one, beside the bank's positive.
+    copy = tmp_path / "copy.json"
+    copy.write_text(json.dumps(json.loads(refs.read_text()), indent=1))  # other bytes: another file
+    alike = tmp_path / "alike.safetensors"
+    assert add(copy, alike, 5) == 0 and "1 negative shots added, 3 classes, 7 shots" in capsys.readouterr().out
     gt = coco128 / "annotations" / "instances_val2017.json"
     preds = tmp_path / "preds.json"
-    assert (
-        main(["segment", "--bank", str(taught), "--images", str(gt), "-o", str(preds), "--max-images", "2"] + SMOKE)
-        == 0
-    )
+    segment = ["segment", "--bank", str(alike), "--images", str(gt), "-o", str(preds), "--max-images", "2"]
+    assert main(segment + SMOKE) == 0
     results = json.loads(preds.read_text())
     cars = [r for r in results if r["category_id"] == 3]
     assert cars and all(r["negative_cosine"] > 0 for r in cars)
@@ -301,7 +319,7 @@ def test_bank_report_grades_the_references_and_calibrates(coco128, bank_path, tm
     assert main(plain + SMOKE) == 0
     people = sorted(r["score"] for r in json.loads((tmp_path / "a.json").read_text()) if r["category_id"] == 1)
     median = people[len(people) // 2]
-    bank.info["calibration"] = {"method": "f1", "classes": {"person": {"threshold": median}}}
+    bank.info["calibration"] = {**bank.info["calibration"], "classes": {"person": {"threshold": median}}}  # stamped
     bank.save(calibrated)
     seg = [
         "segment",
@@ -320,3 +338,101 @@ def test_bank_report_grades_the_references_and_calibrates(coco128, bank_path, tm
     capsys.readouterr()
     assert main(seg + ["--bank", str(bank_path)] + SMOKE) == 2
     assert "no calibrated thresholds" in capsys.readouterr().err
+
+
+def _export(data: dict, image_ids: list[int], category_ids: dict[str, int]) -> dict:
+    """A references file as annotation tools export one (CVAT, Label Studio): only these images and classes, the
+    images and annotations numbered from 1, the categories numbered as ``category_ids`` (name -> id) says."""
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    chosen = [img for img in data["images"] if img["id"] in image_ids]
+    new_id = {img["id"]: k for k, img in enumerate(chosen, 1)}
+    anns = [
+        a
+        for a in data["annotations"]
+        if a["image_id"] in new_id and names[a["category_id"]] in category_ids and not a.get("iscrowd")
+    ]
+    return {
+        "images": [{**img, "id": new_id[img["id"]]} for img in chosen],
+        "annotations": [
+            {**a, "id": k, "image_id": new_id[a["image_id"]], "category_id": category_ids[names[a["category_id"]]]}
+            for k, a in enumerate(anns, 1)
+        ],
+        "categories": [{"id": i, "name": name} for name, i in category_ids.items()],
+    }
+
+
+@pytest.fixture
+def two_exports(coco128, tmp_path) -> tuple[Path, Path]:
+    """Two references files of other images, both numbered from 1: a person and a dog each; the second numbers
+    person 18 and dog 1 (the first: 1 and 18)."""
+    data = json.loads((coco128 / "annotations" / "instances_train2017.json").read_text())
+    first, second = tmp_path / "refs1.json", tmp_path / "refs2.json"
+    first.write_text(json.dumps(_export(data, [36, 42], {"person": 1, "dog": 18})))
+    second.write_text(json.dumps(_export(data, [322, 394], {"person": 18, "dog": 1})))
+    return first, second
+
+
+def test_bank_add_of_a_second_file_numbered_from_1_adds_all_its_shots(coco128, two_exports, tmp_path, capsys):
+    """Shots are (file, image id, annotation id): a second export numbered from 1 is all new, its classes join the
+    bank's of the same name (said), and adding either file again adds nothing."""
+    from ntt.atomic import file_sha256
+
+    first, second = two_exports
+    images = ["--images", str(coco128 / "images" / "train2017")]
+    bank = tmp_path / "bank.safetensors"
+    assert main(["bank", "build", str(first), "-o", str(bank)] + images + SMOKE) == 0
+    capsys.readouterr()
+    assert main(["bank", "add", str(bank), str(second)] + images + SMOKE) == 0
+    out = capsys.readouterr().out
+    assert f"class 'person' is id 18 in {second} and id 1 in the bank: added to the bank's 'person'" in out
+    assert f"class 'dog' is id 1 in {second} and id 18 in the bank: added to the bank's 'dog'" in out
+    assert "2 shots added, 2 classes, 4 shots (0 negative)" in out
+    merged = MemoryBank.load(bank)
+    assert merged.classes == [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+    assert merged.shots_per_class() == {"person": 2, "dog": 2}
+    by_file = {
+        file_sha256(first): "000000000036.jpg 000000000042.jpg",
+        file_sha256(second): "000000000322.jpg 000000000394.jpg",
+    }
+    for shot in merged.shots:
+        assert Path(shot["image_path"]).name in by_file[shot["source"]].split()
+        assert shot["class_id"] == (
+            1 if Path(shot["image_path"]).name in ("000000000036.jpg", "000000000322.jpg") else 18
+        )
+    for again in (first, second):
+        assert main(["bank", "add", str(bank), str(again)] + images + SMOKE) == 0
+        assert "0 shots added, 2 classes, 4 shots" in capsys.readouterr().out
+    assert main(["bank", "report", str(bank), str(second)] + images + SMOKE) == 0  # its own two images, not four
+    assert "graded 2 reference image(s)" in capsys.readouterr().out
+
+
+def test_labelled_references_take_only_the_images_of_that_file(two_exports, tmp_path):
+    """`bank report refs2.json` grades the images whose shots came from refs2.json (not refs1.json's images of the
+    same ids), with refs2's categories as the bank's classes of the same name; a shot without a source (an older
+    bank) names its image by id alone."""
+    from ntt.atomic import file_sha256
+    from ntt.pipeline import labelled_references
+
+    first, second = two_exports
+    one, two = file_sha256(first), file_sha256(second)
+    shots = [
+        {"image_id": 1, "annotation_id": 1, "class_id": 1, "source": one},
+        {"image_id": 2, "annotation_id": 2, "class_id": 18, "source": one},
+        {"image_id": 2, "annotation_id": 2, "class_id": 18, "source": two},
+    ]
+    encoder = {"name": "dinov2_vits14", "image_size": 224, "weights": "random:seed=0", "fingerprint": "f", "dim": 3}
+    classes = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+    bank = MemoryBank(classes, np.eye(3, dtype=np.float32), np.array([1, 18, 18]), shots, encoder)
+    images = labelled_references(bank, second, tmp_path)
+    assert [(img.image_id, Path(img.source).name, img.origin) for img in images] == [(2, "000000000394.jpg", two)]
+    assert images[0].class_ids == [18], "refs2's dog (id 1 there) is the bank's dog"
+    assert [img.image_id for img in labelled_references(bank, first, tmp_path)] == [1, 2]
+    legacy = MemoryBank(
+        classes, np.eye(3, dtype=np.float32)[:1], np.array([1]), [{"image_id": 1, "annotation_id": 1}], encoder
+    )
+    assert [img.image_id for img in labelled_references(legacy, second, tmp_path)] == [1]
+    other = MemoryBank(
+        classes, np.eye(3, dtype=np.float32)[:1], np.array([1]), [{**shots[0], "source": "0" * 64}], encoder
+    )
+    with pytest.raises(ValueError, match="none of the bank's reference images came from this file"):
+        labelled_references(other, second, tmp_path)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..bank import BankError, MemoryBank
 from ..bank_encoder import build_bank_steps as memory_bank_steps
+from ..calibration import calibrated_thresholds, calibration_problem
 from ..config import NTTConfig, get_config
 from ..steps import Step, Steps, drive, signature_of
 from ..teach import learn
@@ -214,8 +215,7 @@ def add_references_steps(
     check_device(cfg)
     field = label_field or info["label_field"]
     refs = collect_references(coll, field, tag or info["tag"], class_ids=dict(zip(bank.class_names, bank.class_ids)))
-    have = {(str(s.get("image_id")), str(s.get("annotation_id"))) for s in bank.shots}
-    new = [r for r in refs if (str(r.image_id), str(r.annotation_id)) not in have]
+    new = [ref for ref in refs if not bank.holds(ref.provenance(), negative=False)]
     if not new:
         log.info("bank %r: all %d reference(s) are in the bank already; nothing to add", name, len(refs))
         yield Step(1.0, "Nothing new to encode: every reference is in the bank already")
@@ -230,8 +230,10 @@ def add_references_steps(
 def add_references(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
     """Encode the reference instances of ``coll`` that are not in the bank yet and add them to it.
 
-    Shots already in the bank (same sample and label id) are left out before anything is encoded; when
-    nothing new remains, the bank is returned unchanged and no model is loaded. New shots are encoded with
+    Labels the bank holds already as positive shots (``MemoryBank.holds``: same dataset, sample and label id) are
+    left out before anything is encoded; when nothing new remains, the bank is returned unchanged and no model is
+    loaded. A label that is a negative of its class in the bank becomes a positive (the newer verdict replaces
+    the negative). New shots are encoded with
     the bank's own models, on ``device`` (default "auto": this machine's GPU when present, not the device
     the bank was built on). ``label_field`` and ``tag`` default to the bank's. Returns the (updated) bank.
     ``progress(fraction, label)`` is called for each step of ``add_references_steps``.
@@ -407,14 +409,23 @@ def _config(dataset, bank: MemoryBank, path: Path, label_field: str, tag: str, c
         class_ids=bank.class_ids,
         shots_per_class=bank.shots_per_class(),
         negatives_per_class=bank.negatives_per_class(),
-        calibrated_thresholds={
-            k: v["threshold"] for k, v in (bank.info.get("calibration") or {}).get("classes", {}).items()
-        },
+        **_calibration_record(bank, cfg),
         num_shots=len(bank.shots),
         shot_sample_ids=shot_sample_ids(bank.shots),
         encoder=bank.encoder,
         config=cfg.to_dict(),
     )
+
+
+def _calibration_record(bank: MemoryBank, cfg: NTTConfig) -> dict[str, Any]:
+    """What forms read of the bank's calibration under its own settings: ``calibrated_thresholds`` when it fits
+    this version ({} otherwise), and ``calibration_stale``, why a stored calibration does not (None: it does,
+    or there is none)."""
+    if "calibration" not in bank.info:
+        return {"calibrated_thresholds": {}, "calibration_stale": None}
+    problem = calibration_problem(bank, cfg)
+    thresholds = {} if problem else calibrated_thresholds(bank, cfg)
+    return {"calibrated_thresholds": thresholds, "calibration_stale": problem}
 
 
 def _put_shots(dataset, name: str, config, shots: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:

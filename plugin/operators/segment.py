@@ -83,7 +83,8 @@ class SegmentWithBank(BackgroundOperator):
             description="Drop instances scoring below this (empty: the preset's, 0)",
         )
         info = sdk().get_bank_info(ctx.dataset, bank)
-        ui.class_thresholds_input(inputs, ctx, info["classes"], info.get("calibrated_thresholds"))
+        calibrated, stale = info.get("calibrated_thresholds"), info.get("calibration_stale")
+        ui.class_thresholds_input(inputs, ctx, info["classes"], calibrated, stale)
         inputs.int("max_instances", label="Max instances per image", min=1, description="Empty: the preset's (100)")
         inputs.int(
             "batch_size",

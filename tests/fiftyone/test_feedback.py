@@ -225,9 +225,14 @@ def test_grade_operator_reports_opens_the_worst_shots_and_prefills_the_segment_f
 
 def _calibrate(ds, thresholds: dict[str, float]) -> None:
     """Store calibrated thresholds in bank "pets" as a grading with calibrate=True would."""
+    from ntt.calibration import calibrate
     from ntt.fo.banks import _store
     from ntt.fo.checks import settings_here
 
     info, bank = nfo.get_bank_info(ds, "pets"), nfo.load_bank(ds, "pets")
-    bank.info["calibration"] = {"method": "f1", "classes": {k: {"threshold": v} for k, v in thresholds.items()}}
-    _store(ds, "pets", bank, info["label_field"], info["tag"], settings_here(info["config"]))
+    cfg = settings_here(info["config"])
+    bank.info["calibration"] = {
+        **calibrate(bank, {}, None, cfg),
+        "classes": {k: {"threshold": v} for k, v in thresholds.items()},
+    }
+    _store(ds, "pets", bank, info["label_field"], info["tag"], cfg)
