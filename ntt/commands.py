@@ -57,6 +57,10 @@ def bank_add(args: argparse.Namespace, cfg: NTTConfig) -> int:
     return 0
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _shot_images(bank: MemoryBank) -> list[str]:
     return sorted({s["image_path"] for s in bank.shots if s.get("image_path")})
 
@@ -90,9 +94,14 @@ def bank_report(args: argparse.Namespace, cfg: NTTConfig) -> int:
         calibrated = lambda current: current.with_info(calibration=report.calibration)  # noqa: E731
         update_bank_file(args.bank, calibrated, read_digest=bank.file_digest, output=args.output)
         path = Path(args.output or args.bank)
-        done = len(report.calibration["classes"])
-        why = "" if done else " (no prediction matched a labelled instance: the global threshold stays)"
-        print(f"wrote {path}: calibrated thresholds for {done} of {len(bank.classes)} classes{why}")
+        calibration = report.calibration
+        print(f"wrote {path}: calibrated thresholds for {len(calibration['classes'])} of {len(bank.classes)} classes")
+        for name, fit in calibration["classes"].items():
+            low, high = fit["precision_interval"] or (0.0, 1.0)
+            print(f"  {name}: {fit['threshold']:.3f} (precision {_share(fit['precision'])} [{low:.2f}-{high:.2f}])")
+        for name, why in calibration["left_out"].items():
+            print(f"  {name}: keeps the global threshold ({why})")
+        print(f"  note: {calibration['caveat']}")
     print(f"graded {len(images) - len(report.skipped)} reference image(s) ({elapsed(start)})")
     return 0
 

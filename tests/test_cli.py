@@ -296,7 +296,8 @@ def test_bank_report_grades_the_references_and_calibrates(coco128, bank_path, tm
     args = ["bank", "report", str(bank_path), str(refs), "--calibrate", "-o", str(calibrated), "--json", str(report)]
     assert main(args + SMOKE) == 0
     out = capsys.readouterr().out
-    assert "most harmful first" in out and "calibrated thresholds for" in out
+    assert "most harmful first" in out and "calibrated thresholds for" in out and "hand-picked" in out
+    assert "keeps the global threshold (" in out, "each class left out says why"
     data = json.loads(report.read_text())
     bank = MemoryBank.load(calibrated)
     assert len(data["shots"]) == len(bank.shots) == 6 and {c["name"] for c in data["classes"]} == set(bank.class_names)

@@ -13,6 +13,7 @@ from ..steps import Steps, drive, signature_of
 from ..types import Progress
 from .banks import read_bank, store_if_unchanged
 from .checks import check_device, check_weights, settings_here
+from .corrections import corrections
 from .references import NTTFiftyOneError, _is_crowd, full_image_mask
 from .store import dataset_of
 
@@ -30,10 +31,11 @@ def grade_references_steps(
     info, bank = read.info, read.bank
     cfg = settings_here(info["config"], device=device)
     check_device(cfg)
-    images = _labelled_samples(dataset_of(coll), bank, info["label_field"])
+    images, unknown = _labelled_samples(dataset_of(coll), bank, info["label_field"])
     check_weights(cfg)
     cache = CandidateStore() if cfg.segment.cache else None
     report = yield from grade_steps(bank, images, cfg, cache=cache, target_precision=target_precision)
+    report.skipped += unknown
     if calibrate and not store_if_unchanged(coll, read, bank.with_info(calibration=report.calibration), cfg):
         # thresholds fit the shots they were measured on: stored on another version they would be wrong
         raise NTTFiftyOneError(
@@ -47,8 +49,10 @@ def grade_references_steps(
 def grade_references(*args, progress: Progress | None = None, **kwargs) -> GradeReport:
     """Grade bank ``name``'s references by leave-one-out on their own samples.
 
-    Each reference sample is segmented with the bank minus its own shots, against its labelled instances in
-    the bank's reference field: per class recall, precision and AP50, per shot its effect on its class's AP50
+    Each reference sample is segmented with the bank minus its own shots, against the labels its shots came
+    from (the bank's reference field for tagged references; for promoted samples the reviewed labels of their
+    predictions field; a promoted sample with unreviewed predictions is left out, and the report's ``skipped``
+    says so): per class recall, precision and AP50, per shot its effect on its class's AP50
     (negative: the class does better without it), its cosine to its class and the nearest other class; most
     harmful first (``report.table()``, ``report.to_dict()``; ``worst_shots`` makes a view of them). Each sample
     goes through the models once (the candidate cache keeps its work when the settings use it).
@@ -68,25 +72,84 @@ def worst_shots(coll, report: GradeReport, count: int = 5):
     return dataset_of(coll).select_labels(ids=ids)
 
 
-def _labelled_samples(dataset, bank: MemoryBank, field: str) -> list[LabelledImage]:
-    """The bank's reference samples with their labelled instances of its classes (the grading's ground truth)."""
+def _labelled_samples(dataset, bank: MemoryBank, field: str) -> tuple[list[LabelledImage], list[dict]]:
+    """The bank's sample images with their labelled instances of its classes (the grading's ground truth), and
+    the samples left out because their ground truth is not known (with why).
+
+    Each image's ground truth is where its shots came from: the reference field ``field`` for tagged references,
+    and for a sample whose positive shots were promoted from a predictions field, that field's reviewed labels
+    (those tagged correct, relabelled, corrected in the Annotate tab or promoted as positives, as they are now;
+    a box moved with its mask left alone counts as its box). A promoted sample with
+    predictions nobody reviewed has no known ground truth: it is left out."""
+    reviewed_in = _promoted_fields(bank)
     ids = sorted({str(s.get("image_id")) for s in bank.shots if not s.get("negative")})
     classes = dict(zip(bank.class_names, bank.class_ids))
-    samples = dataset.select(ids).select_fields(field)
+    samples = dataset.select(ids).select_fields([field, *sorted(set(reviewed_in.values()))])
     if not len(samples):
         raise NTTFiftyOneError("none of the bank's reference samples is in this dataset: nothing to grade")
-    out = []
+    promoted = {str(s.get("annotation_id")) for s in bank.shots if s.get("promoted") and not s.get("negative")}
+    out, unknown = [], []
     for sample in samples.iter_samples():
         try:
             height, width = image_size(sample.filepath)
         except ImageLoadError:  # grading skips it and says why (it cannot read the image either)
             out.append(LabelledImage(sample.id, sample.filepath, [], []))
             continue
-        dets = sample[field].detections if sample[field] is not None else []
+        boxes_only = set()
+        if sample.id in reviewed_in:
+            source = reviewed_in[sample.id]
+            changes = corrections(sample[source] if sample.has_field(source) else None)
+            boxes_only = {d.id for d, mask_changed in changes.edited if not mask_changed}  # the old mask misfits
+            corrected = {d.id for d, _ in changes.edited} | {d.id for d in changes.drawn}
+            dets, unreviewed = _reviewed(_detections(sample, source), promoted | corrected)
+            if unreviewed:
+                reason = (
+                    f"ground truth unknown: {unreviewed} prediction(s) in {source!r} not reviewed (tag them "
+                    "'correct' or 'wrong', or delete them, to grade this sample)"
+                )
+                unknown.append({"image_id": sample.id, "reason": reason})
+                continue
+        else:
+            dets = _detections(sample, field)
         dets = [d for d in dets if d.label in classes and not _is_crowd(d)]
-        masks = [full_image_mask(d, width, height) if d.has_mask else _box_mask(d, width, height) for d in dets]
+        masks = [
+            full_image_mask(d, width, height) if d.has_mask and d.id not in boxes_only else _box_mask(d, width, height)
+            for d in dets
+        ]
         out.append(LabelledImage(sample.id, sample.filepath, masks, [classes[d.label] for d in dets]))
-    return out
+    return out, unknown
+
+
+def _promoted_fields(bank: MemoryBank) -> dict[str, str]:
+    """Sample id -> the predictions field its positive shots were promoted from, for samples none of whose
+    positive shots is a tagged reference (those are graded against the reference field)."""
+    tagged = {str(s.get("image_id")) for s in bank.shots if not s.get("negative") and not s.get("promoted")}
+    return {
+        str(s.get("image_id")): s["label_field"]
+        for s in bank.shots
+        if s.get("promoted") and not s.get("negative") and s.get("label_field")
+        if str(s.get("image_id")) not in tagged
+    }
+
+
+def _detections(sample, field: str) -> list:
+    labels = sample[field] if sample.has_field(field) else None
+    return list(labels.detections) if labels is not None else []
+
+
+def _reviewed(dets, promoted: set[str], correct: str = "correct", wrong: str = "wrong") -> tuple[list, int]:
+    """A predictions field's labels on one sample as ground truth: the ones reviewed as right (tagged
+    ``correct``, relabelled, or promoted as positives), and how many nobody reviewed (labels tagged ``wrong``
+    are reviewed: not objects)."""
+    right, unreviewed = [], 0
+    for det in dets:
+        tags = set(det.tags or [])
+        predicted = det.get_field("predicted_label") if det.has_field("predicted_label") else det.label
+        if det.id in promoted or correct in tags or det.label != predicted:
+            right.append(det)
+        elif wrong not in tags:
+            unreviewed += 1
+    return right, unreviewed
 
 
 def _box_mask(det, width: int, height: int) -> np.ndarray:
