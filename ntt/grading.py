@@ -10,27 +10,37 @@ Cost: each reference image goes through the encoders and the decoder once (its m
 candidate cache when given); every bank variant after that is only matching and post-processing. With guided
 prompts a pool's prompts are those of the image's leave-one-out bank, also for the variants without one more
 shot (an approximation: exact with grid prompts).
+
+Scale: the images are graded one at a time, and an image's pool (up to ~1,000 masks of 256 x 256 float logits
+with grid prompts: hundreds of MB) is dropped before the next one is made; what is kept per image is only its
+matches (scores, matched or not), so memory does not grow with the number of images. A variant without shot k
+is finished only on the images where it may predict k's class (``leave_one_out``: a test that never misses
+one; elsewhere its class-k matches are the labelled instances alone), and there only the classes whose
+candidates it changes are soft-merged again (``refinish``: the predictor's own numbers). AP50 is computed from
+the matches as COCOeval does (``ap50``), without encoding any mask. The reports are those of finishing every
+variant on every image.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from .bank import MemoryBank
+from .ap50 import ImageMatches, ap50, instance_ious, match_image
+from .bank import MemoryBank, on_image
 from .calibration import calibrate
-from .coco import instances_to_results
 from .config import NTTConfig
-from .evaluation import _quiet, evaluate_results
 from .images import ImageLoadError, load_image
+from .leave_one_out import may_predict_own_class
 from .predictor import Predictor
+from .refinish import Refinisher
 from .steps import Step, Steps, drive
+from .time_left import TimeLeft
 from .types import Instances, Progress
 
 
@@ -39,13 +49,16 @@ class LabelledImage:
     """A reference image and its labelled instances (the ground truth of the grading).
 
     ``image_id`` is the shots' ``image_id`` for this image; ``source`` a path or an RGB uint8 (H, W, 3) array;
-    ``masks`` bool (H, W) per instance; ``class_ids`` their bank category ids (other classes are ignored).
+    ``masks`` bool (H, W) per instance; ``class_ids`` their bank category ids (other classes are ignored);
+    ``origin`` where the references came from (a COCO file's digest or a dataset id; None: not known): a shot
+    is on this image when ``bank.on_image(shot, origin, image_id)``.
     """
 
     image_id: Any
     source: str | Path | np.ndarray
     masks: list[np.ndarray]
     class_ids: list[int]
+    origin: str | None = None
 
 
 @dataclass
@@ -138,48 +151,46 @@ def grade_steps(
     cache=None,
     target_precision: float | None = None,
 ) -> Steps[GradeReport]:
-    """``grade`` as a generator: a ``Step`` per reference image segmented, then per shot measured."""
+    """``grade`` as a generator: per reference image a ``Step`` once it is segmented and one once the shots'
+    effects on it are measured (with an estimate of the time left on long runs)."""
     predictor = Predictor(bank, cfg, proposer, encoder)
-    runs, skipped = [], []
+    runs: list[dict[int, ImageMatches]] = []  # per graded image: class id -> its matches with the run's bank
+    without: dict[int, dict[int, ImageMatches]] = {int(k): {} for k in np.flatnonzero(~bank.negative)}
+    skipped: list[dict[str, Any]] = []
+    clock, verify = TimeLeft(), True
     for n, item in enumerate(images, start=1):
-        rest = bank.keep(np.array([str(s.get("image_id")) != str(item.image_id) for s in bank.shots]))
-        if not rest.classes:
-            skipped.append({"image_id": item.image_id, "reason": "every shot of the bank is on this image"})
+        rest = bank.keep(np.array([not on_image(s, item.origin, item.image_id) for s in bank.shots]))
+        image, reason = _readable(item, rest)
+        if image is None:
+            skipped.append({"image_id": item.image_id, "reason": reason})
             continue
-        try:
-            image = item.source if isinstance(item.source, np.ndarray) else load_image(item.source)
-        except ImageLoadError as err:  # the other references are still graded
-            skipped.append({"image_id": item.image_id, "reason": str(err)})
-            continue
-        pool = _pool(predictor.with_bank(rest), image, item, cache)
-        runs.append(_Run(item, rest, pool, image.shape[:2]))
-        yield Step(0.5 * n / max(1, len(images)), "Segmenting each reference image without its own shots")
-    found = [_finish(predictor, run.bank, run) for run in runs]
-    gt = _ground_truth(bank, runs)  # the labelled instances, encoded once for every AP below
-    with_all = _class_scores(bank, runs, found, cfg, gt)
-    positive = np.flatnonzero(~bank.negative)
-    grades = []
-    for j, k in enumerate(positive, start=1):
-        alone = [
-            _without_shot(predictor, run, int(k)) if _holds(run.bank, bank.shots[k]) else f
-            for run, f in zip(runs, found)
-        ]
-        cid = int(bank.shot_class_ids[k])
-        ap_with, ap_without = with_all[cid]["ap50"], _class_ap(gt, alone, cid)
-        effect = None if ap_with is None or ap_without is None else ap_with - ap_without
-        grades.append(_shot_grade(bank, int(k), effect))
-        yield Step(0.5 + 0.5 * j / len(positive), "Measuring each shot's effect on its class")
+        # One image at a time: its pool (the largest thing here) is dropped before the next one is made.
+        run = predictor.with_bank(rest)
+        pool, size = _pool(run, image, item, cache), image.shape[:2]
+        again = Refinisher(run, pool, size, verify=verify)  # also finishes the image with the run's bank
+        verify = verify and not (again.trusted and len(again.found))  # once agreed on some predictions: enough
+        found = again.found
+        truths = _truths(item)
+        runs.append({cid: _matches(found, truths, cid) for cid in set(truths) | set(found.class_ids.tolist())})
+        done = (n - 0.5) / len(images)
+        yield Step(done, clock.label("Segmenting each reference image without its own shots", done))
+        for k, matches in _without_each_shot(predictor, run, again, truths):
+            without[k][len(runs) - 1] = matches
+        del pool, again, found
+        yield Step(n / len(images), clock.label("Measuring each shot's effect on its class", n / len(images)))
+    classes = _class_scores(bank, runs, cfg)
+    grades = [_shot_grade(bank, k, _effect(bank, k, runs, without[k], classes)) for k in without]
     grades.sort(key=lambda g: (g.effect is None, g.effect if g.effect is not None else 0.0, g.own_cosine or 0.0))
-    classes = [ClassGrade(c["name"], bank.shots_per_class()[c["name"]], **with_all[c["id"]]) for c in bank.classes]
-    points = {c["id"]: _scored_matches(runs, found, c["id"]) for c in bank.classes}
-    return GradeReport(classes, grades, skipped, calibrate(bank, points, target_precision))
+    report = [ClassGrade(c["name"], bank.shots_per_class()[c["name"]], **classes[c["id"]]) for c in bank.classes]
+    points = {c["id"]: _scored_matches(runs, c["id"]) for c in bank.classes}
+    return GradeReport(report, grades, skipped, calibrate(bank, points, target_precision, cfg))
 
 
 def grade(*args, progress: Progress | None = None, **kwargs) -> GradeReport:
     """Grade a bank's references by leave-one-out on their own images (module docstring).
 
     Args:
-        bank: the bank; its shots' ``image_id`` name the images they come from.
+        bank: the bank; its shots' ``image_id`` (and ``source``) name the images they come from.
         images: the labelled reference images (``LabelledImage``): the ground truth.
         cfg: the settings to segment with (the bank's).
         proposer / encoder: models to use instead of the configured SAM2 / DINOv2 (tests).
@@ -191,12 +202,14 @@ def grade(*args, progress: Progress | None = None, **kwargs) -> GradeReport:
     return drive(grade_steps(*args, **kwargs), progress)
 
 
-@dataclass
-class _Run:
-    item: LabelledImage
-    bank: MemoryBank
-    pool: Any
-    size: tuple[int, int]
+def _readable(item: LabelledImage, rest: MemoryBank) -> tuple[np.ndarray | None, str]:
+    """The image to grade (RGB uint8 (H, W, 3)), or None and why it cannot be graded."""
+    if not rest.classes:
+        return None, "every shot of the bank is on this image"
+    try:
+        return (item.source if isinstance(item.source, np.ndarray) else load_image(item.source)), ""
+    except ImageLoadError as err:  # the other references are still graded
+        return None, str(err)
 
 
 def _pool(predictor: Predictor, image: np.ndarray, item: LabelledImage, cache):
@@ -209,98 +222,81 @@ def _pool(predictor: Predictor, image: np.ndarray, item: LabelledImage, cache):
     return stage.get(key) or stage.put(key, predictor.mask_pools([image])[0])
 
 
-def _finish(predictor: Predictor, bank: MemoryBank, run: _Run) -> Instances:
-    return predictor.with_bank(bank).finish(run.pool, run.size)[0]
+def _without_each_shot(
+    predictor: Predictor, run: Predictor, again: Refinisher, truths: dict[int, list[np.ndarray]]
+) -> Iterator[tuple[int, ImageMatches]]:
+    """Per positive shot k of ``predictor``'s bank held by the image's run bank (``run.bank``): the image's
+    matches of k's class with the run bank minus k, where they may differ from those with it (``again.found``).
+
+    Exact, as finishing the image with every such bank would be: a bank is finished only where it may predict
+    k's class (``leave_one_out``: the test never misses one; elsewhere only the image's labelled instances of
+    the class count), and then only its changed classes are soft-merged again (``refinish``). A shot of this
+    image is not in the run bank: without it the image's matches are those of the run."""
+    bank, rest = predictor.bank, run.bank
+    maybe = may_predict_own_class(run, again.pool)
+    where = {id(shot): j for j, shot in enumerate(rest.shots)}
+    for k in np.flatnonzero(~bank.negative):
+        j = where.get(id(bank.shots[k]))
+        cid = int(bank.shot_class_ids[k])
+        if j is None or not (maybe[j] or cid in truths or cid in again.found.class_ids):
+            continue  # the same with and without k here: nothing of its class either way, or k left out already
+        inst = Instances.empty(again.size)
+        if maybe[j]:
+            inst = again.finish(predictor.with_bank(rest.keep(np.arange(len(rest.shots)) != j)), cid)
+        yield int(k), _matches(inst, truths, cid)
 
 
-def _holds(bank: MemoryBank, shot: dict) -> bool:
-    return any(s is shot for s in bank.shots)
+def _truths(item: LabelledImage) -> dict[int, list[np.ndarray]]:
+    """The image's labelled instances by class id, as bool (H, W) masks (nonzero as in a COCO RLE of them)."""
+    out: dict[int, list[np.ndarray]] = {}
+    for mask, cid in zip(item.masks, item.class_ids):
+        out.setdefault(int(cid), []).append(np.asarray(mask).astype(np.uint8) != 0)
+    return out
 
 
-def _without_shot(predictor: Predictor, run: _Run, k_shot: int) -> Instances:
-    """The run's image re-matched with its bank minus one more shot (of the full bank's index ``k_shot``)."""
-    target = predictor.bank.shots[k_shot]
-    smaller = run.bank.keep(np.array([s is not target for s in run.bank.shots]))
-    if not smaller.classes:
-        return Instances.empty(run.size)
-    return _finish(predictor, smaller, run)
+def _matches(found: Instances, truths: dict[int, list[np.ndarray]], class_id: int) -> ImageMatches:
+    """One image's predictions of a class matched to its labelled instances of it (``ap50.match_image``)."""
+    mine = found[found.class_ids == class_id]
+    masks = truths.get(class_id, [])
+    return match_image(mine.scores, instance_ious(mine, masks))
 
 
-def _ground_truth(bank: MemoryBank, runs: list[_Run]) -> dict[str, Any]:
-    """The runs' labelled instances as a COCO dict (image ids are run indices)."""
-    images, anns = [], []
-    for i, run in enumerate(runs):
-        images.append({"id": i, "height": int(run.size[0]), "width": int(run.size[1])})
-        for mask, cid in zip(run.item.masks, run.item.class_ids):
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            box = mask_utils.toBbox(rle).tolist()
-            rle["counts"] = rle["counts"].decode("ascii")
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i,
-                    "category_id": int(cid),
-                    "segmentation": rle,
-                    "bbox": box,
-                    "area": int(mask.sum()),
-                    "iscrowd": 0,
-                }
-            )
-    return {"images": images, "annotations": anns, "categories": [dict(c) for c in bank.classes]}
+def _effect(
+    bank: MemoryBank, k: int, runs: list[dict[int, ImageMatches]], without: dict[int, ImageMatches], classes
+) -> float | None:
+    """Class AP50 with all shots minus without shot ``k`` (its runs' matches where they differ: ``without``)."""
+    cid = int(bank.shot_class_ids[k])
+    alone = [without.get(r, run.get(cid)) for r, run in enumerate(runs)]
+    ap_with, ap_without = classes[cid]["ap50"], ap50([m for m in alone if m is not None])
+    return None if ap_with is None or ap_without is None else ap_with - ap_without
 
 
-def _class_ap(gt: dict[str, Any], found: list[Instances], class_id: int) -> float | None:
-    """AP50 of one class over the runs' predictions ``found`` against ``gt`` (``_ground_truth``)."""
-    if not any(a["category_id"] == class_id for a in gt["annotations"]):
-        return None
-    mine = [inst[inst.class_ids == class_id] for inst in found]  # only this class's masks get encoded
-    results = [r for i, inst in enumerate(mine) for r in instances_to_results(i, inst)]
-    return _quiet(lambda: evaluate_results(gt, results, cat_ids=[class_id]))["segm"]["AP50"]
-
-
-def _class_scores(
-    bank: MemoryBank, runs: list[_Run], found: list[Instances], cfg: NTTConfig, gt: dict[str, Any]
-) -> dict[int, dict]:
+def _class_scores(bank: MemoryBank, runs: list[dict[int, ImageMatches]], cfg: NTTConfig) -> dict[int, dict]:
     """Per class id: labelled ``instances``, ``recall`` and ``precision`` at the thresholds, ``ap50``."""
     out = {}
     for c in bank.classes:
         thresh = cfg.segment.class_thresholds.get(c["name"], cfg.segment.score_thresh)
-        points, truths = _scored_matches(runs, found, c["id"])
+        points, truths = _scored_matches(runs, c["id"])
         kept = [hit for score, hit in points if score >= thresh]
         found_total, matched = len(kept), sum(kept)
         out[c["id"]] = {
             "instances": truths,
             "recall": matched / truths if truths else None,
             "precision": matched / found_total if found_total else None,
-            "ap50": _class_ap(gt, found, c["id"]),
+            "ap50": ap50([run[c["id"]] for run in runs if c["id"] in run]),
         }
     return out
 
 
-def _scored_matches(runs: list[_Run], found: list[Instances], class_id: int) -> tuple[list[tuple[float, bool]], int]:
-    """A class's predictions over the runs as (score, matched a labelled instance), and the labelled count."""
+def _scored_matches(runs: list[dict[int, ImageMatches]], class_id: int) -> tuple[list[tuple[float, bool]], int]:
+    """A class's predictions over the runs (all shots of each run's bank) as (score, matched a labelled
+    instance), in run and score order, and the labelled count: what ``calibrate`` fits."""
     points, truths = [], 0
-    for run, inst in zip(runs, found):
-        gt = [m for m, cid in zip(run.item.masks, run.item.class_ids) if cid == class_id]
-        mine = [i for i in range(len(inst)) if inst.class_ids[i] == class_id]  # in score order
-        points += zip((float(inst.scores[i]) for i in mine), _match_flags(gt, [inst.mask(i) for i in mine]))
-        truths += len(gt)
+    for run in runs:
+        if class_id in run:
+            points += [(float(s), bool(m)) for s, m in zip(run[class_id].scores, run[class_id].matched)]
+            truths += run[class_id].truths
     return points, truths
-
-
-def _match_flags(truths: list[np.ndarray], preds: list[np.ndarray]) -> list[bool]:
-    """Per prediction (in score order): matched one-to-one to a labelled mask at IoU >= 0.5, greedily."""
-    if not truths or not preds:
-        return [False] * len(preds)
-    encode = lambda ms: [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in ms]  # noqa: E731
-    ious = mask_utils.iou(encode(preds), encode(truths), [0] * len(truths))
-    taken, flags = set(), []
-    for row in np.atleast_2d(ious):
-        free = [(v, j) for j, v in enumerate(row) if j not in taken and v >= 0.5]
-        if free:
-            taken.add(max(free)[1])
-        flags.append(bool(free))
-    return flags
 
 
 def _shot_grade(bank: MemoryBank, k: int, effect: float | None) -> ShotGrade:
