@@ -79,7 +79,7 @@ class Refinisher:
         self.found, self.trusted = self._select(predictor, self.cand, self.merged, None), True
         if verify:
             theirs = predictor.finish(pool, self.size)[0]
-            self.trusted = _same(self.found, theirs)
+            self.trusted = same_instances(self.found, theirs)
             if not self.trusted:
                 log.warning("grading: finishing every bank variant in full (Predictor.finish not reproduced here)")
                 self.found = theirs
@@ -226,7 +226,7 @@ def _merge(predictor: Predictor, overlaps: _Overlaps, label: int, given: torch.T
     return _Merged(given, kept, decay)
 
 
-def _same(a: Instances, b: Instances) -> bool:
+def same_instances(a: Instances, b: Instances) -> bool:
     """Whether two images' instances are identical (boxes, masks, scores, classes), bit for bit."""
     return (
         len(a) == len(b)

@@ -178,3 +178,22 @@ def look_scene(objects: list[tuple[int, int, int]]) -> tuple[np.ndarray, list[np
         image[mask] = (red, 30 + 20 * k, 0)  # green: the instance, for the oracle proposer
         masks.append(mask)
     return image, masks
+
+
+def look_references(images: dict[str, list[tuple]], names: dict[int, str]) -> tuple[list, list]:
+    """Look scenes as grading inputs: per image id, objects ``(red, row, col, labelled class or None, is a shot)``;
+    returns the labelled images (``grading.LabelledImage``) and the shots (``Reference``) among them."""
+    from ntt.grading import LabelledImage
+    from ntt.types import Reference
+
+    labelled, shots = [], []
+    for image_id, objects in images.items():
+        image, masks = look_scene([(red, row, col) for red, row, col, *_ in objects])
+        cls = [(m, c, shot, k) for k, (m, (*_, c, shot)) in enumerate(zip(masks, objects)) if c is not None]
+        labelled.append(LabelledImage(image_id, image, [m for m, *_ in cls], [c for _, c, *_ in cls]))
+        shots += [
+            Reference(image, c, names[c], m, image_id=image_id, annotation_id=f"{image_id}{k}")
+            for m, c, s, k in cls
+            if s
+        ]
+    return labelled, shots

@@ -4,15 +4,14 @@ threshold, reported with their uncertainty, and refused once the bank or the set
 from __future__ import annotations
 
 import pytest
-from oracle_scenes import CAT, DOG, LookEncoder, OracleProposer, look_scene
+from oracle_scenes import CAT, DOG, LookEncoder, OracleProposer, look_references, look_scene
 
 import ntt.calibration as calibration
 from ntt.bank_encoder import build_bank
 from ntt.calibration import StaleCalibration, calibrate, calibrated_thresholds
 from ntt.config import derive, get_config
-from ntt.grading import LabelledImage, grade
+from ntt.grading import grade
 from ntt.predictor import Predictor
-from ntt.types import Reference
 
 NAMES = {DOG: "dog", CAT: "cat"}
 # per image: (red, row, col, labelled class or None, is a shot); dogs ~0.7 to the dog shots, toys (190) ~0.5
@@ -26,16 +25,7 @@ IMAGES = {
 @pytest.fixture(scope="module")
 def setup():
     cfg = get_config("paper", {"model": {"device": "cpu"}})
-    labelled, shots = [], []
-    for image_id, objects in IMAGES.items():
-        image, masks = look_scene([(red, row, col) for red, row, col, *_ in objects])
-        cls = [(m, c, shot, k) for k, (m, (*_, c, shot)) in enumerate(zip(masks, objects)) if c is not None]
-        labelled.append(LabelledImage(image_id, image, [m for m, *_ in cls], [c for _, c, *_ in cls]))
-        shots += [
-            Reference(image, c, NAMES[c], m, image_id=image_id, annotation_id=f"{image_id}{k}")
-            for m, c, s, k in cls
-            if s
-        ]
+    labelled, shots = look_references(IMAGES, NAMES)
     return cfg, build_bank(shots, cfg, encoder=LookEncoder()), labelled
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from oracle_scenes import CAT, DOG, LookEncoder, OracleProposer, look_scene
+from oracle_scenes import CAT, DOG, LookEncoder, OracleProposer, look_references, look_scene
 from pycocotools import mask as mask_utils
 
 from ntt.bank_encoder import build_bank
 from ntt.cache import CandidateStore
 from ntt.config import get_config
 from ntt.grading import LabelledImage, grade
+from ntt.refinish import same_instances
 from ntt.types import Reference
 
 NAMES = {DOG: "dog", CAT: "cat"}
@@ -33,16 +34,7 @@ IMAGES = {
 @pytest.fixture(scope="module")
 def setup():
     cfg = get_config("paper", {"model": {"device": "cpu"}})
-    labelled, shots = [], []
-    for image_id, objects in IMAGES.items():
-        image, masks = look_scene([(red, row, col) for red, row, col, *_ in objects])
-        cls = [(m, c, shot, k) for k, (m, (*_, c, shot)) in enumerate(zip(masks, objects)) if c is not None]
-        labelled.append(LabelledImage(image_id, image, [m for m, *_ in cls], [c for _, c, *_ in cls]))
-        shots += [
-            Reference(image, c, NAMES[c], m, image_id=image_id, annotation_id=f"{image_id}{k}")
-            for m, c, s, k in cls
-            if s
-        ]
+    labelled, shots = look_references(IMAGES, NAMES)
     return cfg, build_bank(shots, cfg, encoder=LookEncoder()), labelled
 
 
@@ -300,7 +292,7 @@ def test_refinish_gives_what_finishing_again_gives(seed, segment, size, monkeypa
     merges = []
     monkeypatch.setattr(refinish, "_merge", _counting(refinish._merge, merges))
     again = Refinisher(predictor, pool, size)
-    assert again.trusted and _same_instances(again.found, predictor.finish(pool, size)[0])
+    assert again.trusted and same_instances(again.found, predictor.finish(pool, size)[0])
     merged_for_b, compared, skipped = len(merges), 0, 0
     maybe = may_predict_own_class(predictor, pool)
     for k in np.flatnonzero(~bank.negative):
@@ -311,7 +303,7 @@ def test_refinish_gives_what_finishing_again_gives(seed, segment, size, monkeypa
         want = other.finish(pool, size)[0]
         want = want[want.class_ids == cid]
         got = again.finish(other, cid)
-        assert _same_instances(got, want), (k, cid)
+        assert same_instances(got, want), (k, cid)
         compared += 1
         assert maybe[k] or not len(want), "the test missed a prediction of the class"
         skipped += not maybe[k]
@@ -326,16 +318,6 @@ def _counting(fn, calls: list):
         return fn(*args, **kwargs)
 
     return wrapper
-
-
-def _same_instances(a, b) -> bool:
-    return (
-        len(a) == len(b)
-        and np.array_equal(a.boxes, b.boxes)
-        and np.array_equal(a.scores, b.scores)
-        and np.array_equal(a.class_ids, b.class_ids)
-        and all(np.array_equal(x, y) for x, y in zip(a.crops, b.crops))
-    )
 
 
 # --- grading at scale: one pool at a time, the same report as finishing every variant everywhere -----------------
@@ -386,7 +368,7 @@ def test_restricted_refinishing_gives_the_report_of_finishing_every_variant_ever
     fast = [_grade_scenes(scenes).to_dict(), _grade(setup).to_dict()]
     fast_finishes = len(finishes)
     monkeypatch.setattr(grading, "may_predict_own_class", lambda p, pool: np.ones(len(p.bank.shots), bool))
-    monkeypatch.setattr(refinish, "_same", lambda a, b: False)  # every variant through Predictor.finish
+    monkeypatch.setattr(refinish, "same_instances", lambda a, b: False)  # every variant through Predictor.finish
     slow = [_grade_scenes(scenes).to_dict(), _grade(setup).to_dict()]
     assert fast == slow
     assert fast_finishes * 4 < len(finishes) - fast_finishes
