@@ -125,7 +125,7 @@ def calibration_problem(bank: MemoryBank, cfg: NTTConfig) -> str | None:
     """Why the bank's stored calibration cannot be applied with ``cfg`` (None: it can), as one sentence that
     says what to do."""
     calibration = bank.info.get("calibration") or {}
-    again = "grade its references again with calibration (ntt bank report --calibrate, or 'NTT: grade references')"
+    again = "grade its references again with calibration (ntt bank grade --calibrate, or 'NTT: grade references')"
     if "classes" not in calibration:
         return f"this bank has no calibrated thresholds: {again}"
     if calibration.get("fingerprint") != bank.fingerprint:

@@ -6,9 +6,9 @@ Every operator here must be listed under ``operators:`` in ``fiftyone.yml`` (Fif
 from .operators.bank import AddReferences, BuildBank
 from .operators.evaluate import EvaluatePredictions
 from .operators.feedback import GradeReferences, MarkNegatives, PromoteCorrections, ShowReferences
+from .operators.jobs import Jobs, Runs
 from .operators.manage import BankInfo, DeleteBank, RenameBank
 from .operators.references import MarkReferences, UnmarkReferences
-from .operators.runs import Runs
 from .operators.segment import SegmentWithBank
 
 OPERATORS = (
@@ -22,10 +22,11 @@ OPERATORS = (
     ShowReferences,
     GradeReferences,
     EvaluatePredictions,
-    Runs,
+    Jobs,
     BankInfo,
     RenameBank,
     DeleteBank,
+    Runs,
 )
 
 

@@ -23,7 +23,7 @@ _HINTS = {
     "InvalidReferenceError": "Invalid reference",
     "ConfigError": "Invalid settings",
     "ImageLoadError": "Unreadable image",
-    "RunStopped": "Stopped",
+    "JobStopped": "Stopped",
     "NTTFiftyOneError": "Cannot run",
 }
 
@@ -102,7 +102,7 @@ def run(ctx, steps, outputs, show_field: str | None = None, show_view=None):
     Delegated: runs it now, reports to ``ctx.set_progress`` and returns the summary (stored with the
     operation and shown by ``resolve_output``). Immediate: returns a generator of App messages (progress,
     then reload, ``show_field`` made visible, the view ``show_view(summary)`` opened when given, a notification
-    and the summary in ``outputs``); closing it closes ``steps``, and so does 'NTT: runs' (``ntt.fo.stop_run``)
+    and the summary in ``outputs``); closing it closes ``steps``, and so does 'NTT: jobs' (``ntt.fo.stop_job``)
     at the next step.
     """
     from ntt.steps import drive  # lazily, as every ntt import here: a missing dependency is the form's message
@@ -124,20 +124,20 @@ def submitted(ctx, submit, outputs):
 
 
 def _announce(ctx, result, outputs):
-    message = f"Queued {result['shards']} shard(s) of {result['samples']} samples for ntt workers: see 'NTT: runs'"
+    message = f"Queued {result['shards']} shard(s) of {result['samples']} samples for ntt workers: see 'NTT: jobs'"
     yield ctx.trigger("notify", dict(message=message, variant="success"))
     yield ctx.trigger("show_output", dict(outputs=outputs.to_json(), results=result))
 
 
 def _stream(ctx, steps, outputs, show_field, show_view):
-    from ntt.fo import tracked
+    from ntt.fo.steps import tracked
     from ntt.steps import relay
 
     def show(step):
         return ctx.trigger("set_progress", dict(progress=step.fraction, label=step.label))
 
     operation = ctx.operator_uri.rsplit("/", 1)[-1]
-    try:  # listed by 'NTT: runs', which can stop it at its next step
+    try:  # listed by 'NTT: jobs', which can stop it at its next step
         result = yield from relay(tracked(steps, ctx.dataset.name, operation), show)
     except Exception as err:  # noqa: BLE001 - shown in the App, then raised as the run's error
         known = isinstance(err, sdk_errors())

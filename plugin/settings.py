@@ -47,16 +47,16 @@ def param(ctx, key: str, default=None):
 
 def reference_tag(ctx) -> str:
     """The reference tag the form chose (the default tag when left empty)."""
-    default = sdk().DEFAULT_TAG
+    default = sdk().forms.DEFAULT_TAG
     return param(ctx, "tag", default) or default
 
 
 def reference_count(ctx, field: str | None) -> int:
     """Reference samples of the target view in ``field`` (0 for a missing or non-Detections field)."""
     nfo = sdk()
-    if field not in nfo.detections_fields(ctx.dataset):
+    if field not in nfo.forms.detections_fields(ctx.dataset):
         return 0
-    return len(nfo.reference_ids(ctx.target_view(), reference_tag(ctx), field))
+    return len(nfo.forms.reference_ids(ctx.target_view(), reference_tag(ctx), field))
 
 
 def default_preset() -> str:

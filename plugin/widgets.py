@@ -44,7 +44,7 @@ def field_input(
 ) -> str | None:
     """A dropdown of Detections fields; returns the chosen field (the param, else the default), or None when there
     is none (the caller says so, once). ``required=False`` when ``execute`` falls back to the same default."""
-    fields = sdk().detections_fields(ctx.dataset) if fields is None else fields
+    fields = sdk().forms.detections_fields(ctx.dataset) if fields is None else fields
     if not fields:
         return None
     dropdown = choices(types.DropdownView(), fields)
@@ -62,7 +62,7 @@ def new_field_input(inputs, ctx, name: str, label: str, default: str) -> None:
         label=label,
         default=default,
         required=True,
-        view=choices(types.AutocompleteView(), sdk().detections_fields(ctx.dataset)),
+        view=choices(types.AutocompleteView(), sdk().forms.detections_fields(ctx.dataset)),
         description="An existing Detections field or a new field name",
     )
 
@@ -81,7 +81,7 @@ def bank_input(inputs, ctx, label: str = "Bank", description: str | None = None)
 
 
 def tag_input(inputs, ctx) -> str:
-    default = sdk().DEFAULT_TAG
+    default = sdk().forms.DEFAULT_TAG
     inputs.str("tag", label="Reference tag", default=default, description="Sample or label tag marking references")
     return param(ctx, "tag", default) or default
 
@@ -183,13 +183,13 @@ def delegation_notice(inputs, count: int, what: str = "samples") -> None:
     from .runner import background_available
 
     now = (
-        f"Execute runs it now, in this App ({count} {what}), with progress here; 'NTT: runs' (or leaving the page) "
+        f"Execute runs it now, in this App ({count} {what}), with progress here; 'NTT: jobs' (or leaving the page) "
         "stops it after the batch in progress, and what is done stays."
     )
     if background_available():
         later = (
             "Schedule queues it for a `fiftyone delegated launch -m` worker, which must be running (in a terminal, "
-            "with this database); follow or stop it with 'NTT: runs'."
+            "with this database); follow or stop it with 'NTT: jobs'."
         )
     else:
         later = (

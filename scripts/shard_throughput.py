@@ -99,16 +99,16 @@ def _measure(ds, count: int, shard_size: int, scratch: Path) -> None:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
     field = f"workers{count}"
     start = time.perf_counter()
-    queued = nfo.submit(ds, "bank", label_field=field, shard_size=shard_size, cache=False)
+    queued = nfo.submit_job(ds, "bank", label_field=field, shard_size=shard_size, cache=False)
     command = [sys.executable, "-m", "ntt.cli", "worker", "--heartbeat", "2", "--idle-exit", "5"]
     logs = [open(scratch / f"{field}-{i}.log", "w") for i in range(count)]
     workers = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
-    while nfo.run_status(queued["run"])["state"] == "running":
+    while nfo.get_job_status(queued["run"])["state"] == "running":
         time.sleep(0.5)
     wall = time.perf_counter() - start
     for worker in workers:
         worker.wait()
-    status = nfo.run_status(queued["run"])
+    status = nfo.get_job_status(queued["run"])
     service = DelegatedOperationService()
     shards = list(shards_collection().find({"run_id": ObjectId(queued["run"])}))
     ops = {s["_id"]: service.get(s["op_id"]) for s in shards}

@@ -7,102 +7,115 @@ Typical flow on any dataset or view::
     nfo.mark_references(dataset.take(10, seed=0))                     # or label-level: label_field=...
     nfo.build_bank(dataset, "pets", label_field="ground_truth")
     nfo.segment(dataset, "pets", label_field="ntt", batch_size=8)
-    nfo.add_negatives(dataset, "pets", "ntt", label_ids=false_positive_ids)  # then segment again
-    # or step by step: build_bank_steps / add_references_steps / segment_steps yield Step(fraction, label)
-    # and return the result; closing one stops the run there (segment keeps the batches written so far)
     results = nfo.evaluate(dataset, "ntt", gt_field="ground_truth", eval_key="ntt_eval")
-    results.print_report()
+    nfo.add_negatives(dataset, "pets", "ntt", label_ids=false_positive_ids)  # then segment again
+    nfo.promote_predictions(dataset, "pets", "ntt")                   # reviewed predictions become shots
+    nfo.grade_references(dataset, "pets", grade_key="pets_grades")    # a run: dataset.load_run_results(key)
+    nfo.submit_job(dataset, "pets", label_field="ntt")                # sharded, for `ntt worker` processes on many GPUs
+
+The words, as FiftyOne uses them: a *run* is what FiftyOne stores under a key (a bank is one, a stored grading
+another); a *job* is work in progress (in this App, in the background, or sharded over ``ntt worker`` processes).
+
+Beyond these names: ``ntt.fo.steps`` (the long calls as generators of progress steps), ``ntt.fo.forms`` (the
+checks and cheap reads the App's forms make), ``ntt.fo.workers`` (``ntt worker`` and its reaper),
+``ntt.fo.model.NTTModel`` (what ``load_model`` returns). Older names still work for one release, with a
+``FutureWarning`` naming the new one.
 """
 
-from ..steps import Step
-from .banks import (
-    add_references,
-    add_references_steps,
-    bank_dir,
-    build_bank,
-    build_bank_steps,
-    check_bank_name,
-    delete_bank,
-    get_bank_info,
-    list_banks,
-    load_bank,
-    rename_bank,
-)
-from .checks import check_segment_args, check_weights
+import importlib
+import warnings
+
+from . import forms, steps, workers  # noqa: E402,F401 - submodules reached as ntt.fo.forms, ... (not re-exported)
+from .banks import add_references, build_bank, delete_bank, get_bank_info, list_banks, load_bank, rename_bank
 from .evaluate import evaluate
-from .feedback import add_negatives, add_negatives_steps, promote, promote_steps, references_behind, review_counts
-from .grades import grade_references, grade_references_steps, worst_shots
-from .model import NTTModel, load_model, register_zoo_source
-from .reaper import reap
-from .references import (
-    DEFAULT_TAG,
-    NTTFiftyOneError,
-    check_detections_field,
-    collect_references,
-    detections_fields,
-    mark_references,
-    reference_classes,
-    reference_ids,
-    unmark_references,
-    without_references,
-)
-from .runs import RunStopped, list_runs, stop_run, tracked
-from .segment import segment, segment_settings, segment_steps, segment_targets, to_detections
-from .shard_status import run_status, sharded_runs
-from .shards import shard_steps, submit
-from .workers import Worker
+from .feedback import add_negatives, promote_predictions
+from .grades import grade_references
+from .model import load_model, register_zoo_source
+from .references import NTTFiftyOneError, load_references_view, mark_references, unmark_references
+from .runs import get_job_status, list_jobs, stop_job
+from .segment import segment
+from .shards import submit_job
 
 __all__ = [
-    "DEFAULT_TAG",
-    "NTTModel",
-    "Worker",
-    "NTTFiftyOneError",
-    "RunStopped",
-    "Step",
-    "add_negatives",
-    "add_negatives_steps",
-    "add_references",
-    "add_references_steps",
-    "bank_dir",
-    "build_bank",
-    "build_bank_steps",
-    "check_bank_name",
-    "check_detections_field",
-    "check_segment_args",
-    "check_weights",
-    "collect_references",
-    "delete_bank",
-    "detections_fields",
-    "evaluate",
-    "get_bank_info",
-    "grade_references",
-    "grade_references_steps",
-    "list_banks",
-    "list_runs",
-    "load_bank",
-    "load_model",
+    # references
     "mark_references",
-    "promote",
-    "promote_steps",
-    "reap",
-    "register_zoo_source",
-    "reference_classes",
-    "reference_ids",
-    "references_behind",
-    "rename_bank",
-    "review_counts",
-    "run_status",
-    "segment",
-    "segment_settings",
-    "segment_steps",
-    "segment_targets",
-    "shard_steps",
-    "sharded_runs",
-    "stop_run",
-    "submit",
-    "to_detections",
-    "tracked",
     "unmark_references",
-    "without_references",
-    "worst_shots",
+    "load_references_view",
+    # banks
+    "build_bank",
+    "add_references",
+    "get_bank_info",
+    "list_banks",
+    "load_bank",
+    "rename_bank",
+    "delete_bank",
+    # labelling
+    "segment",
+    "load_model",
+    "register_zoo_source",
+    # evaluation
+    "evaluate",
+    # the review loop
+    "add_negatives",
+    "promote_predictions",
+    "grade_references",
+    # jobs: sharded over `ntt worker`s, in the background, or in this App
+    "submit_job",
+    "get_job_status",
+    "list_jobs",
+    "stop_job",
+    # the one error type
+    "NTTFiftyOneError",
 ]
+
+# old name -> (module, name there): each still works for one release, with a FutureWarning naming the new place
+DEPRECATED = {
+    "promote": ("ntt.fo", "promote_predictions"),
+    "submit": ("ntt.fo", "submit_job"),
+    "run_status": ("ntt.fo", "get_job_status"),
+    "list_runs": ("ntt.fo", "list_jobs"),
+    "stop_run": ("ntt.fo", "stop_job"),
+    "sharded_runs": ("ntt.fo.shard_status", "sharded_runs"),
+    "references_behind": ("ntt.fo.feedback", "references_behind"),
+    "worst_shots": ("ntt.fo.grades", "worst_shots"),
+    "segment_targets": ("ntt.fo.forms", "targets_view"),
+    "build_bank_steps": ("ntt.fo.steps", "build_bank_steps"),
+    "add_references_steps": ("ntt.fo.steps", "add_references_steps"),
+    "segment_steps": ("ntt.fo.steps", "segment_steps"),
+    "add_negatives_steps": ("ntt.fo.steps", "add_negatives_steps"),
+    "promote_steps": ("ntt.fo.steps", "promote_predictions_steps"),
+    "grade_references_steps": ("ntt.fo.steps", "grade_references_steps"),
+    "Step": ("ntt.fo.steps", "Step"),
+    "tracked": ("ntt.fo.steps", "tracked"),
+    "RunStopped": ("ntt.fo.steps", "JobStopped"),
+    "check_segment_args": ("ntt.fo.forms", "check_segment_args"),
+    "check_weights": ("ntt.fo.forms", "check_weights"),
+    "check_bank_name": ("ntt.fo.forms", "check_bank_name"),
+    "check_detections_field": ("ntt.fo.forms", "check_detections_field"),
+    "detections_fields": ("ntt.fo.forms", "detections_fields"),
+    "segment_settings": ("ntt.fo.forms", "segment_settings"),
+    "review_counts": ("ntt.fo.forms", "review_counts"),
+    "bank_dir": ("ntt.fo.forms", "bank_dir"),
+    "reference_ids": ("ntt.fo.forms", "reference_ids"),
+    "without_references": ("ntt.fo.forms", "without_references"),
+    "DEFAULT_TAG": ("ntt.fo.forms", "DEFAULT_TAG"),
+    "Worker": ("ntt.fo.workers", "Worker"),
+    "reap": ("ntt.fo.workers", "reap"),
+    "shard_steps": ("ntt.fo.workers", "shard_steps"),
+    "NTTModel": ("ntt.fo.model", "NTTModel"),
+    "collect_references": ("ntt.fo.references", "collect_references"),
+    "reference_classes": ("ntt.fo.references", "reference_classes"),
+    "to_detections": ("ntt.fo.segment", "to_detections"),
+}
+
+
+def __getattr__(name: str):
+    if name not in DEPRECATED:
+        raise AttributeError(f"module 'ntt.fo' has no attribute {name!r}")
+    module, new = DEPRECATED[name]
+    warnings.warn(
+        f"ntt.fo.{name} is deprecated and will be removed in the next release: use {module}.{new}",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), new)

@@ -189,9 +189,10 @@ def build_bank(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
         coll: a dataset or view; its reference samples/labels (see ``mark_references``) are the shots.
         name: the bank's name (a run key: letters, digits, underscores).
         label_field: the ``Detections`` field holding the reference instances (masks, or boxes only).
-        preset / config / device: model settings: a preset name, then an ``NTTConfig`` (used as is) or a
-            dict of per-section overrides such as ``{"model": {"dtype": "bf16"}}``; ``device`` ("auto",
-            "cpu", "cuda", "cuda:N") is checked against this machine before anything runs.
+        preset: the settings preset (model settings), a name of ``ntt.config.PRESETS``.
+        config: an ``NTTConfig`` (used as is) or a dict of per-section overrides layered on the preset, such
+            as ``{"model": {"dtype": "bf16"}}``.
+        device: "auto", "cpu", "cuda" or "cuda:N"; checked against this machine before anything runs.
         overwrite: replace an existing bank of that name (its old file is removed once replaced).
         classes: only the reference instances of these class names become shots (None: every class).
         progress: optional callback ``(fraction, label)``, called for each step of ``build_bank_steps``.

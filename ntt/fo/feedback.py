@@ -1,12 +1,14 @@
 """The review loop's way back into a bank: verdicts on a run's predictions become shots (``ntt.teach``).
 
 - ``add_negatives``: chosen labels (usually false positives) become negative shots of their classes.
-- ``promote``: after review, predictions tagged correct become positive shots of their class, predictions tagged
-  wrong negatives of the class they were predicted as, and a prediction whose label the reviewer changed a
-  positive of the new class and a negative of the predicted one. Edits made with FiftyOne's own annotation tools
-  (the App's Annotate tab) count too (``corrections``): an edited mask or box is a positive with the correction,
-  a deleted prediction a negative of its class, an object drawn into the field a positive of its class.
-- ``references_behind``: the reference labels that predictions were matched to (their nearest shots).
+- ``promote_predictions``: after review, predictions tagged correct become positive shots of their class,
+  predictions tagged wrong negatives of the class they were predicted as, and a prediction whose label the
+  reviewer changed a positive of the new class and a negative of the predicted one. Edits made with FiftyOne's
+  own annotation tools (the App's Annotate tab) count too (``corrections``): an edited mask or box is a
+  positive with the correction, a deleted prediction a negative of its class, an object drawn into the field a
+  positive of its class.
+- ``references_behind``: the reference labels that predictions were matched to (their nearest shots), for
+  ``load_references_view(predictions=...)``.
 
 New shots are encoded once, with the bank's own models; the rest of the bank is not re-encoded, and when another
 change (another reviewer's) was stored while they were encoded, they are added to that version instead (matched
@@ -68,7 +70,7 @@ def add_negatives(*args, progress: Progress | None = None, **kwargs) -> MemoryBa
     return drive(add_negatives_steps(*args, **kwargs), progress)
 
 
-def promote_steps(
+def promote_predictions_steps(
     coll,
     name: str,
     label_field: str,
@@ -76,8 +78,8 @@ def promote_steps(
     wrong_tag: str = "wrong",
     device: str | None = None,
 ) -> Steps[MemoryBank]:
-    """``promote`` as a generator (same arguments): yields a ``Step`` after each image encoded and returns the
-    (updated) bank. Closed before its end, the bank stays as it was."""
+    """``promote_predictions`` as a generator (same arguments): yields a ``Step`` after each image encoded and
+    returns the (updated) bank. Closed before its end, the bank stays as it was."""
     read = read_bank(coll, name)
     positives, negatives = _verdicts(coll, label_field, correct_tag, wrong_tag)
     if not positives and not negatives:
@@ -89,8 +91,8 @@ def promote_steps(
 
 
 def review_counts(coll, label_field: str, correct_tag: str = "correct", wrong_tag: str = "wrong") -> dict[str, int]:
-    """What ``promote`` would take from ``label_field``, per verdict (``VERDICTS``): predictions tagged ``correct``
-    or ``wrong``, ``relabelled``, ``edited``, ``deleted``, and objects ``drawn`` into the field."""
+    """What ``promote_predictions`` would take from ``label_field``, per verdict (``VERDICTS``): predictions tagged
+    ``correct`` or ``wrong``, ``relabelled``, ``edited``, ``deleted``, and objects ``drawn`` into the field."""
     positives, negatives = _verdicts(coll, label_field, correct_tag, wrong_tag)
     verdicts = [v for *_, v in positives] + [v for *_, v in negatives if v != "relabelled"]
     return {kind: verdicts.count(kind) for kind in VERDICTS}
@@ -137,8 +139,8 @@ def _deleted(rec: dict):
     return fo.Detection(_id=ObjectId(rec["id"]), label=rec["label"], bounding_box=rec["box"])
 
 
-@signature_of(promote_steps)
-def promote(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
+@signature_of(promote_predictions_steps)
+def promote_predictions(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
     """Teach bank ``name`` from a reviewed predictions field, in one call, without re-encoding the bank.
 
     In ``label_field`` of ``coll``: a prediction tagged ``correct_tag`` becomes a positive shot of its class (its
@@ -151,9 +153,9 @@ def promote(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
     positive of its class. Each new shot records its sample, label, field and verdict (``promoted``: one of
     ``VERDICTS``); predictions already promoted are skipped. Samples that gave
     positives are references from then on. ``progress(fraction, label)`` is called for each step of
-    ``promote_steps``. Returns the bank.
+    ``promote_predictions_steps``. Returns the bank.
     """
-    return drive(promote_steps(*args, **kwargs), progress)
+    return drive(promote_predictions_steps(*args, **kwargs), progress)
 
 
 def references_behind(coll, label_field: str, label_ids: Iterable[str] | None = None):

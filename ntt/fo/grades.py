@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 
 from ..bank import MemoryBank
@@ -15,7 +20,10 @@ from .banks import read_bank, store_if_unchanged
 from .checks import check_device, check_weights, settings_here
 from .corrections import corrections
 from .references import NTTFiftyOneError, _is_crowd, full_image_mask
-from .store import dataset_of
+from .store import dataset_of, schema_lock
+
+GRADING_TYPE = "ntt_grading"  # a stored grading's run config says so (``list_runs(ntt_type=GRADING_TYPE)``)
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def grade_references_steps(
@@ -24,9 +32,11 @@ def grade_references_steps(
     calibrate: bool = False,
     target_precision: float | None = None,
     device: str | None = None,
+    grade_key: str | None = None,
 ) -> Steps[GradeReport]:
     """``grade_references`` as a generator (same arguments): yields a ``Step`` per reference sample segmented
     and per shot measured; returns the report."""
+    check_grade_key(coll, grade_key)
     read = read_bank(coll, name)
     info, bank = read.info, read.bank
     cfg = settings_here(info["config"], device=device)
@@ -42,6 +52,8 @@ def grade_references_steps(
             f"bank {name!r} changed while it was being graded (another change was stored since the grading read "
             "it; the thresholds were not stored); grade it again to calibrate the new version"
         )
+    if grade_key is not None:
+        _store_grading(dataset_of(coll), grade_key, name, bank.fingerprint, report)
     return report
 
 
@@ -54,22 +66,71 @@ def grade_references(*args, progress: Progress | None = None, **kwargs) -> Grade
     predictions field; a promoted sample with unreviewed predictions is left out, and the report's ``skipped``
     says so): per class recall, precision and AP50, per shot its effect on its class's AP50
     (negative: the class does better without it), its cosine to its class and the nearest other class; most
-    harmful first (``report.table()``, ``report.to_dict()``; ``worst_shots`` makes a view of them). Each sample
-    goes through the models once (the candidate cache keeps its work when the settings use it).
+    harmful first (``report.table()``, ``report.to_dict()``). Each sample goes through the models once (the
+    candidate cache keeps its work when the settings use it).
+
+    With ``grade_key``, the report is stored with the dataset as a FiftyOne run under that key (replacing an
+    earlier grading of that key): ``dataset.load_run_results(grade_key).report`` is its ``to_dict()``,
+    ``dataset.list_runs()`` lists it, and ``load_references_view(dataset, grade_key=grade_key)`` opens its most
+    harmful shots.
 
     Args:
         calibrate: store per-class score thresholds in the bank (best F1 on these predictions, or the most
             recall at ``target_precision``); ``segment(..., thresholds="calibrated")`` uses them.
         device: where to run (default "auto").
+        grade_key: store the report as a run of the dataset under this key (letters, digits, underscores; not
+            the key of a bank or of another kind of run).
         progress: ``progress(fraction, label)`` for each step of ``grade_references_steps``.
     """
     return drive(grade_references_steps(*args, **kwargs), progress)
 
 
-def worst_shots(coll, report: GradeReport, count: int = 5):
-    """A view of the ``count`` most harmful shots of a report: their samples, only those labels shown."""
-    ids = [str(s.annotation_id) for s in report.shots[:count]]
+def worst_shots(coll, report: GradeReport | dict | str, count: int = 5):
+    """A view of the ``count`` most harmful shots of a report (a ``GradeReport``, its ``to_dict()``, or the
+    ``grade_key`` of a stored grading): their samples, only those labels shown."""
+    if isinstance(report, str):
+        report = load_grading(coll, report)
+    shots = report.shots if isinstance(report, GradeReport) else [SimpleNamespace(**s) for s in report["shots"]]
+    ids = [str(s.annotation_id) for s in shots[:count]]
     return dataset_of(coll).select_labels(ids=ids)
+
+
+def check_grade_key(coll, grade_key: str | None) -> None:
+    """A grading can be stored under ``grade_key``: a run key that is free or holds an earlier grading."""
+    if grade_key is None:
+        return
+    if not isinstance(grade_key, str) or not _KEY.fullmatch(grade_key):
+        raise NTTFiftyOneError(f"invalid grade_key {grade_key!r}: use letters, digits and underscores")
+    if grade_key in coll.list_runs() and grade_key not in coll.list_runs(ntt_type=GRADING_TYPE):
+        raise NTTFiftyOneError(
+            f"{grade_key!r} is a run of this dataset that is not an NTT grading (a bank?): choose another grade_key"
+        )
+
+
+def load_grading(coll, grade_key: str) -> dict[str, Any]:
+    """The report stored under ``grade_key`` (``GradeReport.to_dict()``) and which bank version it graded
+    (``bank``, ``fingerprint``)."""
+    dataset = dataset_of(coll)
+    if grade_key not in dataset.list_runs(ntt_type=GRADING_TYPE):
+        raise NTTFiftyOneError(f"no NTT grading {grade_key!r} in this dataset: grade_references(..., grade_key=...)")
+    info = dataset.get_run_info(grade_key).config
+    report = dict(dataset.load_run_results(grade_key, cache=False).report)
+    return report | {"bank": info.bank, "fingerprint": info.fingerprint}
+
+
+def _store_grading(dataset, grade_key: str, bank: str, fingerprint: str, report: GradeReport) -> None:
+    """Store ``report`` as the run ``grade_key`` (under the schema lock: runs are part of the dataset document)."""
+    plain = json.loads(json.dumps(report.to_dict(), default=_plain))
+    with schema_lock(dataset):
+        check_grade_key(dataset, grade_key)
+        config = dataset.init_run(ntt_type=GRADING_TYPE, bank=bank, fingerprint=fingerprint)
+        dataset.register_run(grade_key, config, overwrite=True)
+        dataset.save_run_results(grade_key, dataset.init_run_results(grade_key, report=plain))
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar (or anything else json cannot write) as a plain value."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def _labelled_samples(dataset, bank: MemoryBank, field: str) -> tuple[list[LabelledImage], list[dict]]:

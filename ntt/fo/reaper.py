@@ -44,7 +44,7 @@ from .shards import (
 WORKER_LINK = "ntt-worker://"  # the run link of operations an ntt worker runs
 STALE_AFTER = 60.0  # seconds (of the server's clock) without a heartbeat after which a worker counts as lost
 SUBMIT_PATIENCE = 300.0  # seconds (server time) of silence after which a submit is taken as dead
-STOPPED = "Stopped on request (NTT runs)"
+STOPPED = "Stopped on request (NTT jobs)"
 _OOM = ("out of memory", "outofmemoryerror", "memoryerror", "sigkill")
 _DATABASE = (UNREACHABLE, "serverselectiontimeouterror", "autoreconnect", "networktimeout", "connection refused")
 _TRANSIENT = ("worker lost", "child process died", "superseded") + _OOM + _DATABASE
@@ -66,7 +66,7 @@ def reap(stale_after: float = STALE_AFTER, run_id: str | None = None, judge_lost
         except PyMongoError:
             raise  # the database is away: the caller waits it out
         except Exception as err:  # one broken run must not stop the reaping of the others
-            done.append(f"run {run['_id']}: could not reap it: {type(err).__name__}: {err}")
+            done.append(f"job {run['_id']}: could not reap it: {type(err).__name__}: {err}")
     return done
 
 
@@ -74,15 +74,15 @@ def _reap_run(run: dict, stale_after: float, judge_lost: bool, done: list[str]) 
     if run["state"] == "submitting":
         if _silent(runs_collection(), run["_id"], max(stale_after, SUBMIT_PATIENCE)):
             _close_submit(run["_id"], "never queued: the submit stopped before queueing it")
-            done.append(f"run {run['_id']}: its submit went silent; the shards it did not queue failed")
+            done.append(f"job {run['_id']}: its submit went silent; the shards it did not queue failed")
         return
     for shard in _unfinished_shards(run["_id"], stale_after):
         line = _reap_shard(run, shard, stale_after, judge_lost)
         if line:
-            done.append(f"run {run['_id']} shard {shard['index'] + 1}/{run['shards']}: {line}")
+            done.append(f"job {run['_id']} shard {shard['index'] + 1}/{run['shards']}: {line}")
     finished = finish_if_done(run["_id"])
     if finished:
-        done.append(f"run {run['_id']}: {finished['state']}")
+        done.append(f"job {run['_id']}: {finished['state']}")
 
 
 def stop(run_id: str) -> str:
@@ -90,7 +90,7 @@ def stop(run_id: str) -> str:
     (labels already written stay). Returns what will happen."""
     run = move_run(ObjectId(run_id), ("running",), "stopping")
     if run is None:
-        raise NTTFiftyOneError(f"sharded run {run_id} is not running: only a running run can be stopped")
+        raise NTTFiftyOneError(f"sharded job {run_id} is not running: only a running job can be stopped")
     for shard in shards_collection().find({"run_id": run["_id"], "state": {"$in": ["queued", "running"]}}, _BRIEF):
         _stop_shard(shard)
     reap(run_id=run_id)

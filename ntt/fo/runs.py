@@ -1,9 +1,12 @@
-"""A dataset's NTT runs, to follow and to stop: the runs of this process (what the App runs immediately, in its
-server) and the background runs queued for ``fiftyone delegated launch``.
+"""A dataset's NTT jobs, to follow and to stop: the jobs of this process (what the App runs immediately, in its
+server), the background jobs queued for ``fiftyone delegated launch`` and the sharded jobs of ``ntt worker``s.
 
-A run of this process is stopped at its next step (the SDK's runs step after each batch or reference image),
-which keeps the work finished so far. A background run is stopped the FiftyOne way: its delegated operation is
-marked failed, and a worker started with ``fiftyone delegated launch --monitor`` terminates it.
+("Run" keeps FiftyOne's meaning, a run with a key: a bank is stored as one, and so is a stored grading.)
+
+A job of this process is stopped at its next step (the SDK's jobs step after each batch or reference image),
+which keeps the work finished so far. A background job is stopped the FiftyOne way: its delegated operation is
+marked failed, and a worker started with ``fiftyone delegated launch --monitor`` terminates it. A sharded job
+is stopped through its record (``reaper.stop``).
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ _LIVE: dict[str, dict[str, Any]] = {}
 _LOCK = threading.Lock()
 
 
-class RunStopped(NTTFiftyOneError):
-    """A run was stopped on request; the message says at which step and that the work done so far stays."""
+class JobStopped(NTTFiftyOneError):
+    """A job was stopped on request; the message says at which step and that the work done so far stays."""
 
 
 def tracked(steps: Steps[T], dataset_name: str, operation: str) -> Generator[Step, None, T]:
-    """``steps`` as a run of this process: listed by ``list_runs`` with its progress, stopped by ``stop_run`` at
-    its next step (``RunStopped`` is raised there; closing the run keeps what it finished)."""
+    """``steps`` as a job of this process: listed by ``list_jobs`` with its progress, stopped by ``stop_job`` at
+    its next step (``JobStopped`` is raised there; closing the job keeps what it finished)."""
     run = {"id": "live-" + uuid.uuid4().hex[:10], "dataset": dataset_name, "operation": operation, "where": "this App"}
     run.update(state="running", progress=0.0, label="starting", started=_now(), error=None, stop=False)
     with _LOCK:
@@ -38,7 +41,7 @@ def tracked(steps: Steps[T], dataset_name: str, operation: str) -> Generator[Ste
     try:
         while True:
             if run["stop"]:
-                raise RunStopped(f"stopped at '{run['label']}' on request: the work finished before it stays")
+                raise JobStopped(f"stopped at '{run['label']}' on request: the work finished before it stays")
             try:
                 step = next(steps)
             except StopIteration as done:
@@ -54,9 +57,9 @@ def tracked(steps: Steps[T], dataset_name: str, operation: str) -> Generator[Ste
         _forget_old_runs()
 
 
-def list_runs(coll) -> list[dict[str, Any]]:
-    """The NTT runs of ``coll``'s dataset, newest first: ``id``, ``operation``, ``where`` ("this App",
-    "background" or "ntt workers": a sharded run, its progress summed over its shards), ``state`` (queued,
+def list_jobs(coll) -> list[dict[str, Any]]:
+    """The NTT jobs of ``coll``'s dataset, newest first: ``id``, ``operation``, ``where`` ("this App",
+    "background" or "ntt workers": a sharded job, its progress summed over its shards), ``state`` (queued,
     running, completed, failed, stopped), ``progress`` in [0, 1] or None, ``label`` (the last step),
     ``started`` (ISO time) and ``error``."""
     from .shard_status import sharded_runs
@@ -69,16 +72,17 @@ def list_runs(coll) -> list[dict[str, Any]]:
     return sorted(live + background + spread, key=lambda run: run["started"] or "", reverse=True)
 
 
-def stop_run(coll, run_id: str) -> str:
-    """Stop a running or queued run of ``coll``'s dataset; returns what will happen.
+def stop_job(coll, job_id: str) -> str:
+    """Stop a running or queued job of ``coll``'s dataset (an id from ``list_jobs``); returns what will happen.
 
     Raises:
-        NTTFiftyOneError: no such run, or it has ended already.
+        NTTFiftyOneError: no such job, or it has ended already.
     """
-    run = next((r for r in list_runs(coll) if r["id"] == run_id), None)
+    run_id = job_id
+    run = next((r for r in list_jobs(coll) if r["id"] == run_id), None)
     if run is None or run["state"] not in ("queued", "running"):
-        state = "no run" if run is None else f"run {run_id} is {run['state']}"
-        raise NTTFiftyOneError(f"{state}: only a queued or running run can be stopped")
+        state = "no job" if run is None else f"job {run_id} is {run['state']}"
+        raise NTTFiftyOneError(f"{state}: only a queued or running job can be stopped")
     if run["where"] == "this App":
         with _LOCK:
             _LIVE[run_id]["stop"] = True
@@ -99,6 +103,49 @@ def stop_run(coll, run_id: str) -> str:
         f"{run['operation']} is marked failed: a worker started with `fiftyone delegated launch --monitor` stops it; "
         "batches it finished keep their labels"
     )
+
+
+def get_job_status(job_id: str) -> dict[str, Any]:
+    """Where a job stands, by its id (from ``submit_job`` or ``list_jobs``).
+
+    Returns:
+        for a sharded job, ``job`` (its id), ``dataset``, ``label_field``, ``bank``, ``state`` (submitting,
+        running, stopping, completed, failed, stopped), ``samples`` (to label), ``done`` (labelled or skipped so
+        far), ``progress`` in [0, 1], ``shards`` (how many are pending / queued / running / done / failed /
+        stopped), ``samples_per_s``, ``workers`` (the run links of the workers running shards now), ``started``
+        and ``ended`` (ISO times), ``wall_s``, ``failures`` (``[{"shard", "error", "attempts", "samples"}]``) and
+        once finished its ``summary`` (``labelled``, ``instances``, ``per_class``, ``skipped``,
+        ``failed_shards``, ``wall_s``); ``run`` repeats ``job`` (deprecated). For a job of this process or a
+        background one, its entry as ``list_jobs`` describes it.
+
+    Raises:
+        NTTFiftyOneError: no job has that id.
+    """
+    from .shard_status import run_status
+
+    with _LOCK:
+        live = _LIVE.get(job_id)
+        if live is not None:
+            return _public(live)
+    try:
+        return run_status(job_id)
+    except NTTFiftyOneError:
+        op = _operation(job_id)
+        if op is None:
+            raise NTTFiftyOneError(f"no job {job_id!r}: `list_jobs` (or `ntt jobs status`) lists them") from None
+        return _describe(op)
+
+
+def _operation(job_id: str):
+    """The NTT delegated operation ``job_id`` names, or None."""
+    from bson import ObjectId
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    try:
+        op = DelegatedOperationService().get(ObjectId(job_id))
+    except Exception:  # noqa: BLE001 - not an ObjectId (InvalidId, TypeError)
+        return None
+    return op if op is not None and str(op.operator).startswith(PLUGIN_PREFIX) else None
 
 
 def _delegated(dataset_name: str) -> list:
@@ -147,7 +194,7 @@ def _describe_sharded(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _public(run: dict[str, Any]) -> dict[str, Any]:
-    """A run of this process as ``list_runs`` describes every run (without its dataset and stop flag)."""
+    """A job of this process as ``list_jobs`` describes every job (without its dataset and stop flag)."""
     return {key: value for key, value in run.items() if key not in ("dataset", "stop")}
 
 

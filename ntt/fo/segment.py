@@ -147,6 +147,7 @@ def resolve_settings(
     check_segment_args(*(knobs.get(k) for k in ("score_thresh", "class_thresholds", "max_instances", "batch_size")))
     for key in ("max_instances", "batch_size"):
         knobs[key] = whole_number(knobs.get(key))
+    _check_encoder(config, source.bank.encoder)
     cfg = _settings(source, preset, config, device)
     cfg = adopt_bank_encoder(
         derive(cfg, segment={k: v for k, v in knobs.items() if v is not None}), source.bank.encoder
@@ -179,21 +180,25 @@ def segment(*args, progress: Progress | None = None, **kwargs) -> dict[str, Any]
 
     Args:
         bank: the name of a bank stored with the dataset, or a ``MemoryBank``.
-        score_thresh / class_thresholds: scores in [0, 1]; ``class_thresholds`` names bank classes.
-        max_instances: >= 1 per image; batch_size: >= 0 (0: fit to the GPU's memory).
-        preset / config / device: model settings as in ``build_bank``. Without ``preset``, a named
-            bank's own settings are used (so a random-weights bank segments with random weights), with
-            ``config`` given as a dict (``{"segment": {"prompt_mode": "guided"}}``) layered on them.
-            The DINOv2 encoder is always the bank's. ``device`` defaults to "auto" (this machine), never
-            the device the bank was built on.
+        score_thresh: drop detections scoring below this, in [0, 1].
+        class_thresholds: per bank class name, a score threshold in [0, 1] that replaces ``score_thresh``.
+        max_instances: detections per image, >= 1.
+        batch_size: images per forward pass, >= 0 (0: fit to the GPU's memory).
+        preset: model settings as in ``build_bank``. Without it, a named bank's own settings are used (so a
+            random-weights bank segments with random weights).
+        config: an ``NTTConfig``, or a dict (``{"segment": {"prompt_mode": "guided"}}``) layered on the
+            preset's or the bank's settings. The DINOv2 encoder is always the bank's.
+        device: "auto" (default: this machine), "cpu", "cuda" or "cuda:N"; never the device the bank was
+            built on.
         skip_existing: only segment samples whose ``label_field`` is unset.
         overwrite: allow replacing existing labels (otherwise existing labels are an error).
         exclude_references: leave out the reference samples (default; they would match themselves): the
             bank's shot samples and the samples tagged ``tag``.
         tag: the reference tag (default: the bank's, else ``ntt_ref``).
-        mask_dir: write the masks as PNGs under ``<mask_dir>/<label_field>/<sample id>/`` (``Detection.mask_path``)
-            instead of in the database: for large datasets and images (a sample's document is capped at 16 MB).
-            A folder every machine that reads the dataset can reach; evaluation and the App read the files.
+        mask_dir: write the masks as PNGs under ``<mask_dir>/<dataset id>/<label_field>/<sample id>/``
+            (``Detection.mask_path``) instead of in the database: for large datasets and images (a sample's
+            document is capped at 16 MB). A folder every machine that reads the dataset can reach; evaluation
+            and the App read the files.
         thresholds: "calibrated": per-class score thresholds from the bank's last grading with calibration
             (``grade_references(..., calibrate=True)``); ``class_thresholds`` entries override them.
         cache: keep each image's bank-independent work in the candidate cache (``ntt cache info``) and reuse
@@ -208,7 +213,7 @@ def segment(*args, progress: Progress | None = None, **kwargs) -> dict[str, Any]
     return drive(segment_steps(*args, **kwargs), progress)
 
 
-def segment_targets(
+def targets_view(
     coll,
     bank: str | MemoryBank,
     label_field: str = "ntt",
@@ -241,6 +246,17 @@ def _resolve_bank(coll, bank, tag, load: bool = True) -> Source:
     read = read_bank(coll, bank)  # the description and the content of one version
     tag = tag or read.info.get("tag", DEFAULT_TAG)
     return Source.of_bank(read.bank, bank, tag, read.info.get("config"), read.info.get("bank_path"))
+
+
+def _check_encoder(config, encoder: dict) -> None:
+    """Targets are encoded with the bank's DINOv2 (shots and masks must share one feature space): a ``config``
+    naming another one is refused rather than silently overridden."""
+    named = (config or {}).get("model", {}).get("dinov2") if isinstance(config, dict) else None
+    if named is not None and named != encoder["name"]:
+        raise NTTFiftyOneError(
+            f"the bank's shots were encoded with DINOv2 {encoder['name']!r}, and targets are always encoded with "
+            f"the bank's encoder: config names {named!r}; leave it out, or build a bank with {named!r}"
+        )
 
 
 def _settings(source: Source, preset, config, device) -> NTTConfig:

@@ -1,4 +1,5 @@
-"""Progress of sharded runs across their shards: for ``ntt runs status``, 'NTT: runs' and the SDK."""
+"""Progress of sharded jobs across their shards: for ``ntt jobs status``, 'NTT: jobs' and the SDK
+(``get_job_status``). In the records a sharded job is a "run" document: the storage keeps its old name."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def run_status(run_id: str) -> dict[str, Any]:
     """
     run = runs_collection().find_one({"_id": _object_id(run_id)}, {"provenance": 0})
     if run is None:
-        raise NTTFiftyOneError(f"no sharded run {run_id}")
+        raise NTTFiftyOneError(f"no sharded job {run_id}")
     shards = list(shards_collection().find({"run_id": run["_id"]}, {"sample_ids": 0, "per_class": 0}))
     done = sum(s.get("labelled", 0) + len(s.get("skipped") or []) for s in shards)
     states = Counter(s["state"] for s in shards)
@@ -45,7 +46,8 @@ def run_status(run_id: str) -> dict[str, Any]:
     end = aware_utc(run["ended_at"]) if run.get("ended_at") else server_time()  # the clock that stamped them
     busy = (end - min(starts)).total_seconds() if starts else 0.0
     status = {
-        "run": str(run["_id"]),
+        "job": str(run["_id"]),
+        "run": str(run["_id"]),  # deprecated: the same id as "job", kept one release
         "dataset": run["dataset"],
         "label_field": run["label_field"],
         "bank": run["bank"],
@@ -95,7 +97,7 @@ def _object_id(run_id: str) -> ObjectId:
     try:
         return ObjectId(run_id)
     except Exception as err:  # noqa: BLE001 - bson raises InvalidId or TypeError
-        raise NTTFiftyOneError(f"{run_id!r} is not a run id (24 hex digits, as `ntt runs status` lists them)") from err
+        raise NTTFiftyOneError(f"{run_id!r} is not a job id (24 hex digits, as `ntt jobs status` lists them)") from err
 
 
 def _iso(when: datetime | None) -> str | None:

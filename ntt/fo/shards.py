@@ -49,7 +49,7 @@ MAX_ATTEMPTS = 3
 _SHOWN = "score_thresh class_thresholds max_instances batch_size preset tag cache thresholds mask_dir".split()
 
 
-def submit(
+def submit_job(
     coll,
     bank: str,
     label_field: str = "ntt",
@@ -63,25 +63,26 @@ def submit(
 
     Every argument is checked here, as ``segment`` checks it (no model loads; the workers need the weights),
     and resolved once: renaming, teaching or deleting the bank, re-calibrating it or renaming the dataset
-    mid-run changes nothing of this run. ``overwrite=True`` clears the target samples' labels once every shard
+    mid-job changes nothing of this job. ``overwrite=True`` clears the target samples' labels once every shard
     is recorded; ``skip_existing=True`` leaves labelled samples out. Each worker runs on its own device (its
     ``CUDA_VISIBLE_DEVICES``): ``device`` may only be None or "auto".
 
     Args:
-        bank: the name of a bank stored with the dataset (its current version is the run's).
+        bank: the name of a bank stored with the dataset (its current version is the job's).
         shards: how many shards (default: one per ``shard_size`` samples, 500).
         delegation_target: the name workers claim (``ntt worker --target``).
         max_attempts: how often a shard runs at most when its worker dies or runs out of memory.
     Returns:
-        ``{"run": run id, "shards", "samples", "label_field", "delegation_target"}``; follow it with
-        ``run_status``. If queueing fails part-way, the run records which shards were queued (they run) and
-        which were not (failed, with their samples), and ``NTTFiftyOneError`` says so.
+        ``{"job": job id, "shards", "samples", "label_field", "delegation_target"}`` (and ``"run"``, the same
+        id, deprecated); follow it with ``get_job_status``. If queueing fails part-way, the job records which
+        shards were queued (they run) and which were not (failed, with their samples), and
+        ``NTTFiftyOneError`` says so.
     """
     if not isinstance(bank, str):
-        raise NTTFiftyOneError("a sharded run needs a bank stored with the dataset (its name): workers load it")
+        raise NTTFiftyOneError("a sharded job needs a bank stored with the dataset (its name): workers load it")
     if segment_args.get("device") not in (None, "auto"):
         raise NTTFiftyOneError(
-            f"a sharded run runs on each worker's own device (its CUDA_VISIBLE_DEVICES), not device="
+            f"a sharded job runs on each worker's own device (its CUDA_VISIBLE_DEVICES), not device="
             f"{segment_args['device']!r}: leave device out"
         )
     max_attempts = whole_number(max_attempts)
@@ -118,13 +119,14 @@ def submit(
     except Exception as err:
         _close_submit(run_id, f"never queued: submitting the run failed: {err}")
         raise NTTFiftyOneError(
-            f"submitting run {run_id} failed after queueing {queued} of {count} shards: {err}; the queued ones run, "
-            "the others are recorded as failed with their samples (see `ntt runs status`)"
+            f"submitting job {run_id} failed after queueing {queued} of {count} shards: {err}; the queued ones run, "
+            "the others are recorded as failed with their samples (see `ntt jobs status`)"
         ) from err
     if move_run(run_id, ("submitting",), "running") is None:
-        raise NTTFiftyOneError(f"run {run_id} was closed while it was being submitted (the submit was too slow?)")
+        raise NTTFiftyOneError(f"job {run_id} was closed while it was being submitted (the submit was too slow?)")
     return {
-        "run": str(run_id),
+        "job": str(run_id),
+        "run": str(run_id),  # deprecated: the same id as "job", kept one release
         "shards": count,
         "samples": len(ids),
         "label_field": label_field,
@@ -203,7 +205,7 @@ def _queue_shard(job: Job, run_id, shard_id, label: str, target: str) -> None:
     lease = new_lease()
     shard = move_shard(shard_id, ("pending",), "queued", lease=lease, queued_at=NOW)
     if shard is None:
-        raise NTTFiftyOneError(f"shard {shard_id} is no longer pending: the run was closed meanwhile")
+        raise NTTFiftyOneError(f"shard {shard_id} is no longer pending: its job was closed meanwhile")
     queue_attempt(job, shard, lease, target, label)
     runs_collection().update_one({"_id": run_id}, [{"$set": {"queued": {"$add": ["$queued", 1]}, "beat_at": NOW}}])
 
@@ -218,7 +220,7 @@ def shard_steps(dataset, shard_id: str, lease: str | None = None) -> Steps[dict[
     """
     shard = shards_collection().find_one({"_id": ObjectId(shard_id)}, {"sample_ids": 0})
     if shard is None:
-        raise NTTFiftyOneError(f"no shard {shard_id}: its run was deleted")
+        raise NTTFiftyOneError(f"no shard {shard_id}: its job was deleted")
     lease = lease or shard.get("lease")
     attempt = {"$expr": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]}}
     claimed = move_shard(

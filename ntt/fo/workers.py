@@ -31,7 +31,9 @@ from .reaper import STALE_AFTER, WORKER_LINK, reap
 from .references import NTTFiftyOneError
 from .run_states import NOW, note_shard, shards_collection
 from .runs import PLUGIN_PREFIX, state_of
-from .shards import TARGET, delegated_service, fail_operation, operation
+from .shards import TARGET, delegated_service, fail_operation, operation, shard_steps
+
+__all__ = ["Worker", "reap", "shard_steps"]  # the worker, its reaper, and one shard's work (a shard operator's)
 
 HEARTBEAT = 10.0  # seconds between heartbeats; the reaper's stale_after must be several of these
 

@@ -49,22 +49,22 @@ class BuildBank(BackgroundOperator):
         )
         if field is None:
             return ui.invalid(inputs, "This dataset has no Detections field to take references from.")
-        nfo.check_detections_field(ctx.dataset, field)
+        nfo.forms.check_detections_field(ctx.dataset, field)
         tag = ui.tag_input(inputs, ctx)
-        refs = nfo.reference_ids(view, tag, field)
+        refs = nfo.forms.reference_ids(view, tag, field)
         if not refs:
-            elsewhere = len(nfo.reference_ids(ctx.dataset, tag, field))
+            elsewhere = len(nfo.forms.reference_ids(ctx.dataset, tag, field))
             if elsewhere:
                 message = f"No references among the chosen samples; the whole dataset has {elsewhere}: choose it above."
             else:
                 message = f"No references: nothing here is tagged '{tag}'. Tag good examples ('NTT: mark references')."
             return ui.invalid(inputs, message)
         inputs.view("found", types.Notice(label=f"{len(refs)} reference sample(s) found"))
-        ui.classes_input(inputs, nfo.reference_classes(view, field, tag))
+        ui.classes_input(inputs, nfo.references.reference_classes(view, field, tag))
         inputs.str("bank", label="Bank name", default="bank", required=True, description="Letters, digits and _")
         name = param(ctx, "bank", "bank")
         try:
-            nfo.check_bank_name(name)
+            nfo.forms.check_bank_name(name)
         except nfo.NTTFiftyOneError as err:
             return ui.invalid(inputs, str(err))
         exists = name in nfo.list_banks(ctx.dataset)
@@ -95,7 +95,7 @@ class BuildBank(BackgroundOperator):
         view = ctx.target_view()
 
         def steps():
-            bank = yield from nfo.build_bank_steps(view, name, **kwargs)
+            bank = yield from nfo.steps.build_bank_steps(view, name, **kwargs)
             return {
                 "bank": name,
                 "classes": len(bank.classes),
@@ -158,8 +158,8 @@ class AddReferences(BackgroundOperator):
         )
         tag = ui.tag_input(inputs, ctx)
         field = param(ctx, "label_field", info.get("label_field"))
-        nfo.check_detections_field(ctx.dataset, field)
-        refs = nfo.reference_ids(view, tag, field)
+        nfo.forms.check_detections_field(ctx.dataset, field)
+        refs = nfo.forms.reference_ids(view, tag, field)
         if not refs:
             return ui.invalid(
                 inputs,
@@ -198,7 +198,7 @@ class AddReferences(BackgroundOperator):
 
         def steps():
             before = nfo.get_bank_info(view, name)["num_shots"]
-            yield from nfo.add_references_steps(view, name, **kwargs)
+            yield from nfo.steps.add_references_steps(view, name, **kwargs)
             info = nfo.get_bank_info(view, name)
             added = info["num_shots"] - before
             note = f"{added} new shot(s) encoded" if added else "Nothing new: every reference is in the bank already"

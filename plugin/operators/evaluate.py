@@ -24,7 +24,7 @@ class EvaluatePredictions(NTTOperator):
         )
 
     def form(self, inputs, ctx):
-        fields = sdk().detections_fields(ctx.dataset)
+        fields = sdk().forms.detections_fields(ctx.dataset)
         if len(fields) < 2:
             return ui.invalid(
                 inputs,

@@ -1,5 +1,5 @@
 """The review loop in the App: teach a bank with verdicts on predictions, and see the references behind them (SDK:
-``ntt.fo.add_negatives``, ``ntt.fo.promote``, ``ntt.fo.references_behind``)."""
+``ntt.fo.add_negatives``, ``ntt.fo.promote_predictions``, ``ntt.fo.load_references_view``)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,9 @@ class MarkNegatives(BackgroundOperator):
 
         def steps():
             before = nfo.load_bank(view, name).negatives_per_class()
-            bank = yield from nfo.add_negatives_steps(view, name, field, label_ids=ids, device=settings.device(ctx))
+            bank = yield from nfo.steps.add_negatives_steps(
+                view, name, field, label_ids=ids, device=settings.device(ctx)
+            )
             added = sum(bank.negatives_per_class().values()) - sum(before.values())
             info = nfo.get_bank_info(view, name)
             return {"bank": name, "added": added, **brief(info)}
@@ -122,7 +124,7 @@ class PromoteCorrections(BackgroundOperator):
         delegate: bool = False,
         delegation_target: str | None = None,
     ):
-        """Promote the review of ``label_field``, as ``ntt.fo.promote`` does, through this operator:
+        """Promote the review of ``label_field``, as ``ntt.fo.promote_predictions`` does, through this operator:
         ``delegate=True`` queues it for ``fiftyone delegated launch`` (see ``run_on``)."""
         return self.run_on(locals())
 
@@ -138,7 +140,7 @@ class PromoteCorrections(BackgroundOperator):
             return ui.invalid(inputs, "This dataset has no Detections field to promote from.")
         inputs.str("correct_tag", label="Tag of correct predictions", default="correct")
         inputs.str("wrong_tag", label="Tag of wrong predictions", default="wrong")
-        counts = nfo.review_counts(view, field, *self._tags(ctx))
+        counts = nfo.forms.review_counts(view, field, *self._tags(ctx))
         if not any(counts.values()):
             return ui.invalid(
                 inputs,
@@ -158,7 +160,7 @@ class PromoteCorrections(BackgroundOperator):
         return param(ctx, "correct_tag", "correct"), param(ctx, "wrong_tag", "wrong")
 
     def run_size(self, ctx) -> int:
-        return sum(sdk().review_counts(ctx.target_view(), ctx.params["label_field"], *self._tags(ctx)).values())
+        return sum(sdk().forms.review_counts(ctx.target_view(), ctx.params["label_field"], *self._tags(ctx)).values())
 
     def execute(self, ctx):
         nfo = sdk()
@@ -167,7 +169,9 @@ class PromoteCorrections(BackgroundOperator):
 
         def steps():
             before = len(nfo.load_bank(view, name).shots)
-            bank = yield from nfo.promote_steps(view, name, field, *self._tags(ctx), device=settings.device(ctx))
+            bank = yield from nfo.steps.promote_predictions_steps(
+                view, name, field, *self._tags(ctx), device=settings.device(ctx)
+            )
             info = nfo.get_bank_info(view, name)
             return {"bank": name, "added": len(bank.shots) - before, **brief(info)}
 
@@ -200,7 +204,7 @@ class ShowReferences(NTTOperator):
         field = _selected_fields(ctx)[0]
         ids = [s["label_id"] for s in ctx.selected_labels if s.get("field") == field]
         with runner.clear_errors():
-            view = sdk().references_behind(ctx.dataset, field, ids)
+            view = sdk().load_references_view(ctx.dataset, predictions=field, label_ids=ids)
         ctx.ops.set_view(view)
         return {"samples": view.count()}
 
@@ -271,7 +275,7 @@ class GradeReferences(BackgroundOperator):
         )
 
         def steps():
-            report = yield from nfo.grade_references_steps(ctx.dataset, name, **kwargs)
+            report = yield from nfo.steps.grade_references_steps(ctx.dataset, name, **kwargs)
             worst = [str(s.annotation_id) for s in report.shots[:5]]
             calibrated = len(report.calibration["classes"]) if kwargs["calibrate"] else 0
             return {"bank": name, "report": report.markdown(), "worst_label_ids": worst, "calibrated": calibrated}

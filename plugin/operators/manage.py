@@ -56,7 +56,7 @@ class RenameBank(NTTOperator):
             return None  # "required" keeps Execute disabled until a name is typed
         nfo = sdk()
         try:
-            nfo.check_bank_name(new)
+            nfo.forms.check_bank_name(new)
         except nfo.NTTFiftyOneError as err:
             return str(err)
         if new in ctx.dataset.list_runs():

@@ -82,7 +82,7 @@ class MarkReferences(NTTOperator):
 
 def _selected_fields(ctx) -> list[str]:
     """The fields of the selected labels that are Detections fields, in selection order."""
-    fields = sdk().detections_fields(ctx.dataset)
+    fields = sdk().forms.detections_fields(ctx.dataset)
     return [s["field"] for s in ctx.selected_labels if s.get("field") in fields]
 
 
@@ -96,7 +96,7 @@ class UnmarkReferences(NTTOperator):
     def form(self, inputs, ctx):
         view = ui.target_input(inputs, ctx, "Unmark")
         tag = ui.tag_input(inputs, ctx)
-        count = len(sdk().reference_ids(view, tag))
+        count = len(sdk().forms.reference_ids(view, tag))
         if not count:
             return ui.invalid(inputs, f"No sample or label tagged '{tag}' here: nothing to unmark.")
         inputs.view("count", types.Notice(label=f"{count} reference sample(s) will be unmarked"))
@@ -106,7 +106,7 @@ class UnmarkReferences(NTTOperator):
         nfo = sdk()
         tag = settings.reference_tag(ctx)
         view = ctx.target_view()
-        count = len(nfo.reference_ids(view, tag))
+        count = len(nfo.forms.reference_ids(view, tag))
         with runner.clear_errors():
             nfo.unmark_references(view, tag=tag)
         runner.reload(ctx)

@@ -54,6 +54,7 @@ class SegmentWithBank(BackgroundOperator):
         exclude_references: bool = True,
         tag: str | None = None,
         cache: bool | None = None,
+        thresholds: str | None = None,
         mask_dir: str | None = None,
         delegate: bool = False,
         delegation_target: str | None = None,
@@ -128,7 +129,7 @@ class SegmentWithBank(BackgroundOperator):
 
     @staticmethod
     def _target_args(ctx) -> dict:
-        """The arguments of ``segment`` that choose what it labels (``segment_targets`` takes the same)."""
+        """The arguments of ``segment`` that choose what it labels (``targets_view`` takes the same)."""
         return dict(
             label_field=param(ctx, "label_field", "ntt"),
             skip_existing=bool(param(ctx, "skip_existing", False)),
@@ -138,10 +139,12 @@ class SegmentWithBank(BackgroundOperator):
         )
 
     def _targets(self, ctx, view, bank):
-        """The samples ``execute`` will segment (``ntt.fo.segment_targets``: the view, minus references, minus
+        """The samples ``execute`` will segment (``ntt.fo.forms.targets_view``: the view, minus references, minus
         labelled ones when skipping); raises what ``segment`` would (existing labels without skip / overwrite, a
         field that is not Detections, resuming another bank's field)."""
-        return sdk().segment_targets(view, bank, **self._target_args(ctx))
+        from ntt.fo.forms import targets_view
+
+        return targets_view(view, bank, **self._target_args(ctx))
 
     @staticmethod
     def _args_problem(ctx, bank) -> str | None:
@@ -151,7 +154,7 @@ class SegmentWithBank(BackgroundOperator):
             loaded = nfo.load_bank(ctx.dataset, bank)
             if not loaded.shots:
                 return f"Bank '{bank}' has no reference shots left: add references to it first."
-            nfo.check_segment_args(
+            nfo.forms.check_segment_args(
                 **SegmentWithBank._segment_args(ctx, loaded.class_names), class_names=loaded.class_names
             )
         except nfo.NTTFiftyOneError as err:
@@ -159,7 +162,7 @@ class SegmentWithBank(BackgroundOperator):
         return None
 
     def _target_problem(self, ctx, view, bank, reference_field: str | None) -> str | None:
-        """Why the output field or the chosen samples cannot be segmented: the checks of ``segment_targets``,
+        """Why the output field or the chosen samples cannot be segmented: the checks of ``targets_view``,
         plus a bad field name, the bank's own reference field, or nothing left to segment."""
         nfo = sdk()
         field = param(ctx, "label_field", "ntt")
@@ -183,7 +186,7 @@ class SegmentWithBank(BackgroundOperator):
     def execute(self, ctx):
         nfo = sdk()
         if ctx.params.get("ntt_shard"):
-            steps = nfo.shard_steps(ctx.dataset, ctx.params["ntt_shard"], ctx.params.get("ntt_lease"))
+            steps = nfo.workers.shard_steps(ctx.dataset, ctx.params["ntt_shard"], ctx.params.get("ntt_lease"))
             return runner.run(ctx, steps, self.resolve_output(ctx))
         bank = ctx.params["bank"]
         preset, config = self._settings(ctx)
@@ -195,15 +198,16 @@ class SegmentWithBank(BackgroundOperator):
             config=config,
             cache={"on": True, "off": False}.get(param(ctx, "cache", "settings")),
             mask_dir=param(ctx, "mask_dir") or None,
+            thresholds=param(ctx, "thresholds"),  # from code ("calibrated"); the form pre-fills class_thresholds
         )
         view = ctx.target_view()
         if param(ctx, "workers", False):
             size = param(ctx, "shard_size")
             outputs = self.resolve_output(ctx)
-            return runner.submitted(ctx, lambda: nfo.submit(view, bank, shard_size=size, **kwargs), outputs)
+            return runner.submitted(ctx, lambda: nfo.submit_job(view, bank, shard_size=size, **kwargs), outputs)
 
         def steps():
-            summary = yield from nfo.segment_steps(view, bank, **kwargs)
+            summary = yield from nfo.steps.segment_steps(view, bank, **kwargs)
             skipped = summary["skipped"]
             return {
                 "bank": bank,
@@ -228,7 +232,7 @@ class SegmentWithBank(BackgroundOperator):
         """The settings the SDK will segment with, for the form's checks (device, weights)."""
 
         def settings(preset, overrides, device):
-            return sdk().segment_settings(
+            return sdk().forms.segment_settings(
                 ctx.dataset, bank, None if preset == SAME_AS_BANK else preset, overrides, device
             )
 
@@ -244,7 +248,7 @@ class SegmentWithBank(BackgroundOperator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("label_field", label="Output field")
-        outputs.str("run", label="Sharded run (follow it in 'NTT: runs')")
+        outputs.str("run", label="Sharded job (follow it in 'NTT: jobs')")
         outputs.int("shards", label="Shards queued for ntt workers")
         outputs.int("samples", label="Samples in the run")
         outputs.int("labelled", label="Samples labelled")
@@ -262,7 +266,7 @@ def _workers_input(inputs, ctx) -> None:
         "workers",
         label="Spread over ntt workers (many GPUs, many machines)",
         description="Queue the run as shards that `ntt worker` processes run, one per GPU, on any machine that "
-        "reaches this database, the media and the bank folder; follow it in 'NTT: runs'",
+        "reaches this database, the media and the bank folder; follow it in 'NTT: jobs'",
         default=False,
     )
     if param(ctx, "workers", False):

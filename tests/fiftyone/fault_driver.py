@@ -3,7 +3,7 @@
 
     setup DATASET        a dataset of COCO128 val images, 3 references with ``gt`` masks, bank ``b`` (tiny random
                          models), and the one-process answer in ``single``
-    submit DATASET       nfo.submit(..., label_field="spread")
+    submit DATASET       nfo.submit_job(..., label_field="spread")
     segment DATASET      one-process nfo.segment
     rename-bank / teach / rename-dataset / clone
     check DATASET FIELD ORACLE   each target's labels in FIELD against ORACLE
@@ -67,7 +67,7 @@ def setup(args) -> dict:
     return {
         "dataset": ds.name,
         "samples": len(ds),
-        "targets": len(nfo.without_references(ds)),
+        "targets": len(nfo.forms.without_references(ds)),
         "instances": summary["instances"],
         "segment_s": round(time.monotonic() - started, 1),
     }
@@ -82,7 +82,9 @@ def submit(args) -> dict:
     if args.overwrite:
         kwargs["overwrite"] = True
     started = time.monotonic()
-    queued = nfo.submit(_load(args.dataset), args.bank, label_field=args.field, batch_size=args.batch_size, **kwargs)
+    queued = nfo.submit_job(
+        _load(args.dataset), args.bank, label_field=args.field, batch_size=args.batch_size, **kwargs
+    )
     return {**queued, "submit_s": round(time.monotonic() - started, 2)}
 
 
@@ -114,7 +116,7 @@ def teach(args) -> dict:
 
     ds = _load(args.dataset)
     before = nfo.get_bank_info(ds, args.bank).get("fingerprint")
-    ids = nfo.without_references(ds).values("single.detections.id", unwind=True)[: args.labels]
+    ids = nfo.forms.without_references(ds).values("single.detections.id", unwind=True)[: args.labels]
     nfo.add_negatives(ds, args.bank, "single", label_ids=ids)
     return {
         "negatives": ids,
@@ -170,7 +172,7 @@ def check(args) -> dict:
     import ntt.fo as nfo
 
     ds = _load(args.dataset)
-    targets = nfo.without_references(ds)
+    targets = nfo.forms.without_references(ds)
     ids, different, unlabelled, labelled = [], [], [], []
     for sample in targets.iter_samples():
         ids.append(sample.id)

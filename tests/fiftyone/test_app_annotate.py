@@ -1,5 +1,5 @@
 """Correcting predictions with FiftyOne's own In-App Annotation (the sample modal's "Annotate" tab), in a real browser,
-and what those edits leave in the stored labels (what ``nfo.promote`` reads).
+and what those edits leave in the stored labels (what ``nfo.promote_predictions`` reads).
 
 Debian's ``chromium`` (headless) driven by Playwright, the App in a subprocess on 127.0.0.1 (``app_driver.py``). A
 Detections field ``pred`` of three instance masks, with the attributes and the Detections-level ``ntt_predicted``
@@ -178,7 +178,7 @@ def test_annotate_tab_edits_teach_the_bank_through_promote(chromium, artifacts, 
 
     monkeypatch.setattr(feedback, "lesson_steps", spy)
     before = len(nfo.load_bank(ds, BANK).shots)
-    assert nfo.review_counts(ds, FIELD) == {
+    assert nfo.forms.review_counts(ds, FIELD) == {
         "correct": 0,
         "wrong": 0,
         "relabelled": 0,
@@ -186,7 +186,7 @@ def test_annotate_tab_edits_teach_the_bank_through_promote(chromium, artifacts, 
         "deleted": 1,
         "drawn": 1,
     }
-    bank = nfo.promote(ds, BANK, FIELD)
+    bank = nfo.promote_predictions(ds, BANK, FIELD)
     sample = _stored(ds)
     width, height = sample.metadata.width, sample.metadata.height
     now = {d.id: d for d in sample[FIELD].detections}
@@ -221,7 +221,7 @@ def _stored(ds):
 def _edits(ui: AppDriver, url: str, ds, field: str = FIELD) -> dict:
     """The three edits through the Annotate tab on the first sample's ``field``, each checked on the stored
     sample. Returns what was done: ``painted`` (label id), ``deleted`` (its ``ntt_predicted`` entry), ``drawn``
-    (label id), ``sample_id``: what ``nfo.promote`` should find."""
+    (label id), ``sample_id``: what ``nfo.promote_predictions`` should find."""
     from ntt.fo.corrections import RECORD, mask_digest
     from ntt.fo.references import full_image_mask
 

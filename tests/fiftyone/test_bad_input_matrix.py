@@ -327,10 +327,10 @@ def test_a_sharded_run_names_bad_files_and_labels_the_rest_as_one_process(world,
     clean = _add_samples(world, files.paths(files.clean), "shard-clean")
     nfo.segment(clean, "small", label_field="sharded", **args)
     view = _add_samples(world, files.paths(files.dirty), "shard-dirty")
-    queued = nfo.submit(view, "small", label_field="sharded", shard_size=2, **args)
+    queued = nfo.submit_job(view, "small", label_field="sharded", shard_size=2, **args)
     assert queued["shards"] == 3
     DelegatedOperationService().execute_queued_operations(dataset_name=world["dataset"].name, delegation_target="ntt")
-    status = nfo.run_status(queued["run"])
+    status = nfo.get_job_status(queued["run"])
     assert status["state"] == "completed" and status["summary"]["failed_shards"] == [], status
     check_reasons({s["filepath"]: s["reason"] for s in status["summary"]["skipped"]}, files)
     assert _labels(view, "sharded") == _labels(clean, "sharded") != {}

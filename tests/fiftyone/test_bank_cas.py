@@ -56,7 +56,7 @@ def pets(dataset, random_config):
 
 
 def _files(ds) -> list[Path]:
-    return sorted(nfo.bank_dir(ds).glob("*.safetensors"))
+    return sorted(nfo.forms.bank_dir(ds).glob("*.safetensors"))
 
 
 def _path(ds) -> Path:
@@ -222,8 +222,10 @@ def test_promotions_made_at_once_match_new_classes_by_name(pets, monkeypatch):
     before = nfo.load_bank(ds, BANK)
     other = ds.select_labels(ids=[c], fields="pred")
     mine = ds.select_labels(ids=[a, b], fields="pred")
-    stores = _before_first_store(monkeypatch, lambda: nfo.promote(other, BANK, "pred"))
-    bank = nfo.promote(mine, BANK, "pred")  # "toy" and "robot" get the next two ids; "robot" took the first meanwhile
+    stores = _before_first_store(monkeypatch, lambda: nfo.promote_predictions(other, BANK, "pred"))
+    bank = nfo.promote_predictions(
+        mine, BANK, "pred"
+    )  # "toy" and "robot" get the next two ids; "robot" took the first meanwhile
 
     assert stores == [True, False, True]
     assert sorted(bank.class_names) == sorted({*before.class_names, "toy", "robot"})
@@ -347,7 +349,7 @@ def test_bank_file_keys_locate_files_under_this_machines_bank_root(tmp_path, mon
 def test_a_bank_folder_mounted_at_another_root_still_loads(pets, tmp_path, monkeypatch):
     ds = pets
     bank = nfo.load_bank(ds, BANK)
-    here = nfo.bank_dir(ds)
+    here = nfo.forms.bank_dir(ds)
     mounted = tmp_path / "mounted"
     mounted.mkdir()
     shutil.move(here, mounted / here.name)  # the recorded path no longer exists on this "machine"

@@ -27,7 +27,7 @@ def _same(a, b) -> bool:
 
 
 def _files(ds) -> list[Path]:
-    return sorted(nfo.bank_dir(ds).glob("*.safetensors"))
+    return sorted(nfo.forms.bank_dir(ds).glob("*.safetensors"))
 
 
 def test_rename_then_rebuild_under_the_old_name_keeps_both(dataset, random_config):
@@ -61,7 +61,7 @@ def test_datasets_with_same_looking_names_keep_their_own_banks(dataset, random_c
         assert _same(nfo.load_bank(one, "b"), bank_one) and _same(nfo.load_bank(two, "b"), bank_two)
         nfo.delete_bank(two, "b")
         assert _same(nfo.load_bank(one, "b"), bank_one)
-        assert nfo.bank_dir(one) != nfo.bank_dir(two)
+        assert nfo.forms.bank_dir(one) != nfo.forms.bank_dir(two)
     finally:
         one.delete()
         two.delete()
@@ -99,7 +99,7 @@ def test_a_renamed_dataset_and_a_new_one_under_its_old_name_keep_their_banks(dat
         newcomer.delete_runs()
         second = _build(newcomer, "a", 5, random_config)
         assert _same(nfo.load_bank(dataset, "a"), first) and _same(nfo.load_bank(newcomer, "a"), second)
-        assert nfo.bank_dir(dataset) != nfo.bank_dir(newcomer)
+        assert nfo.forms.bank_dir(dataset) != nfo.forms.bank_dir(newcomer)
     finally:
         newcomer.delete()
 

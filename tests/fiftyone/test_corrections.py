@@ -59,10 +59,10 @@ def _correct(sample):
 def test_annotation_edits_become_shots_with_the_corrections(predicted, lessons):
     ds, sample = predicted
     painted, moved, deleted, drawn = _correct(sample)
-    counts = nfo.review_counts(ds, "pred")
+    counts = nfo.forms.review_counts(ds, "pred")
     assert counts == {"correct": 0, "wrong": 0, "relabelled": 0, "edited": 2, "deleted": 1, "drawn": 1}
 
-    bank = nfo.promote(ds, "pets", "pred")
+    bank = nfo.promote_predictions(ds, "pets", "pred")
     [(positives, negatives)] = lessons
     width, height = sample.metadata.width, sample.metadata.height
     by_id = {r.annotation_id: r for r in positives}
@@ -79,7 +79,7 @@ def test_annotation_edits_become_shots_with_the_corrections(predicted, lessons):
 
     verdicts = sorted(s["promoted"] for s in bank.shots if s.get("promoted"))
     assert verdicts == ["deleted", "drawn", "edited", "edited"]
-    again = nfo.promote(ds, "pets", "pred")
+    again = nfo.promote_predictions(ds, "pets", "pred")
     assert len(again.shots) == len(bank.shots), "promoted once: nothing new the second time"
 
 
@@ -88,17 +88,17 @@ def test_tags_still_work_and_an_unrecorded_field_has_no_edits(predicted):
     first = sample.pred.detections[0]
     first.tags = ["correct"]
     sample.save()
-    assert nfo.review_counts(ds, "pred")["correct"] == 1
+    assert nfo.forms.review_counts(ds, "pred")["correct"] == 1
     assert corrections(sample.pred).edited == []
 
     _correct(sample)
     sample.pred.ntt_predicted = None  # a field written before predictions were recorded, or by another tool
     sample.save()
     assert corrections(ds[sample.id].pred) == corrections(None)
-    assert nfo.review_counts(ds, "pred") == {k: int(k == "correct") for k in feedback.VERDICTS}
+    assert nfo.forms.review_counts(ds, "pred") == {k: int(k == "correct") for k in feedback.VERDICTS}
 
 
 def test_nothing_reviewed_says_how_to_review(predicted):
     ds, _ = predicted
     with pytest.raises(nfo.NTTFiftyOneError, match="Annotate tab"):
-        nfo.promote(ds, "pets", "pred")
+        nfo.promote_predictions(ds, "pets", "pred")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -97,7 +99,7 @@ def test_promote_turns_a_review_into_shots_and_references(segmented):
     old_label, renamed.label = renamed.label, "toy"
     sample.save()
     before = nfo.load_bank(ds, "pets")
-    bank = nfo.promote(ds, "pets", "pred")
+    bank = nfo.promote_predictions(ds, "pets", "pred")
 
     gained = {k: bank.shots_per_class().get(k, 0) - before.shots_per_class().get(k, 0) for k in bank.class_names}
     assert gained == {**dict.fromkeys(bank.class_names, 0), **_counts([right.label, "toy"])}
@@ -110,7 +112,7 @@ def test_promote_turns_a_review_into_shots_and_references(segmented):
         (renamed.id, True): "relabelled",
     }
     assert sample.id in nfo.get_bank_info(ds, "pets")["shot_sample_ids"], "a promoted sample is a reference now"
-    assert nfo.promote(ds, "pets", "pred").shots == bank.shots, "promoting again adds nothing"
+    assert nfo.promote_predictions(ds, "pets", "pred").shots == bank.shots, "promoting again adds nothing"
 
     summary = nfo.segment(ds, "pets", label_field="next", max_instances=5)
     assert ds[sample.id]["next"] is None and summary["samples"] == len(ds) - 4
@@ -121,12 +123,15 @@ def test_references_behind_predictions_are_the_shots_they_matched(segmented):
     ds = segmented
     sample = ds.exists("pred").first()
     picked = [d.id for d in sample.pred.detections[:2]]
-    view = nfo.references_behind(ds, "pred", picked)
+    view = nfo.load_references_view(ds, predictions="pred", label_ids=picked)
     shown = set(view.values("gt.detections.id", unwind=True))
     assert shown == {d["shot_label_id"] for d in sample.pred.detections[:2]}
     assert set(view.values("id")) <= set(ds.limit(3).values("id"))
     with pytest.raises(nfo.NTTFiftyOneError, match="no provenance"):
-        nfo.references_behind(ds, "gt")
+        nfo.load_references_view(ds, predictions="gt")
+    with pytest.raises(nfo.NTTFiftyOneError, match="not both"):
+        nfo.load_references_view(ds, predictions="pred", grade_key="g")
+    assert sorted(nfo.load_references_view(ds).values("id")) == nfo.forms.reference_ids(ds)
 
 
 def _counts(labels) -> dict[str, int]:
@@ -170,7 +175,7 @@ def test_grade_references_reports_every_shot_and_calibrates(dataset, random_conf
     ds = dataset
     nfo.mark_references(ds.limit(3))
     bank = nfo.build_bank(ds, "pets", label_field="gt", config=random_config)
-    report = nfo.grade_references(ds, "pets", calibrate=True)
+    report = nfo.grade_references(ds, "pets", calibrate=True, grade_key="pets_grades")
     assert len(report.shots) == len(bank.shots) and {c.name for c in report.classes} == set(bank.class_names)
     per_class = {c.name: c.instances for c in report.classes}
     crowd = lambda d: d.has_field("iscrowd") and d["iscrowd"]  # noqa: E731 - crowd regions are not instances
@@ -178,8 +183,15 @@ def test_grade_references_reports_every_shot_and_calibrates(dataset, random_conf
     assert per_class == {name: labelled.count(name) for name in bank.class_names}, "ground truth: the reference field"
     stored = nfo.load_bank(ds, "pets")
     assert stored.info["calibration"] == report.calibration and stored.fingerprint == bank.fingerprint
-    worst = nfo.worst_shots(ds, report, count=2)
-    assert len(worst.values("gt.detections.id", unwind=True)) == 2
+    # the report is a FiftyOne run of the dataset, loadable the FiftyOne way; it is not a bank
+    assert "pets_grades" in ds.list_runs() and nfo.list_banks(ds) == ["pets"]
+    stored_report = ds.load_run_results("pets_grades").report
+    assert [s["annotation_id"] for s in stored_report["shots"]] == [s.annotation_id for s in report.shots]
+    assert stored_report["classes"] == json.loads(json.dumps(report.to_dict()["classes"]))
+    worst = nfo.load_references_view(ds, grade_key="pets_grades", count=2)
+    assert set(worst.values("gt.detections.id", unwind=True)) == {str(s.annotation_id) for s in report.shots[:2]}
+    with pytest.raises(nfo.NTTFiftyOneError, match="not an NTT grading"):
+        nfo.grade_references(ds, "pets", grade_key="pets")  # a bank's key is not a grading's
 
     # thresholds="calibrated" takes the stored thresholds (set here: random weights rarely match a label)
     scores = sorted(d.confidence for d in _segment(ds, None))

@@ -23,7 +23,7 @@ def promoted(dataset, random_config):
     for k, det in enumerate(dets):
         det.tags = ["correct" if k == 0 else "wrong"]
     sample.save()
-    nfo.promote(dataset, "pets", "pred")
+    nfo.promote_predictions(dataset, "pets", "pred")
     return dataset, sample, dets
 
 

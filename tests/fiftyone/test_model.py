@@ -30,7 +30,7 @@ def _labels(sample, field):
 
 def test_apply_model_labels_a_view_as_segment_does(banked):
     ds = banked
-    targets = nfo.without_references(ds).limit(4)
+    targets = nfo.forms.without_references(ds).limit(4)
     nfo.segment(targets, "pets", label_field="seg", max_instances=100)
     targets.apply_model(nfo.load_model(ds, "pets"), label_field="app", batch_size=2)
     for sample in targets:
@@ -39,7 +39,7 @@ def test_apply_model_labels_a_view_as_segment_does(banked):
 
 def test_confidence_threshold_masks_on_disk_and_failures(banked, tmp_path, caplog):
     ds = banked
-    targets = nfo.without_references(ds).limit(3)
+    targets = nfo.forms.without_references(ds).limit(3)
     model = nfo.load_model(ds, "pets")
     targets.apply_model(model, label_field="all", batch_size=3)
     scores = sorted(d.confidence for s in targets for d in s.all.detections)
@@ -64,7 +64,7 @@ def test_segment_can_keep_masks_on_disk(banked, tmp_path):
     """mask_dir: the same detections, each mask in a PNG (Detection.mask_path) instead of the database; evaluation
     reads them and scores the same."""
     ds = banked
-    targets = nfo.without_references(ds).limit(3)
+    targets = nfo.forms.without_references(ds).limit(3)
     nfo.segment(targets, "pets", label_field="db")
     nfo.segment(targets, "pets", label_field="disk", mask_dir=str(tmp_path / "masks"))
     for sample in targets:
@@ -86,7 +86,7 @@ def test_segment_can_keep_masks_on_disk(banked, tmp_path):
 def test_the_segment_form_takes_a_masks_folder(banked, tmp_path):
     from test_plugin import _stream
 
-    targets = nfo.without_references(banked).limit(2)
+    targets = nfo.forms.without_references(banked).limit(2)
     params = {"bank": "pets", "label_field": "p", "device": "cpu", "mask_dir": str(tmp_path / "m")}
     messages, error = _stream("segment_with_bank", targets, params)
     assert error is None and messages[-1][1]["results"]["labelled"] == 2
@@ -101,11 +101,11 @@ def test_the_zoo_source_loads_the_model_offline(banked):
     nfo.register_zoo_source()
     assert "ntt-sam2-dinov2" in foz.list_zoo_models()
     model = foz.load_zoo_model("ntt-sam2-dinov2", dataset=ds, bank="pets")
-    assert isinstance(model, nfo.NTTModel)
+    assert isinstance(model, nfo.model.NTTModel)
     import sys
 
     assert sys.modules["ntt"].fo is nfo, "loading the zoo source leaves the ntt package in place"
-    targets = nfo.without_references(ds).limit(2)
+    targets = nfo.forms.without_references(ds).limit(2)
     nfo.segment(targets, "pets", label_field="seg")
     targets.apply_model(model, label_field="zoo")
     for sample in targets:
@@ -144,14 +144,14 @@ def test_apply_model_records_the_bank_on_its_field(banked):
     (as evaluate reads it) after the bank is gone."""
     ds = banked
     bank = nfo.get_bank_info(ds, "pets")
-    targets = nfo.without_references(ds).limit(2)
+    targets = nfo.forms.without_references(ds).limit(2)
     targets.apply_model(nfo.load_model(ds, "pets"), label_field="app", skip_failures=True)
     nfo.delete_bank(ds, "pets")
     found = recorded(ds, "app")
     info = ds.get_field("app").info
     assert found == {k: info[k] for k in KEYS} and "pets" in ds.get_field("app").description
     assert info["ntt_bank"] == "pets" and info["ntt_bank_fingerprint"] == bank["fingerprint"]
-    assert info["ntt_classes"] == bank["classes"] and info["ntt_tag"] == nfo.DEFAULT_TAG
+    assert info["ntt_classes"] == bank["classes"] and info["ntt_tag"] == nfo.forms.DEFAULT_TAG
     assert info["ntt_reference_ids"] == sorted(bank["shot_sample_ids"]) and info["ntt_reference_ids"]
 
 
@@ -164,7 +164,7 @@ def test_two_banks_on_two_fields_record_each_its_own(banked, random_config, capl
     fingerprints = {b: nfo.get_bank_info(ds, b)["fingerprint"] for b in ("pets", "one")}
     assert fingerprints["pets"] != fingerprints["one"]
     pets, one = nfo.load_model(ds, "pets"), nfo.load_model(ds, "one")
-    targets = nfo.without_references(ds).limit(2)
+    targets = nfo.forms.without_references(ds).limit(2)
     targets.apply_model(pets, label_field="a")
     targets.apply_model(one, label_field="b")
     assert recorded(ds, "a")["ntt_bank_fingerprint"] == fingerprints["pets"]

@@ -231,7 +231,7 @@ def test_operators_immediate_end_to_end(dataset):
     assert nfo.list_banks(dataset) == [] and not path.exists()
 
     assert _run("unmark_references", dataset=dataset, params={}).result["unmarked_samples"] == 3
-    assert nfo.reference_ids(dataset) == [] and dataset.count_label_tags() == {}
+    assert nfo.forms.reference_ids(dataset) == [] and dataset.count_label_tags() == {}
 
 
 def test_build_and_segment_delegated(dataset, monkeypatch):

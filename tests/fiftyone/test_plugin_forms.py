@@ -152,7 +152,7 @@ def test_skip_and_overwrite_together_are_refused_clearly(banked):
 def test_build_takes_only_the_chosen_classes_and_points_at_the_dataset(dataset):
     ds = dataset
     nfo.mark_references(ds.skip(5).limit(2))
-    found = nfo.reference_classes(ds, "gt")
+    found = nfo.references.reference_classes(ds, "gt")
     assert len(found) >= 2 and all(n > 0 for n in found.values())
     params = {"label_field": "gt", "bank": "one", "random_weights": True}
     form = _form("build_bank", ds, params)
@@ -164,7 +164,7 @@ def test_build_takes_only_the_chosen_classes_and_points_at_the_dataset(dataset):
     with pytest.raises(nfo.NTTFiftyOneError, match=r"no references of the classes \['unicorn'\].*here are of: "):
         nfo.build_bank(ds, "two", label_field="gt", config=RANDOM, classes=["unicorn"])
 
-    others = ds.exclude(nfo.reference_ids(ds))
+    others = ds.exclude(nfo.forms.reference_ids(ds))
     message = _form("build_bank", others, params).error_message
     assert "No references among the chosen samples; the whole dataset has 2" in message
 

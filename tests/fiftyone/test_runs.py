@@ -1,6 +1,6 @@
 """Following and stopping runs: a run of this process (the App's immediate runs) is listed with its progress and
 stops at its next step keeping its finished batches; a background run is listed from FiftyOne's delegated
-operations and stopped by marking it failed; the 'NTT: runs' operator shows both and stops the one chosen."""
+operations and stopped by marking it failed; the 'NTT: jobs' operator shows both and stops the one chosen."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ def banked(dataset):
 
 
 def _mine(dataset, where):
-    return [run for run in nfo.list_runs(dataset) if run["where"] == where]
+    return [run for run in nfo.list_jobs(dataset) if run["where"] == where]
 
 
 def test_a_run_here_is_listed_and_stops_at_its_next_step_keeping_finished_batches(banked):
     ds = banked
-    run = nfo.tracked(nfo.segment_steps(ds, "pets", label_field="part", batch_size=2), ds.name, "segment_with_bank")
+    run = nfo.steps.tracked(
+        nfo.steps.segment_steps(ds, "pets", label_field="part", batch_size=2), ds.name, "segment_with_bank"
+    )
     assert next(run).label == "Loading models"
     assert next(run).label == "Segmenting 2/11 samples"
     [live] = _mine(ds, "this App")
@@ -34,14 +36,14 @@ def test_a_run_here_is_listed_and_stops_at_its_next_step_keeping_finished_batche
         "segment_with_bank",
         "Segmenting 2/11 samples",
     )
-    assert "stops after its current step" in nfo.stop_run(ds, live["id"])
-    with pytest.raises(nfo.RunStopped, match="stopped at 'Segmenting 2/11 samples' on request"):
+    assert "stops after its current step" in nfo.stop_job(ds, live["id"])
+    with pytest.raises(nfo.steps.JobStopped, match="stopped at 'Segmenting 2/11 samples' on request"):
         next(run)
     [stopped] = _mine(ds, "this App")
     assert stopped["state"] == "stopped" and "on request" in stopped["error"]
     assert ds.exists("part").count() == 2  # the finished batch keeps its labels, nothing after it ran
-    with pytest.raises(nfo.NTTFiftyOneError, match="only a queued or running run can be stopped"):
-        nfo.stop_run(ds, live["id"])
+    with pytest.raises(nfo.NTTFiftyOneError, match="only a queued or running job can be stopped"):
+        nfo.stop_job(ds, live["id"])
     resumed = nfo.segment(ds, "pets", label_field="part", skip_existing=True)
     assert resumed["labelled"] == 9 and ds.exists("part").count() == 11
 
@@ -54,29 +56,29 @@ def test_a_background_run_is_listed_and_stopped_through_fiftyone(banked):
     foo.get_operator(f"{PLUGIN}/segment_with_bank")(ds, "pets", label_field="bg", **SMOKE, delegate=True)
     [queued] = _mine(ds, "background")
     assert (queued["state"], queued["operation"]) == ("queued", "segment_with_bank")
-    assert "will not start" in nfo.stop_run(ds, queued["id"])
+    assert "will not start" in nfo.stop_job(ds, queued["id"])
     [failed] = _mine(ds, "background")
-    assert failed["state"] == "failed" and failed["error"] == "Stopped on request (NTT runs)"
+    assert failed["state"] == "failed" and failed["error"] == "Stopped on request (NTT jobs)"
     DelegatedOperationService().execute_queued_operations(dataset_name=ds.name)
     assert "bg" not in ds.get_field_schema()  # a stopped queued run never starts
 
 
-def test_the_runs_operator_lists_runs_and_stops_an_immediate_one_from_the_app(banked):
+def test_the_jobs_operator_lists_jobs_and_stops_an_immediate_one_from_the_app(banked):
     from fiftyone.operators.executor import execute_or_delegate_operator
 
     ds = banked
-    assert "No NTT run" in str(_form("runs", ds).type.properties["none"].view.label)
-    view = ds.exclude(nfo.reference_ids(ds)).limit(3)
+    assert "No NTT job" in str(_form("jobs", ds).type.properties["none"].view.label)
+    view = ds.exclude(nfo.forms.reference_ids(ds)).limit(3)
     params = {"bank": "pets", "label_field": "pred", "batch_size": 1, **SMOKE}
     result = asyncio.run(execute_or_delegate_operator(f"{PLUGIN}/segment_with_bank", _request(view, params)))
     messages = iter(result.result)
     while next(messages).body.params.get("label") != "Segmenting 1/3 samples":
         pass
-    form = _form("runs", ds)
+    form = _form("jobs", ds)
     [live] = _mine(ds, "this App")
-    assert "| segment_with_bank | this App | running |" in form.type.properties["runs"].default
+    assert "| segment_with_bank | this App | running |" in form.type.properties["jobs"].default
     assert live["id"] in form.type.properties["stop"].type.values
-    done = _run("runs", dataset=ds, params={"stop": live["id"]})
+    done = _run("jobs", dataset=ds, params={"stop": live["id"]})
     assert "stops after its current step" in done.result["message"]
     rest = []
     with pytest.raises(Exception, match="Stopped: stopped at 'Segmenting 1/3 samples' on request"):

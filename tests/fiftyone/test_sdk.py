@@ -22,23 +22,23 @@ def built(dataset, random_config):
 
 def test_mark_and_unmark_references(dataset):
     assert nfo.mark_references(dataset.limit(2)) == 2
-    assert dataset.match_tags(nfo.DEFAULT_TAG).count() == 2
+    assert dataset.match_tags(nfo.forms.DEFAULT_TAG).count() == 2
     third = dataset.skip(5).first()
     label_id = third.gt.detections[0].id
     assert nfo.mark_references(dataset, "gt", label_ids=[label_id]) == 1
-    assert dataset.count_label_tags()[nfo.DEFAULT_TAG] == 1
-    assert set(nfo.reference_ids(dataset)) == set(dataset.limit(2).values("id")) | {third.id}
-    refs = nfo.collect_references(dataset, "gt")
+    assert dataset.count_label_tags()[nfo.forms.DEFAULT_TAG] == 1
+    assert set(nfo.forms.reference_ids(dataset)) == set(dataset.limit(2).values("id")) | {third.id}
+    refs = nfo.references.collect_references(dataset, "gt")
     expected = sum(len(s.gt.detections) for s in dataset.limit(2)) + 1
     assert len(refs) == expected and label_id in {r.annotation_id for r in refs}
     nfo.unmark_references(dataset)
-    assert nfo.reference_ids(dataset) == []
+    assert nfo.forms.reference_ids(dataset) == []
 
 
 def test_references_carry_full_masks_and_pixel_boxes(dataset):
     nfo.mark_references(dataset.limit(1))
     sample = dataset.first()
-    refs = nfo.collect_references(dataset, "gt")
+    refs = nfo.references.collect_references(dataset, "gt")
     det, ref = sample.gt.detections[0], refs[0]
     h, w = ref.mask.shape
     x, y, bw, bh = det.bounding_box
@@ -55,7 +55,7 @@ def test_build_bank_stores_run_and_file(built):
     assert nfo.list_banks(ds) == ["pets"]
     info = nfo.get_bank_info(ds, "pets")
     assert info["classes"] == bank.class_names and info["num_shots"] == len(bank.shots)
-    assert info["label_field"] == "gt" and info["tag"] == nfo.DEFAULT_TAG
+    assert info["label_field"] == "gt" and info["tag"] == nfo.forms.DEFAULT_TAG
     loaded = nfo.load_bank(ds, "pets")
     np.testing.assert_array_equal(loaded.shot_features, bank.shot_features)
     assert {s["image_id"] for s in loaded.shots} <= set(_refs(ds).values("id"))
@@ -89,7 +89,7 @@ def test_add_references_keeps_existing_shots(built):
 def test_segment_writes_well_formed_detections(built):
     ds, bank = built
     summary = nfo.segment(ds, "pets", label_field="pred", max_instances=15, batch_size=4)
-    refs = set(nfo.reference_ids(ds))
+    refs = set(nfo.forms.reference_ids(ds))
     targets = ds.exclude(list(refs))
     assert summary["samples"] == summary["labelled"] == targets.count() == 9
     assert ds.select(list(refs)).exists("pred").count() == 0, "references must not be segmented"
@@ -160,7 +160,7 @@ def test_interrupted_run_resumes_and_labels_each_sample_once(built):
 
 def test_unreadable_media_is_reported_and_skipped(built, tmp_path):
     ds, _ = built
-    targets = ds.exclude(nfo.reference_ids(ds))
+    targets = ds.exclude(nfo.forms.reference_ids(ds))
     broken, missing = targets.limit(2)
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
@@ -208,7 +208,7 @@ def test_evaluate_returns_fiftyone_results(built):
     results = nfo.evaluate(ds, "pred", gt_field="gt", eval_key="ev")
     assert 0.0 <= results.mAP() <= 1.0
     assert "ev" in ds.list_evaluations()
-    refs = ds.select(nfo.reference_ids(ds))
+    refs = ds.select(nfo.forms.reference_ids(ds))
     assert refs.exists("ev_tp").count() == 0, "references are not evaluated"
     assert ds.exists("ev_tp").count() == 9
     patches = ds.to_evaluation_patches("ev")
@@ -225,7 +225,7 @@ def test_to_detections_matches_fiftyone_from_mask():
     masks[0, 5, 5] = True
     masks[1, 29, 49] = True
     inst = Instances.from_masks(masks, scores=[0.8, 0.3], class_ids=[7, 9])
-    dets = nfo.to_detections(inst, {7: "cat", 9: "dog"}).detections
+    dets = nfo.segment.to_detections(inst, {7: "cat", 9: "dog"}).detections
     for det, mask, label, conf in zip(dets, masks, ["cat", "dog"], [0.8, 0.3]):
         ref = fo.Detection.from_mask(mask)
         np.testing.assert_allclose(det.bounding_box, ref.bounding_box)
@@ -238,7 +238,7 @@ def test_crowd_labels_are_never_references(dataset):
     sample.gt.detections[0]["iscrowd"] = 1
     sample.save()
     nfo.mark_references(dataset.limit(1))
-    ids = {r.annotation_id for r in nfo.collect_references(dataset, "gt")}
+    ids = {r.annotation_id for r in nfo.references.collect_references(dataset, "gt")}
     assert sample.gt.detections[0].id not in ids
     assert ids == {d.id for d in sample.gt.detections[1:]}
 

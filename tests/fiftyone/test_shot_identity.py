@@ -75,13 +75,13 @@ def test_promote_turns_a_negative_into_a_positive_and_back(pets):
 
     det.tags = ["correct"]
     sample.save()
-    positive = nfo.promote(ds, "pets", "pred")
+    positive = nfo.promote_predictions(ds, "pets", "pred")
     assert _kinds(positive, det.id) == [(det.label, False)]
-    assert nfo.promote(ds, "pets", "pred").shots == positive.shots, "promoting again adds nothing"
+    assert nfo.promote_predictions(ds, "pets", "pred").shots == positive.shots, "promoting again adds nothing"
 
     det.tags = ["wrong"]
     sample.save()
-    assert _kinds(nfo.promote(ds, "pets", "pred"), det.id) == [(det.label, True)]
+    assert _kinds(nfo.promote_predictions(ds, "pets", "pred"), det.id) == [(det.label, True)]
 
 
 def test_a_clones_bank_holds_the_clones_labels(pets):

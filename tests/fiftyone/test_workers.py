@@ -72,7 +72,7 @@ def test_three_workers_survive_a_killed_worker_and_label_every_sample_once(big_d
     started = [_start_worker(tmp_path, i) for i in range(WORKERS)]
     workers, logs = [w for w, _ in started], [log for _, log in started]
     try:
-        queued = nfo.submit(ds, "pets", label_field="spread", shards=SHARDS)
+        queued = nfo.submit_job(ds, "pets", label_field="spread", shards=SHARDS)
         assert queued["samples"] >= 200 and queued["shards"] == SHARDS
         run = ObjectId(queued["run"])
 
@@ -97,7 +97,9 @@ def test_three_workers_survive_a_killed_worker_and_label_every_sample_once(big_d
         [child] = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
         child.send_signal(signal.SIGKILL)
 
-        status = _wait(lambda: (s := nfo.run_status(queued["run"]))["state"] != "running" and s, "the run's end", logs)
+        status = _wait(
+            lambda: (s := nfo.get_job_status(queued["run"]))["state"] != "running" and s, "the run's end", logs
+        )
         assert status["state"] == "completed", status
         summary = status["summary"]
         assert summary["labelled"] == queued["samples"] and summary["failed_shards"] == [], summary
@@ -121,7 +123,7 @@ def test_three_workers_survive_a_killed_worker_and_label_every_sample_once(big_d
                 worker.kill()
 
     ds.reload()
-    targets = nfo.without_references(ds)
+    targets = nfo.forms.without_references(ds)
     assert targets.exists("spread").count() == len(targets) == queued["samples"]
     for sample in targets:
         assert _labels(sample, "spread") == _labels(sample, "single")
