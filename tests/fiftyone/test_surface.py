@@ -143,3 +143,17 @@ def test_the_operator_hands_every_segment_option_to_segment(dataset, monkeypatch
     assert op.run_state == "completed", op.result and op.result.error
     assert seen.pop("bank") == "pets"
     assert seen == given
+
+
+def test_a_config_naming_another_dinov2_than_the_banks_is_refused_not_ignored(dataset, random_config):
+    """Targets are always encoded with the bank's DINOv2: ``--dinov2`` on ``ntt jobs submit`` (a config key) used
+    to be overridden without a word."""
+    nfo.mark_references(dataset.skip(5).limit(1))
+    bank = nfo.build_bank(dataset, "pets", label_field="gt", config=random_config)
+    other = "dinov2_vitb14" if bank.encoder["name"] != "dinov2_vitb14" else "dinov2_vits14"
+    for start in (nfo.segment, nfo.submit_job):
+        with pytest.raises(nfo.NTTFiftyOneError, match=f"encoded with DINOv2 .*config names '{other}'"):
+            start(dataset, "pets", label_field="x", config={"model": {"dinov2": other}})
+    assert "x" not in dataset.get_field_schema()
+    same = {"model": {"dinov2": bank.encoder["name"]}}
+    assert nfo.forms.segment_settings(dataset, "pets", config=same).model.dinov2 == bank.encoder["name"]
