@@ -4,47 +4,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 
-from .config import PRESETS, ConfigError, NTTConfig, get_config
+from .config import ConfigError, NTTConfig, get_config
 from .sampling import SPLITS, parse_class_list
+from .segment_options import add_model_options, add_segment_options, config_overrides
 
 log = logging.getLogger("ntt")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("models and runtime")
-    g.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="settings preset (default: paper)")
-    g.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="network precision")
-    g.add_argument("--batch-size", type=int, default=None, help="images per encoder batch (0: fit to GPU memory)")
-    g.add_argument(
-        "--points-batch-size", type=int, default=None, help="prompts per SAM2 decoder call (default 256; fast: 1024)"
-    )
-    g.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the SAM2 decoder"
-    )
-    g.add_argument("--sam2", default=None, help="SAM2 variant, e.g. sam2_hiera_l, sam2.1_hiera_t")
-    g.add_argument("--dinov2", default=None, help="DINOv2 variant, e.g. dinov2_vitl14")
-    g.add_argument("--sam2-checkpoint", default=None, help="path of a SAM2 .pt checkpoint")
-    g.add_argument("--dinov2-checkpoint", default=None, help="path of a DINOv2 .pth/.safetensors checkpoint")
-    g.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="random-init models (seeded): smoke runs/tests only, predictions are meaningless",
-    )
-    g.add_argument("--weights-seed", type=int, default=None, help="seed of --random-weights (default 0)")
-    g.add_argument(
-        "--config",
-        default=None,
-        help="settings the flags do not cover, layered on the preset (flags given win): a JSON file or an inline "
-        """JSON object of sections, e.g. '{"segment": {"pred_iou_thresh": 0.7}, "model": {"sam2_image_size": 512}}'""",
-    )
+    add_model_options(p)
 
 
 def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
@@ -57,37 +31,9 @@ def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
 
 
 def _flags_config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
-    model = {
-        "device": args.device,
-        "dtype": args.dtype,
-        "sam2": args.sam2,
-        "dinov2": args.dinov2,
-        "sam2_checkpoint": args.sam2_checkpoint,
-        "dinov2_checkpoint": args.dinov2_checkpoint,
-        "random_weights": True if args.random_weights else None,
-        "seed": args.weights_seed,
-        "compile": args.compile,
-    }
-    seg = {"batch_size": args.batch_size, "points_batch_size": args.points_batch_size, **(segment or {})}
-    given = _config_file(args.config)
-    for section, values in (("model", model), ("segment", seg)):
-        given[section] = {**given.get(section, {}), **{k: v for k, v in values.items() if v is not None}}
-    return get_config(args.preset, given)
-
-
-def _config_file(text: str | None) -> dict:
-    """--config: an inline JSON object or a JSON file of per-section settings (checked by ``get_config``)."""
-    if text is None:
-        return {}
-    from .coco_check import read_json
-
-    try:
-        data = json.loads(text) if text.lstrip().startswith("{") else read_json(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"--config: not a valid JSON object ({err})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigError('--config: give an object of sections, e.g. {"segment": {"pred_iou_thresh": 0.7}}')
-    return {section: dict(values) for section, values in data.items()}
+    """The preset with --config and the flags given layered on (``segment_options.config_overrides``: the same
+    translation ``ntt jobs submit`` hands the SDK), then the ``segment`` fields given."""
+    return get_config(args.preset, config_overrides(args, extra=segment))
 
 
 def _positive_int(text: str) -> int:
@@ -155,9 +101,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ntt", description="Training-free reference-based instance segmentation")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    shown = "bank,segment,benchmark,cache,weights,worker,jobs,evaluate"  # `runs`: the old name of jobs, hidden
+    sub = parser.add_subparsers(dest="command", required=True, metavar=f"{{{shown}}}")
 
-    bank = sub.add_parser("bank", help="build and inspect memory banks").add_subparsers(dest="bank_cmd", required=True)
+    bank = sub.add_parser("bank", help="build and inspect memory banks")
+    bank = bank.add_subparsers(dest="bank_cmd", required=True, metavar="{build,info,add,grade,remove}")
     b = bank.add_parser("build", help="build a bank from a COCO instance JSON of references")
     _reference_args(b)
     b.add_argument("-o", "--output", required=True, help="bank file to write (.safetensors)")
@@ -173,24 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="add them as negative shots of their classes (the bank must have those classes): things that look "
         "like the class but are not, e.g. false positives; they push down masks that look more like them",
     )
-    g = bank.add_parser(
-        "report",
-        help="grade a bank's references by leave-one-out on their own images (per class and per shot, most "
-        "harmful first); --calibrate stores per-class score thresholds in the bank",
-    )
-    g.add_argument("bank", help="bank file")
-    g.add_argument("refs", help="COCO instance JSON of the references: their labelled instances are the ground truth")
-    g.add_argument("--images", default=None, help="folder of the reference images (default: found from the JSON)")
-    g.add_argument("--calibrate", action="store_true", help="store the calibrated thresholds in the bank")
-    g.add_argument(
-        "--target-precision",
-        type=_fraction,
-        default=None,
-        help="calibrate to this precision, in (0, 1] (default: best F1)",
-    )
-    g.add_argument("-o", "--output", default=None, help="with --calibrate: write the bank here, not in place")
-    g.add_argument("--json", dest="json_out", default=None, help="also write the report to this JSON file")
-    _model_args(g)
+    for name in ("grade", "report"):  # report: its old name, hidden, kept one release
+        _grade_args(bank, name, shown=name == "grade")
     r = bank.add_parser("remove", help="remove shots (by annotation id) or whole classes from a bank")
     r.add_argument("bank", help="bank file")
     r.add_argument("--annotations", nargs="+", default=(), help="annotation ids of the shots to remove")
@@ -203,25 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-root", default=None, help="folder of the JSON's images (default: found from the JSON)")
     s.add_argument("-o", "--output", required=True, help="COCO results JSON to write")
     s.add_argument("--max-images", type=_positive_int, default=None, help="only the first N targets")
-    s.add_argument("--score-thresh", type=float, default=None, help="drop detections below this score")
-    s.add_argument("--max-instances", type=int, default=None, help="detections per image (default 100)")
-    s.add_argument("--points-per-side", type=int, default=None, help="prompt grid side (default 32)")
-    s.add_argument("--prompt-mode", default=None, choices=["grid", "guided"], help="dense grid or DINOv2-guided")
     s.add_argument("--box-inclusive", action="store_true", help="research code's 1-px-short COCO boxes")
-    s.add_argument(
-        "--thresholds",
-        choices=["calibrated"],
-        default=None,
-        help="per-class score thresholds: 'calibrated' takes those `ntt bank report --calibrate` stored in the bank",
-    )
-    s.add_argument(
-        "--cache",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="read and fill the candidate cache: re-segmenting after a bank change skips the encoders (and with grid "
-        "prompts the decoder) (default: the preset's: on in fast and lite, off in the faithful paper preset)",
-    )
-    _model_args(s)
+    add_segment_options(s, on_dataset=False)  # the options of `ntt jobs submit` too: one definition
 
     k = sub.add_parser("benchmark", help="time every stage on real images (optionally vs the faithful mode)")
     k.add_argument("--images", default=None, help="folder of images (default: COCO128 val of the shared data)")
@@ -246,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(w)
 
     _worker_args(sub)
-    _runs_args(sub)
+    for name in ("jobs", "runs"):  # runs: the old name, hidden, kept one release
+        _jobs_args(sub, name, shown=name == "jobs")
 
     e = sub.add_parser("evaluate", help="COCO bbox and segm AP of a results JSON")
     e.add_argument("gt", help="ground-truth COCO instance JSON")
@@ -259,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _worker_args(sub) -> None:
     w = sub.add_parser(
-        "worker", help="run the NTT operations queued in FiftyOne's database (sharded runs): one process per GPU"
+        "worker", help="run the NTT operations queued in FiftyOne's database (sharded jobs): one process per GPU"
     )
     w.add_argument("--target", default="ntt", help="the delegation target to claim (default: ntt)")
     w.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (default 10)")
@@ -268,38 +184,84 @@ def _worker_args(sub) -> None:
     w.add_argument("--max-operations", type=int, default=None, help="exit after running this many operations")
 
 
-def _runs_args(sub) -> None:
-    runs = sub.add_parser("runs", help="sharded runs over FiftyOne datasets: submit, follow, recover, stop")
-    cmd = runs.add_subparsers(dest="runs_cmd", required=True)
-    s = cmd.add_parser("submit", help="queue a segment run of a FiftyOne dataset as shards for `ntt worker`s")
+def _grade_args(bank, name: str, shown: bool) -> None:
+    help = (
+        "grade a bank's references by leave-one-out on their own images (per class and per shot, most harmful "
+        "first); --calibrate stores per-class score thresholds in the bank"
+    )
+    g = bank.add_parser(name, **({"help": help} if shown else {}))
+    g.add_argument("bank", help="bank file")
+    g.add_argument("refs", help="COCO instance JSON of the references: their labelled instances are the ground truth")
+    g.add_argument("--images", default=None, help="folder of the reference images (default: found from the JSON)")
+    g.add_argument("--calibrate", action="store_true", help="store the calibrated thresholds in the bank")
+    g.add_argument(
+        "--target-precision",
+        type=_fraction,
+        default=None,
+        help="calibrate to this precision, in (0, 1] (default: best F1)",
+    )
+    g.add_argument("-o", "--output", default=None, help="with --calibrate: write the bank here, not in place")
+    g.add_argument("--json", dest="json_out", default=None, help="also write the report to this JSON file")
+    _model_args(g)
+
+
+def _jobs_args(sub, name: str, shown: bool) -> None:
+    help = "sharded jobs over FiftyOne datasets: submit, follow, recover, stop"
+    jobs = sub.add_parser(name, **({"help": help} if shown else {}))
+    cmd = jobs.add_subparsers(dest="jobs_cmd", required=True)
+    s = cmd.add_parser("submit", help="queue a segment job of a FiftyOne dataset as shards for `ntt worker` processes")
     s.add_argument("dataset", help="FiftyOne dataset name")
     s.add_argument("--bank", required=True, help="a bank stored with the dataset")
-    s.add_argument("--field", default="ntt", help="output Detections field (default: ntt)")
     size = s.add_mutually_exclusive_group()
     size.add_argument("--shards", type=int, default=None, help="how many shards")
     size.add_argument("--shard-size", type=int, default=None, help="samples per shard (default 500)")
-    s.add_argument("--preset", default=None, choices=sorted(PRESETS), help="settings (default: the bank's own)")
-    s.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
-    s.add_argument("--score-thresh", type=float, default=None, help="drop instances scoring below this")
-    s.add_argument("--thresholds", default=None, choices=["calibrated"], help="the bank's calibrated thresholds")
-    s.add_argument("--mask-dir", default=None, help="write masks as PNGs under this shared folder")
-    done = s.add_mutually_exclusive_group()
-    done.add_argument("--skip-existing", action="store_true", help="leave samples already labelled out")
-    done.add_argument("--overwrite", action="store_true", help="replace existing labels")
     s.add_argument("--target", default="ntt", help="delegation target the workers claim (default: ntt)")
     s.add_argument("--max-attempts", type=int, default=3, help="runs of a shard at most (lost worker, out of memory)")
-    t = cmd.add_parser("status", help="where a dataset's sharded runs stand (samples, shards, throughput)")
+    add_segment_options(s, on_dataset=True)  # every option of `ntt segment` and the dataset's own
+    s.add_argument("--field", dest="label_field", action=_Renamed, new="--label-field", **_HIDDEN)
+    t = cmd.add_parser("status", help="where a dataset's sharded jobs stand (samples, shards, throughput)")
     t.add_argument("dataset", help="FiftyOne dataset name")
-    t.add_argument("--run", default=None, help="only this run (id)")
+    t.add_argument("--job", default=None, help="only this job (id)")
+    t.add_argument("--run", dest="job", action=_Renamed, new="--job", **_HIDDEN)
     t.add_argument("--json", action="store_true", help="print JSON")
-    r = cmd.add_parser("reap", help="re-queue shards whose worker is gone; complete finished runs")
+    r = cmd.add_parser("reap", help="re-queue shards whose worker is gone; complete finished jobs")
     r.add_argument("--stale-after", type=float, default=60.0, help="a heartbeat this old means a lost worker")
-    x = cmd.add_parser("stop", help="stop a sharded run (labels written stay)")
-    x.add_argument("run", help="the run id")
+    x = cmd.add_parser("stop", help="stop a sharded job (labels written stay)")
+    x.add_argument("job", help="the job id")
+
+
+_HIDDEN = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}  # an old name: works, not shown
+
+
+class _Renamed(argparse.Action):
+    """An option's old name, kept one release: does what ``new`` does and says so on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _deprecated(option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def _deprecated(old: str, new: str) -> None:
+    print(f"`{old}` is deprecated: use `{new}`", file=sys.stderr)
+
+
+def _new_words(args: argparse.Namespace) -> None:
+    """The subcommands' old names (`ntt runs`, `ntt bank report`), kept one release: each says so on stderr."""
+    if args.command == "runs":
+        _deprecated("ntt runs", "ntt jobs")
+        args.command = "jobs"
+    if args.command == "bank" and args.bank_cmd == "report":
+        _deprecated("ntt bank report", "ntt bank grade")
+        args.bank_cmd = "grade"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _new_words(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from .bank import BankError
     from .bank_encoder import InvalidReferenceError
@@ -309,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     # Bad input of every kind (files, values, devices, checkpoints, disk full) is one line and exit code 2.
     known = (ConfigError, BankError, InvalidReferenceError, ImageLoadError, WeightsNotFoundError, ValueError, OSError)
     # A worker has its own SIGTERM (it stops after its current operation); other commands unwind as on Ctrl-C.
-    own_signals = args.command not in ("worker", "runs") and threading.current_thread() is threading.main_thread()
+    own_signals = args.command not in ("worker", "jobs") and threading.current_thread() is threading.main_thread()
     before = _catch_termination() if own_signals else {}
     try:
         _check_outputs(args)
@@ -364,9 +326,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from .pipeline import sidecar_path
 
     command = args.command if args.command != "bank" else f"bank {args.bank_cmd}"
-    if command in ("bank build", "bank add", "bank remove") or (command == "bank report" and args.calibrate):
+    if command in ("bank build", "bank add", "bank remove") or (command == "bank grade" and args.calibrate):
         check_output(args.output or args.bank, [getattr(args, "refs", None)], "bank file")
-    if command == "bank report" and args.json_out is not None:
+    if command == "bank grade" and args.json_out is not None:
         check_output(args.json_out, [args.bank, args.refs, args.output if args.calibrate else None], "report file")
     elif command == "segment":
         inputs = [args.bank, args.images]
@@ -384,29 +346,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.bank_cmd in ("build", "add"):
             run = commands.bank_build if args.bank_cmd == "build" else commands.bank_add
             return run(args, _config(args))
-        if args.bank_cmd == "report":
-            return commands.bank_report(args, _config(args))
+        if args.bank_cmd == "grade":
+            return commands.bank_grade(args, _config(args))
         return commands.bank_info(args) if args.bank_cmd == "info" else commands.bank_remove(args)
     if args.command == "segment":
-        seg = {
-            "score_thresh": args.score_thresh,
-            "max_instances": args.max_instances,
-            "points_per_side": args.points_per_side,
-            "prompt_mode": args.prompt_mode,
-            "cache": args.cache,
-        }
-        return commands.segment(args, _config(args, seg))
+        return commands.segment(args, _config(args))
     if args.command == "benchmark":
-        seg = {"points_per_side": args.points_per_side, "prompt_mode": args.prompt_mode}
-        return commands.benchmark(args, _config(args, seg))
+        return commands.benchmark(args, _config(args))
     if args.command == "cache":
         return commands.cache(args.cache_cmd)
     if args.command == "weights":
         return commands.weights(_config(args))
-    if args.command in ("worker", "runs"):
+    if args.command in ("worker", "jobs"):
         from .fo import commands as fo_commands  # imports fiftyone: only for these commands
 
-        return fo_commands.worker(args) if args.command == "worker" else fo_commands.runs(args)
+        return fo_commands.worker(args) if args.command == "worker" else fo_commands.jobs(args)
     return commands.evaluate(args)
 
 

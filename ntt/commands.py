@@ -65,8 +65,8 @@ def _shot_images(bank: MemoryBank) -> list[str]:
     return sorted({s["image_path"] for s in bank.shots if s.get("image_path")})
 
 
-def bank_report(args: argparse.Namespace, cfg: NTTConfig) -> int:
-    """``ntt bank report``: leave-one-out over the references' own images; with --calibrate, store thresholds."""
+def bank_grade(args: argparse.Namespace, cfg: NTTConfig) -> int:
+    """``ntt bank grade``: leave-one-out over the references' own images; with --calibrate, store thresholds."""
     from .grading import grade
 
     start = time.perf_counter()
@@ -188,11 +188,18 @@ def segment(args: argparse.Namespace, cfg: NTTConfig) -> int:
     bank = MemoryBank.load(args.bank)
     bank.info["path"] = str(args.bank)
     cfg = pipeline.adopt_bank_encoder(cfg, bank.encoder, explicit_dinov2=args.dinov2 is not None)
+    given = cfg.segment.class_thresholds  # --class-thresholds: only the bank's classes, checked before any work
+    unknown = sorted(set(given) - set(bank.class_names))
+    if unknown:
+        raise ValueError(
+            f"--class-thresholds names classes the bank does not have: {unknown} (it has: {bank.class_names})"
+        )
     if args.thresholds == "calibrated":
         from .calibration import calibrated_thresholds
         from .config import derive
 
-        cfg = derive(cfg, segment={"class_thresholds": calibrated_thresholds(bank, cfg)})  # stale: refused
+        calibrated = calibrated_thresholds(bank, cfg)  # stale: refused
+        cfg = derive(cfg, segment={"class_thresholds": {**calibrated, **given}})  # the ones given win, as in the SDK
     targets = _targets(args.images, args.image_root)  # checked before the weights: the cheaper mistake first
     if args.max_images is not None:
         targets = targets[: args.max_images]

@@ -128,6 +128,15 @@ def test_random_bank_needs_random_weights_with_same_seed(bank_path, coco128, tmp
     assert "random:seed=0" in capsys.readouterr().err
 
 
+def test_class_thresholds_name_only_the_banks_classes(bank_path, coco128, tmp_path, capsys):
+    args = ["segment", "--bank", str(bank_path), "--images", str(coco128 / "images" / "val2017")]
+    rc = main(args + ["-o", str(tmp_path / "p.json"), "--class-thresholds", '{"dog": 0.5, "unicorn": 0.5}'] + SMOKE)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --class-thresholds names classes the bank does not have: ['unicorn']"), err
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_bank_add_then_remove(coco128, bank_path, tmp_path, capsys):
     refs = coco128 / "annotations" / "instances_train2017.json"
     grown = tmp_path / "grown.safetensors"
@@ -286,14 +295,14 @@ def test_bank_add_negative_shots(coco128, bank_path, tmp_path, capsys):
     assert all(r["negative_cosine"] == 0 for r in results if r["category_id"] != 3)
 
 
-def test_bank_report_grades_the_references_and_calibrates(coco128, bank_path, tmp_path, capsys):
-    """`ntt bank report` runs leave-one-out on the bank's own reference images (random weights: the numbers
+def test_bank_grade_grades_the_references_and_calibrates(coco128, bank_path, tmp_path, capsys):
+    """`ntt bank grade` runs leave-one-out on the bank's own reference images (random weights: the numbers
     are meaningless, the table and the stored thresholds are the point); `segment --thresholds calibrated`
     uses them, and a bank never calibrated is refused by name."""
     refs = coco128 / "annotations" / "instances_train2017.json"
     calibrated = tmp_path / "calibrated.safetensors"
     report = tmp_path / "report.json"
-    args = ["bank", "report", str(bank_path), str(refs), "--calibrate", "-o", str(calibrated), "--json", str(report)]
+    args = ["bank", "grade", str(bank_path), str(refs), "--calibrate", "-o", str(calibrated), "--json", str(report)]
     assert main(args + SMOKE) == 0
     out = capsys.readouterr().out
     assert "most harmful first" in out and "calibrated thresholds for" in out and "hand-picked" in out
@@ -336,6 +345,13 @@ def test_bank_report_grades_the_references_and_calibrates(coco128, bank_path, tm
     assert main(seg + ["--bank", str(calibrated)] + SMOKE) == 0
     kept = [r["score"] for r in json.loads((tmp_path / "p.json").read_text()) if r["category_id"] == 1]
     assert kept and min(kept) >= median - 1e-5 and len(kept) < len(people)
+    # --class-thresholds: the same threshold given by hand keeps the same people; over the calibrated ones, it wins
+    given = ["--class-thresholds", json.dumps({"person": median})]
+    assert main(plain[:-1] + [str(tmp_path / "g.json")] + given + SMOKE) == 0
+    by_hand = [r["score"] for r in json.loads((tmp_path / "g.json").read_text()) if r["category_id"] == 1]
+    assert by_hand == kept
+    assert main(seg + ["--bank", str(calibrated), "--class-thresholds", '{"person": 0}'] + SMOKE) == 0
+    assert sorted(r["score"] for r in json.loads((tmp_path / "p.json").read_text()) if r["category_id"] == 1) == people
     capsys.readouterr()
     assert main(seg + ["--bank", str(bank_path)] + SMOKE) == 2
     assert "no calibrated thresholds" in capsys.readouterr().err
@@ -403,12 +419,16 @@ def test_bank_add_of_a_second_file_numbered_from_1_adds_all_its_shots(coco128, t
     for again in (first, second):
         assert main(["bank", "add", str(bank), str(again)] + images + SMOKE) == 0
         assert "0 shots added, 2 classes, 4 shots" in capsys.readouterr().out
-    assert main(["bank", "report", str(bank), str(second)] + images + SMOKE) == 0  # its own two images, not four
-    assert "graded 2 reference image(s)" in capsys.readouterr().out
+    # its own two images, not four; `bank report`: the old name of `bank grade`, kept one release
+    assert main(["bank", "report", str(bank), str(second)] + images + SMOKE) == 0
+    out, err = capsys.readouterr()
+    assert "graded 2 reference image(s)" in out
+    assert err.splitlines()[0] == "`ntt bank report` is deprecated: use `ntt bank grade`", err
+    assert err.count("deprecated") == 1
 
 
 def test_labelled_references_take_only_the_images_of_that_file(two_exports, tmp_path):
-    """`bank report refs2.json` grades the images whose shots came from refs2.json (not refs1.json's images of the
+    """`bank grade refs2.json` grades the images whose shots came from refs2.json (not refs1.json's images of the
     same ids), with refs2's categories as the bank's classes of the same name; a shot without a source (an older
     bank) names its image by id alone."""
     from ntt.atomic import file_sha256

@@ -94,7 +94,7 @@ def test_outputs_that_are_inputs_in_disguise_are_refused(bank_path, coco128, sma
     bank = tmp_path / "bank.safetensors"
     shutil.copy(bank_path, bank)
     before = bank.read_bytes()
-    report = ["bank", "report", str(bank), str(refs_file), "--images", str(coco128 / "images" / "train2017")]
+    report = ["bank", "grade", str(bank), str(refs_file), "--images", str(coco128 / "images" / "train2017")]
     for extra in (
         ["--json", str(bank)],
         ["--json", str(refs_file)],
@@ -216,7 +216,7 @@ def test_results_of_another_image_size_and_hand_edited_sidecars_are_named(refs, 
 def test_bad_flag_values_are_refused(bank_path, tmp_path, capsys):
     assert main(_segment(bank_path, "", tmp_path / "p.json")) == 2
     _one_error(capsys, "--images is empty")
-    report = ["bank", "report", str(bank_path), str(bank_path.parent / "refs.json")]
+    report = ["bank", "grade", str(bank_path), str(bank_path.parent / "refs.json")]
     for value in ("nan", "2", "0"):
         with pytest.raises(SystemExit) as stop:
             main([*report, "--target-precision", value, *SMOKE])

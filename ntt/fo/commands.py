@@ -1,4 +1,4 @@
-"""The ``ntt worker`` and ``ntt runs`` commands (they work on FiftyOne datasets; ``ntt.cli`` parses them)."""
+"""The ``ntt worker`` and ``ntt jobs`` commands (they work on FiftyOne datasets; ``ntt.cli`` parses them)."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def runs(args: argparse.Namespace) -> int:
-    if args.runs_cmd == "submit":
+def jobs(args: argparse.Namespace) -> int:
+    if args.jobs_cmd == "submit":
         return _submit(args)
-    if args.runs_cmd == "status":
+    if args.jobs_cmd == "status":
         return _status(args)
-    if args.runs_cmd == "reap":
+    if args.jobs_cmd == "reap":
         from .reaper import reap
 
         for line in reap(args.stale_after) or ["nothing to do"]:
@@ -37,36 +37,29 @@ def runs(args: argparse.Namespace) -> int:
         return 0
     from .reaper import stop
 
-    print(stop(args.run))
+    print(stop(args.job))
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from .shards import submit
+    """``ntt jobs submit``: every option of segment, as ``ntt segment`` takes it (``ntt.segment_options``)."""
+    from ..segment_options import dataset_keywords
+    from . import shards
 
-    segment_args = dict(
-        preset=args.preset,
-        batch_size=args.batch_size,
-        score_thresh=args.score_thresh,
-        thresholds=args.thresholds,
-        mask_dir=args.mask_dir,
-        skip_existing=args.skip_existing,
-        overwrite=args.overwrite,
-    )
-    queued = submit(
+    queued = shards.submit_job(
         _dataset(args.dataset),
         args.bank,
-        args.field,
         shards=args.shards,
         shard_size=args.shard_size,
         delegation_target=args.target,
         max_attempts=args.max_attempts,
-        **{key: value for key, value in segment_args.items() if value not in (None, False)},
+        **dataset_keywords(args),
     )
+    job = _job_id(queued)
     print(
-        f"run {queued['run']}: {queued['samples']} samples in {queued['shards']} shards queued for target "
+        f"job {job}: {queued['samples']} samples in {queued['shards']} shards queued for target "
         f"{queued['delegation_target']!r}; start workers with `ntt worker`, follow with "
-        f"`ntt runs status {args.dataset} --run {queued['run']}`"
+        f"`ntt jobs status {args.dataset} --job {job}`"
     )
     return 0
 
@@ -74,19 +67,23 @@ def _submit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .shard_status import run_status, sharded_runs, status_line
 
-    found = [run_status(args.run)] if args.run else sharded_runs(_dataset(args.dataset))
+    found = [run_status(args.job)] if args.job else sharded_runs(_dataset(args.dataset))
     if args.json:
         print(json.dumps(found, indent=2, default=str))
         return 0
     if not found:
-        print(f"no sharded runs on dataset {args.dataset!r}")
+        print(f"no sharded jobs on dataset {args.dataset!r}")
     for status in found:
-        print(f"run {status['run']} [{status['state']}] {status['label_field']} with bank {status['bank']}")
+        print(f"job {_job_id(status)} [{status['state']}] {status['label_field']} with bank {status['bank']}")
         print(f"  {status_line(status)}; workers: {', '.join(status['workers']) or 'none now'}")
         for failure in status["failures"]:
             number = f"{failure['shard'] + 1}/{sum(status['shards'].values())}"
             print(f"  shard {number} ({failure['attempts']} attempts): {failure['error']}")
     return 0
+
+
+def _job_id(record: dict) -> str:
+    return record["job"] if "job" in record else record["run"]  # "run": the key before jobs were named so
 
 
 def _dataset(name: str):

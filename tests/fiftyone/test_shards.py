@@ -11,6 +11,7 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionResult
 
 import ntt.fo as nfo
+from ntt.fo.shard_status import sharded_runs
 from ntt.fo.shards import OPERATOR, runs_collection, shards_collection
 from ntt.steps import drive
 
@@ -42,8 +43,8 @@ def _claim(shard: dict, link: str = "ntt-worker://test/1/abc") -> None:
 def test_submit_splits_records_once_and_shards_match_one_process_run(banked):
     ds = banked
     nfo.segment(ds, "pets", label_field="single")
-    queued = nfo.submit(ds, "pets", label_field="spread", shards=4)
-    targets = nfo.without_references(ds)
+    queued = nfo.submit_job(ds, "pets", label_field="spread", shards=4)
+    targets = nfo.forms.without_references(ds)
     assert queued["samples"] == len(targets) == 9 and queued["shards"] == 4
     shards = _shards(queued["run"])
     ids = [i for s in shards for i in s["sample_ids"]]
@@ -54,13 +55,13 @@ def test_submit_splits_records_once_and_shards_match_one_process_run(banked):
     assert all(str(op.run_state) in ("queued", "ExecutionRunState.QUEUED") for op in ops)
     field = ds.get_field("spread")
     assert field.info["ntt_bank"] == "pets" and not ds.exists("spread").count(), "declared, nothing written yet"
-    assert [r["where"] for r in nfo.list_runs(ds)] == ["ntt workers"], "one entry for the run, not one per shard"
+    assert [r["where"] for r in nfo.list_jobs(ds)] == ["ntt workers"], "one entry for the run, not one per shard"
 
     for shard in shards:
         _claim(shard)
-        summary = drive(nfo.shard_steps(ds, str(shard["_id"])))
+        summary = drive(nfo.workers.shard_steps(ds, str(shard["_id"])))
         assert summary["labelled"] == shard["samples"]
-    status = nfo.run_status(queued["run"])
+    status = nfo.get_job_status(queued["run"])
     assert status["state"] == "completed" and status["done"] == 9 and status["shards"]["done"] == 4
     assert status["summary"]["labelled"] == 9 and status["summary"]["failed_shards"] == []
     single = {k: n for k, n in ds.count_values("single.detections.label").items() if k is not None}
@@ -72,17 +73,17 @@ def test_submit_splits_records_once_and_shards_match_one_process_run(banked):
 
 def test_a_rerun_shard_labels_only_what_is_still_empty(banked):
     ds = banked
-    queued = nfo.submit(ds, "pets", label_field="spread", shards=1)
+    queued = nfo.submit_job(ds, "pets", label_field="spread", shards=1)
     shard = _shards(queued["run"])[0]
     first = shard["sample_ids"][:4]
     nfo.segment(ds.select(first), "pets", label_field="spread", skip_existing=True)  # as if a killed run wrote these
     before = {s.id: s.spread.detections[0].id if s.spread.detections else None for s in ds.select(first)}
     _claim(shard)
-    summary = drive(nfo.shard_steps(ds, str(shard["_id"])))
+    summary = drive(nfo.workers.shard_steps(ds, str(shard["_id"])))
     assert summary["samples"] == shard["samples"] - 4, "only the empty ones are segmented again"
     after = {s.id: s.spread.detections[0].id if s.spread.detections else None for s in ds.select(first)}
     assert after == before, "labels already written are not written again"
-    recorded = nfo.run_status(queued["run"])["summary"]
+    recorded = nfo.get_job_status(queued["run"])["summary"]
     assert recorded["labelled"] == shard["samples"]
     assert recorded["instances"] == ds.count("spread.detections"), "the first attempt's instances count too"
 
@@ -98,7 +99,7 @@ def _running(shard: dict, beat_age_s: float = 0.0, link: str = "ntt-worker://tes
 
 def test_reaper_requeues_lost_and_out_of_memory_shards_and_gives_up_on_the_rest(banked):
     ds = banked
-    queued = nfo.submit(ds, "pets", label_field="spread", shards=3, max_attempts=2)
+    queued = nfo.submit_job(ds, "pets", label_field="spread", shards=3, max_attempts=2)
     lost, oom, broken = _shards(queued["run"])
     service = DelegatedOperationService()
     _running(lost, beat_age_s=120)  # a worker that stopped beating two minutes ago (server time)
@@ -107,7 +108,7 @@ def test_reaper_requeues_lost_and_out_of_memory_shards_and_gives_up_on_the_rest(
     service.set_failed(oom["op_id"], result=ExecutionResult(error="torch.OutOfMemoryError: CUDA out of memory"))
     service.set_failed(broken["op_id"], result=ExecutionResult(error="RuntimeError: a bug"))
 
-    done = nfo.reap(stale_after=60, run_id=queued["run"])
+    done = nfo.workers.reap(stale_after=60, run_id=queued["run"])
     assert len(done) == 3, done
     states = {s["index"]: s for s in _shards(queued["run"])}
     assert states[0]["state"] == "queued" and "worker lost" in states[0]["error"]
@@ -117,20 +118,22 @@ def test_reaper_requeues_lost_and_out_of_memory_shards_and_gives_up_on_the_rest(
         assert new["op_id"] != old["op_id"] and new["lease"] != old["lease"], "a new attempt: new operation and lease"
         assert str(_op(new).run_state).endswith(("queued", "QUEUED"))
         assert str(_op(old).run_state).endswith(("failed", "FAILED")), "the old attempt's operation is ended"
-    assert nfo.reap(stale_after=60, run_id=queued["run"]) == [], "nothing more to do; a second reaper changes nothing"
+    assert nfo.workers.reap(stale_after=60, run_id=queued["run"]) == [], (
+        "nothing more to do; a second reaper changes nothing"
+    )
 
     # the old attempt of the lost shard cannot claim it again: the lease is the new operation's
     with pytest.raises(nfo.NTTFiftyOneError, match="not waiting for this attempt"):
-        drive(nfo.shard_steps(ds, str(lost["_id"]), lost["lease"]))
+        drive(nfo.workers.shard_steps(ds, str(lost["_id"]), lost["lease"]))
 
     # the out-of-memory shard runs with the smaller batch; the lost one is lost again: no attempts left
     _claim(states[1])
-    drive(nfo.shard_steps(ds, str(states[1]["_id"]), states[1]["lease"]))
+    drive(nfo.workers.shard_steps(ds, str(states[1]["_id"]), states[1]["lease"]))
     assert shards_collection().find_one({"_id": states[1]["_id"]})["batch_used"] == 2
     _running(states[0], beat_age_s=120)
     shards_collection().update_one({"_id": lost["_id"]}, {"$set": {"attempts": 2}})
-    nfo.reap(stale_after=60)
-    status = nfo.run_status(queued["run"])
+    nfo.workers.reap(stale_after=60)
+    status = nfo.get_job_status(queued["run"])
     assert status["state"] == "failed" and status["shards"] == {
         "pending": 0,
         "queued": 0,
@@ -147,29 +150,29 @@ def test_reaper_requeues_lost_and_out_of_memory_shards_and_gives_up_on_the_rest(
 def test_stop_and_bad_requests(banked):
     ds = banked
     with pytest.raises(nfo.NTTFiftyOneError, match="not both"):
-        nfo.submit(ds, "pets", shards=2, shard_size=3)
+        nfo.submit_job(ds, "pets", shards=2, shard_size=3)
     with pytest.raises(nfo.NTTFiftyOneError, match="whole number"):
-        nfo.submit(ds, "pets", shards=0)
+        nfo.submit_job(ds, "pets", shards=0)
     with pytest.raises(nfo.NTTFiftyOneError, match="stored with the dataset"):
-        nfo.submit(ds, nfo.load_bank(ds, "pets"))
-    nfo.segment(nfo.without_references(ds).limit(2), "pets", label_field="spread")
+        nfo.submit_job(ds, nfo.load_bank(ds, "pets"))
+    nfo.segment(nfo.forms.without_references(ds).limit(2), "pets", label_field="spread")
     with pytest.raises(nfo.NTTFiftyOneError, match="already has labels on 2 samples"):
-        nfo.submit(ds, "pets", label_field="spread")
+        nfo.submit_job(ds, "pets", label_field="spread")
     assert runs_collection().count_documents({"dataset": ds.name}) == 0, "nothing recorded for a bad request"
-    replaced = nfo.submit(ds, "pets", label_field="spread", shards=1, overwrite=True)
+    replaced = nfo.submit_job(ds, "pets", label_field="spread", shards=1, overwrite=True)
     assert replaced["samples"] == 9 and not ds.exists("spread").count(), "overwrite clears the labels at submit"
-    nfo.stop_run(ds, replaced["run"])
+    nfo.stop_job(ds, replaced["run"])
 
-    queued = nfo.submit(ds, "pets", label_field="spread", shards=2)
+    queued = nfo.submit_job(ds, "pets", label_field="spread", shards=2)
     first, second = _shards(queued["run"])
     _claim(first)
-    message = nfo.stop_run(ds, queued["run"])
+    message = nfo.stop_job(ds, queued["run"])
     assert "will not start" in message
-    status = nfo.run_status(queued["run"])
+    status = nfo.get_job_status(queued["run"])
     assert status["state"] == "stopped" and status["shards"]["stopped"] == 2
     assert all("failed" in str(_op(s).run_state).lower() for s in (first, second))
     with pytest.raises(nfo.NTTFiftyOneError, match="only a queued or running run"):
-        nfo.stop_run(ds, queued["run"])
+        nfo.stop_job(ds, queued["run"])
 
 
 def test_the_segment_operator_submits_and_runs_shards(banked):
@@ -186,32 +189,37 @@ def test_the_segment_operator_submits_and_runs_shards(banked):
     result.raise_exceptions()
     messages = [(m.body.operator_uri, m.body.params) for m in result.result]
     notes = [p["message"] for uri, p in messages if uri == "notify"]
-    assert notes == ["Queued 3 shard(s) of 9 samples for ntt workers: see 'NTT: runs'"], notes
-    [run] = nfo.sharded_runs(ds)
+    assert notes == ["Queued 3 shard(s) of 9 samples for ntt workers: see 'NTT: jobs'"], notes
+    [run] = sharded_runs(ds)
     assert run["shards"]["queued"] == 3 and run["done"] == 0
 
     DelegatedOperationService().execute_queued_operations(dataset_name=ds.name, delegation_target="ntt")
-    status = nfo.run_status(run["run"])
+    status = nfo.get_job_status(run["run"])
     assert status["state"] == "completed" and status["done"] == 9, status
-    assert nfo.without_references(ds).exists("spread").count() == 9
+    assert nfo.forms.without_references(ds).exists("spread").count() == 9
 
 
-def test_the_runs_commands(banked, capsys):
+def test_the_jobs_commands(banked, capsys):
     from ntt.cli import main
 
     ds = banked
-    assert main(["runs", "submit", ds.name, "--bank", "pets", "--field", "cli", "--shards", "2"]) == 0
+    assert main(["jobs", "submit", ds.name, "--bank", "pets", "--label-field", "cli", "--shards", "2"]) == 0
     out = capsys.readouterr().out
     assert "9 samples in 2 shards queued for target 'ntt'" in out, out
-    run = out.split()[1].rstrip(":")
-    assert main(["runs", "status", ds.name]) == 0
+    job = out.split()[1].rstrip(":")
+    assert main(["jobs", "status", ds.name]) == 0
     out = capsys.readouterr().out
-    assert f"run {run} [running] cli with bank pets" in out and "0/9 samples · shards: 2 queued" in out, out
-    assert main(["runs", "stop", run]) == 0 and "will not start" in capsys.readouterr().out
-    assert main(["runs", "reap"]) == 0 and "nothing to do" in capsys.readouterr().out
-    assert main(["runs", "status", ds.name, "--run", run, "--json"]) == 0
+    assert f"job {job} [running] cli with bank pets" in out and "0/9 samples · shards: 2 queued" in out, out
+    assert main(["jobs", "stop", job]) == 0 and "will not start" in capsys.readouterr().out
+    assert main(["jobs", "reap"]) == 0 and "nothing to do" in capsys.readouterr().out
+    assert main(["jobs", "status", ds.name, "--job", job, "--json"]) == 0
     assert '"state": "stopped"' in capsys.readouterr().out
-    assert main(["runs", "submit", "no_such_dataset", "--bank", "pets"]) == 2
+    # `ntt runs` and `--run`: the old words, kept one release, each saying so on stderr
+    assert main(["runs", "status", ds.name, "--run", job]) == 0
+    out, err = capsys.readouterr()
+    assert f"job {job} [stopped] cli with bank pets" in out, out
+    assert err.splitlines() == ["`--run` is deprecated: use `--job`", "`ntt runs` is deprecated: use `ntt jobs`"]
+    assert main(["jobs", "submit", "no_such_dataset", "--bank", "pets"]) == 2
     assert "no FiftyOne dataset 'no_such_dataset'" in capsys.readouterr().err
     assert main(["worker", "--idle-exit", "0"]) == 0, "nothing queued: the worker exits when idle"
     assert "ran 0 operation(s)" in capsys.readouterr().out
