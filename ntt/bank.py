@@ -64,7 +64,7 @@ class MemoryBank:
             ``image_size``, ``weights`` (where they came from, for messages), ``fingerprint`` (a hash of
             the loaded weights: the same weights in another file format give the same one), ``dim``,
             ``context_ratio``). Target features must come from the same encoder.
-        info: free-form provenance (an object); ``calibration`` holds ``ntt bank report --calibrate``'s thresholds.
+        info: free-form provenance (an object); ``calibration`` holds ``ntt bank grade --calibrate``'s thresholds.
         file_digest: sha256 (hex) of the file's bytes as this bank was loaded from or saved to, None for a bank
             made in memory: what a conditional update (``ntt.bank_file.update_bank_file``) compares with.
 
@@ -326,7 +326,7 @@ class MemoryBank:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 (hex) of what predictions depend on: classes, shot features and class ids, encoder."""
+        """The sha256 (hex) of what predictions depend on (classes, shot features and class ids, encoder)."""
         content = {"classes": self.classes, "encoder": self.encoder}
         if self.negative.any():  # a bank without negatives keeps the fingerprint it had before they existed
             content["negatives"] = np.flatnonzero(self.negative).tolist()

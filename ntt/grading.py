@@ -193,7 +193,7 @@ def grade(*args, progress: Progress | None = None, **kwargs) -> GradeReport:
         bank: the bank; its shots' ``image_id`` (and ``source``) name the images they come from.
         images: the labelled reference images (``LabelledImage``): the ground truth.
         cfg: the settings to segment with (the bank's).
-        proposer / encoder: models to use instead of the configured SAM2 / DINOv2 (tests).
+        proposer, encoder: models to use instead of the configured SAM2 / DINOv2 (tests).
         cache: a ``CandidateStore`` for the images' mask pools (grid prompts), else computed here.
         target_precision: calibrate each class's threshold to reach this precision (highest recall that does),
             instead of the best F1.

@@ -137,8 +137,9 @@ class Predictor:
         """Load (or take) the models and check that the bank was built with the same encoder.
 
         Args:
-            proposer / encoder: models to use instead of the configured SAM2 / DINOv2 (same interfaces as
-                ``SAM2Proposer`` / ``DinoV2Encoder``; used by tests and for other backbones).
+            proposer: a model to use instead of the configured SAM2 (the interface of ``SAM2Proposer``; used by
+                tests and for other backbones).
+            encoder: the same for DINOv2 (the interface of ``DinoV2Encoder``).
             timer: a ``StageTimer`` to charge each stage's time to (benchmarks).
         """
         self.cfg = cfg.validate()

@@ -72,11 +72,11 @@ def teach(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
 
     Args:
         bank: the bank to teach (not changed).
-        positives / negatives: references (image, mask or box, class); their provenance (``source``,
+        positives, negatives: references (image, mask or box, class); their provenance (``source``,
             ``image_id``, ``annotation_id``) names their label, and labels the bank holds already as that kind of
             shot are skipped (``MemoryBank.holds``).
         cfg: the bank's settings (its encoder must be the bank's: ``MemoryBank.add`` checks).
-        encoder / proposer: models to use instead of the configured DINOv2 / SAM2 (tests, other backbones).
+        encoder, proposer: models to use instead of the configured DINOv2 / SAM2 (tests, other backbones).
         progress: ``progress(fraction, label)`` for each step of ``teach_steps``.
     """
     return drive(teach_steps(*args, **kwargs), progress)

