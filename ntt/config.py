@@ -84,7 +84,7 @@ class ModelConfig:
         sam2: a key of ``SAM2_MODELS`` (the paper used ``sam2_hiera_l``, SAM2.0).
         dinov2: a key of ``DINOV2_MODELS`` (the paper used ``dinov2_vitl14``).
         sam2_checkpoint: an explicit SAM2 checkpoint file (Meta's original format); ``None`` resolves it by
-            name (env vars, checkpoint dir, cache, hub; see ``ntt.weights``).
+            name (env vars, checkpoint dir, cache, hub; see ``ntt.models.weights``).
         dinov2_checkpoint: the same for DINOv2.
         sam2_image_size: SAM2 input side in pixels (targets are stretched to a square of this size).
         dinov2_image_size: DINOv2 input side in pixels, a multiple of 14 (518 gives a 37x37 patch grid).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def point_grid(points_per_side: int, image_size: int) -> torch.Tensor:
@@ -82,3 +83,18 @@ def mask_tight_box_xywh(mask: np.ndarray) -> list[float]:
         raise ValueError("empty mask")
     x1, y1, x2, y2 = found[0]
     return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int], max_pixels: int = 1 << 24) -> torch.Tensor:
+    """Low-resolution mask logits (N, m, m) -> bool masks (N, H, W) at logit > 0 (bilinear, antialias).
+
+    Upsampled a few masks at a time (at most ``max_pixels`` float values) so only bool masks are held at
+    full resolution.
+    """
+    chunk = max(1, max_pixels // max(1, size[0] * size[1]))
+    out = torch.zeros((logits.shape[0], *size), dtype=torch.bool, device=logits.device)
+    for start in range(0, logits.shape[0], chunk):
+        part = logits[start : start + chunk, None].float()
+        up = F.interpolate(part, size=size, mode="bilinear", align_corners=False, antialias=True)
+        out[start : start + chunk] = up[:, 0] > 0
+    return out

@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator
 from contextlib import closing
 from typing import Any, NamedTuple, TypeVar
 
-from .types import Progress
+from ntt.types import Progress
 
 T = TypeVar("T")
 

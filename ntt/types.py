@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import tight_crop
+from ntt.geometry import tight_crop
+
+
+class InvalidReferenceError(ValueError):
+    """A reference cannot be used; the message names the annotation (or class) and the reason."""
+
 
 Progress = Callable[[float, str], None]
 """How long runs report progress: ``progress(fraction in [0, 1], stage label)``."""

@@ -34,12 +34,12 @@ class OperatorFailure(RuntimeError):
 
 def sdk_errors() -> tuple[type[Exception], ...]:
     """The SDK's own error types: their messages say what is wrong and what to do."""
-    from ntt.bank import BankError
-    from ntt.bank_encoder import InvalidReferenceError
+    from ntt.bank.encoder import InvalidReferenceError
+    from ntt.bank.memory import BankError
     from ntt.config import ConfigError
     from ntt.fo import NTTFiftyOneError
-    from ntt.images import ImageLoadError
-    from ntt.weights import CheckpointError, WeightsNotFoundError
+    from ntt.io.images import ImageLoadError
+    from ntt.models.weights import CheckpointError, WeightsNotFoundError
 
     known = (NTTFiftyOneError, InvalidReferenceError, BankError, WeightsNotFoundError, CheckpointError, ConfigError)
     return (*known, ImageLoadError)

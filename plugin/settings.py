@@ -61,7 +61,7 @@ def reference_count(ctx, field: str | None) -> int:
 
 def default_preset() -> str:
     """The preset forms start with: what this machine runs well (lite on a CPU, fast on a GPU)."""
-    from ntt.devices import machine_preset
+    from ntt.models.devices import machine_preset
 
     return machine_preset()
 
@@ -78,7 +78,7 @@ def settings_problem(ctx, preset: str, settings=None, kinds=("sam2", "dinov2")) 
     """
     from ntt.config import ConfigError, get_config
     from ntt.models import missing_weights
-    from ntt.weights import missing_message
+    from ntt.models.weights import missing_message
 
     try:
         cfg = (settings or get_config)(preset, config_overrides(ctx), device(ctx))
@@ -96,7 +96,7 @@ def device_problem(ctx, name: str) -> tuple[str | None, str | None]:
     """``(problem, note)``: why ``name`` is not a device of this machine (the message lists the ones it has), else
     None. A GPU this machine lacks is only a note for a background run: another machine may run it."""
     from ntt.config import ConfigError
-    from ntt.devices import resolve_device
+    from ntt.models.devices import resolve_device
 
     try:
         resolve_device(name)

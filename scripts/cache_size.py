@@ -33,10 +33,10 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ntt import coco  # noqa: E402
+from ntt.cache.pool_codec import pack, unpack  # noqa: E402
 from ntt.geometry import mask_boxes  # noqa: E402
-from ntt.pool_codec import pack, unpack  # noqa: E402
-from ntt.postprocess import upsample_logits  # noqa: E402
-from ntt.predictor import MaskPool  # noqa: E402
+from ntt.predict.postprocess import upsample_logits  # noqa: E402
+from ntt.predict.predictor import MaskPool  # noqa: E402
 
 LOW_RES, SIDE, WIDTH = 256, 32, 1024
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-seg" / "annotations"

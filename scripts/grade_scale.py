@@ -4,7 +4,7 @@ For each size it builds a bank from the first N annotated COCO128 train images (
 and grades it in a fresh process, then prints one row per size: images, shots, classes, wall seconds of the
 grading (models built, bank built before the clock starts), the child's peak RSS (``ru_maxrss`` from
 ``os.wait4``), the size of one mask pool, and how many times an image was finished with a bank in full
-(``Predictor.finish``) and again with a bank without one shot, only its changed classes (``ntt.refinish``).
+(``Predictor.finish``) and again with a bank without one shot, only its changed classes (``ntt.grading.refinish``).
 
 The pools are the paper's grid-prompt pools: 32 x 32 prompts, 256 x 256 float logits each (SAM2 at 1024 px). No
 real SAM2 checkpoint can be read here and random SAM2 weights give full-frame noise masks (and take ~20 s per
@@ -53,7 +53,7 @@ def main() -> int:
     if args.child is not None:
         print(json.dumps(child(args.child, args.encoder, args.old)))
         return 0
-    print(f"encoder {args.encoder}, grading module {args.old or 'ntt.grading'}, {os.cpu_count()} CPU cores")
+    print(f"encoder {args.encoder}, grading module {args.old or 'ntt.grading.report'}, {os.cpu_count()} CPU cores")
     print("| images | shots | classes | wall s | peak RSS MB | one pool MB | full finishes | re-finishes |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.images:
@@ -79,9 +79,9 @@ def child(n: int, encoder_kind: str, old: Path | None) -> dict:
     """Build the bank of the first ``n`` images, grade it, and say what it took."""
     import torch
 
-    from ntt import coco
     from ntt.config import get_config
-    from ntt.predictor import Predictor
+    from ntt.io import coco
+    from ntt.predict.predictor import Predictor
 
     torch.manual_seed(0)
     data = coco.load_json(REFS)
@@ -131,7 +131,7 @@ def _count_calls(owner, name: str) -> list:
 
 def _refinisher():
     try:
-        from ntt.refinish import Refinisher
+        from ntt.grading.refinish import Refinisher
     except ImportError:  # an older grading module has none
         return type("NoRefinisher", (), {"finish": lambda self: None})
     return Refinisher
@@ -139,7 +139,7 @@ def _refinisher():
 
 def _grading_module(path: Path | None):
     if path is None:
-        from ntt import grading
+        from ntt.grading import report as grading
 
         return grading
     spec = importlib.util.spec_from_file_location("ntt._graded_by", path)
@@ -154,7 +154,7 @@ class Scenes:
     encoder's feature of each class and instance."""
 
     def __init__(self, data: dict, images: list[dict], dim: int = 384):
-        from ntt import coco
+        from ntt.io import coco
 
         rng = np.random.default_rng(0)
         self.dim = dim
@@ -178,7 +178,7 @@ class Scenes:
         self.common = _unit(common)
         self.by_digest: dict[str, int] = {}
         for i, img in self.images.items():
-            from ntt.images import load_image
+            from ntt.io.images import load_image
 
             self.by_digest[_digest(load_image(DATA / "images" / "train2017" / img["file_name"]))] = i
 
@@ -186,7 +186,7 @@ class Scenes:
         return DATA / "images" / "train2017" / self.images[image_id]["file_name"]
 
     def labelled(self, img: dict, bank):
-        from ntt.grading import LabelledImage
+        from ntt.grading.report import LabelledImage
 
         anns = self.anns[img["id"]]
         return LabelledImage(img["id"], self.path(img["id"]), self.masks[img["id"]], [a["category_id"] for a in anns])
@@ -221,8 +221,8 @@ class Scenes:
 
     def bank(self, cfg, kind: str):
         """The encoder and the bank of every instance of the images (each one a shot)."""
-        from ntt.bank import MemoryBank
-        from ntt.bank_encoder import build_bank
+        from ntt.bank.encoder import build_bank
+        from ntt.bank.memory import MemoryBank
         from ntt.models import encoder_identity, get_dinov2
         from ntt.types import Reference
 

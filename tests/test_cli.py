@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from ntt.bank import MemoryBank
+from ntt.bank.memory import MemoryBank
 from ntt.cli import main
 
 SMOKE = ["--preset", "smoke", "--random-weights", "--device", "cpu"]
@@ -147,7 +147,7 @@ def test_bank_add_then_remove(coco128, bank_path, tmp_path, capsys):
     assert info["shots_per_class"] == {"person": 2, "car": 2, "dog": 2, "cup": 1}
     # Re-adding the same shots changes nothing; the original shots keep their exact features.
     assert main(args[:2] + [str(grown), str(refs), "--shots", "1", "--classes", "cup"] + SMOKE) == 0
-    from ntt.bank import MemoryBank
+    from ntt.bank.memory import MemoryBank
 
     before, after = MemoryBank.load(bank_path), MemoryBank.load(grown)
     assert len(after.shots) == 7
@@ -158,7 +158,8 @@ def test_bank_add_then_remove(coco128, bank_path, tmp_path, capsys):
 
 
 def test_runtime_flags_reach_the_config():
-    from ntt.cli import _config, build_parser
+    from ntt.cli import build_parser
+    from ntt.cli.entry import _config
 
     args = build_parser().parse_args(
         ["segment", "--bank", "b", "--images", "i", "-o", "o", "--preset", "fast", "--no-compile"]
@@ -188,7 +189,7 @@ def test_results_never_pair_with_another_runs_sidecar(coco128, bank_path, tmp_pa
 
 
 def test_folder_targets_keep_their_ids_and_evaluate_by_file_name(coco128, bank_path, tmp_path, monkeypatch):
-    import ntt.pipeline as pipeline
+    import ntt.cli.pipeline as pipeline
 
     gt_data = json.loads((coco128 / "annotations" / "instances_val2017.json").read_text())
     first, second, third = gt_data["images"][:3]
@@ -392,7 +393,7 @@ def two_exports(coco128, tmp_path) -> tuple[Path, Path]:
 def test_bank_add_of_a_second_file_numbered_from_1_adds_all_its_shots(coco128, two_exports, tmp_path, capsys):
     """Shots are (file, image id, annotation id): a second export numbered from 1 is all new, its classes join the
     bank's of the same name (said), and adding either file again adds nothing."""
-    from ntt.atomic import file_sha256
+    from ntt.io.atomic import file_sha256
 
     first, second = two_exports
     images = ["--images", str(coco128 / "images" / "train2017")]
@@ -431,8 +432,8 @@ def test_labelled_references_take_only_the_images_of_that_file(two_exports, tmp_
     """`bank grade refs2.json` grades the images whose shots came from refs2.json (not refs1.json's images of the
     same ids), with refs2's categories as the bank's classes of the same name; a shot without a source (an older
     bank) names its image by id alone."""
-    from ntt.atomic import file_sha256
-    from ntt.pipeline import labelled_references
+    from ntt.cli.pipeline import labelled_references
+    from ntt.io.atomic import file_sha256
 
     first, second = two_exports
     one, two = file_sha256(first), file_sha256(second)

@@ -65,7 +65,7 @@ def test_a_cache_limit_that_is_no_number_names_the_variable(monkeypatch, capsys)
 
 
 def test_outputs_that_are_inputs_in_disguise_are_refused(bank_path, coco128, small_images, tmp_path, capsys):
-    from ntt.bank import MemoryBank
+    from ntt.bank.memory import MemoryBank
 
     folder = tmp_path / "targets"
     folder.mkdir()
@@ -126,7 +126,7 @@ def test_a_pipe_as_output_is_refused_and_a_link_is_written_through(bank_path, sm
 def test_a_disk_full_between_results_and_sidecar_keeps_the_old_pair(
     bank_path, small_images, tmp_path, capsys, monkeypatch
 ):
-    import ntt.atomic as atomic
+    import ntt.io.atomic as atomic
 
     out = tmp_path / "preds.json"
     assert main(_segment(bank_path, small_images[0].parent, out)) == 0
@@ -184,7 +184,7 @@ def test_each_listed_target_gets_its_own_detections_even_one_file_twice(bank_pat
 
 @pytest.mark.parametrize(("name", "expected_id"), [("².jpg", 140), ("١٢.jpg", 140), ("12.jpg", 12)])
 def test_only_ascii_digits_name_an_image_id(small_images, tmp_path, name, expected_id):
-    from ntt.coco import targets_from_dir
+    from ntt.io.coco import targets_from_dir
 
     shutil.copy(small_images[0], tmp_path / "139.jpg")
     shutil.copy(small_images[1], tmp_path / name)
@@ -204,7 +204,7 @@ def test_results_of_another_image_size_and_hand_edited_sidecars_are_named(refs, 
     _one_error(capsys, "results[0]", "segmentation size [10, 10] is not its image's")
 
     preds.write_text("[]")
-    from ntt.atomic import file_sha256
+    from ntt.io.atomic import file_sha256
 
     for edit in ({"files": ["a", "b"]}, {"image_ids": [[1], [2]]}, {"category_ids": "all"}):
         meta = {"results_sha256": file_sha256(preds), "files": {}, "image_ids": [], **edit}
@@ -225,9 +225,9 @@ def test_bad_flag_values_are_refused(bank_path, tmp_path, capsys):
 
 
 def test_arrays_that_are_no_rgb_image_are_skipped_one_by_one(bank_path, small_images):
-    from ntt.bank import MemoryBank
+    from ntt.bank.memory import MemoryBank
     from ntt.config import get_config
-    from ntt.segmenter import Segmenter
+    from ntt.predict.segmenter import Segmenter
 
     good = np.asarray(Image.open(small_images[0]).convert("RGB"))
     bad = [good[..., 0], np.dstack([good, good[..., :1]]), good.astype(np.float64), good > 0, good[:0]]

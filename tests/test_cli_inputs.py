@@ -226,7 +226,7 @@ def test_output_that_is_a_folder_or_under_a_file(bank_path, coco128, tmp_path, c
 
 
 def test_full_disk_is_said_and_the_old_bank_stays(bank_path, refs, coco128, tmp_path, capsys, monkeypatch):
-    import ntt.atomic as atomic
+    import ntt.io.atomic as atomic
 
     out = tmp_path / "bank.safetensors"
     shutil.copy(bank_path, out)
@@ -254,7 +254,7 @@ def test_removing_every_class_is_refused_and_the_bank_stays(bank_path, tmp_path,
     assert bank.read_bytes() == before
 
 
-# ---- hostile COCO values: refused before any work, never a crash (ntt.coco_check) -----------------------------
+# ---- hostile COCO values: refused before any work, never a crash (ntt.io.coco_check) -----------------------------
 
 
 def _rle_of_another_size(d):
@@ -334,7 +334,7 @@ def test_hostile_ground_truth_and_results_through_evaluate(refs, tmp_path, capsy
 
 
 def test_repeated_annotation_ids_build_a_bank_whose_shots_keep_them(refs, coco128, tmp_path, caplog):
-    from ntt.bank import MemoryBank
+    from ntt.bank.memory import MemoryBank
 
     oranges = [a for a in refs["annotations"] if a["category_id"] == 55]
     written = oranges[0]["id"]

@@ -1,6 +1,7 @@
-"""The options of segmenting are defined once (``ntt.segment_options``): `ntt segment` and `ntt jobs submit` take the
-same flags and turn them into the same settings; old words still work and say so. Parsing only: no model, no
-FiftyOne (the SDK half of the enumeration and the submit call are in tests/fiftyone/test_cli_jobs.py)."""
+"""The options of segmenting are defined once (``ntt.cli.segment_options``): `ntt segment` and
+`ntt jobs submit` take the same flags and turn them into the same settings; old words still work and say so.
+Parsing only: no model, no FiftyOne (the SDK half of the enumeration and the submit call are in
+tests/fiftyone/test_cli_jobs.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import json
 
 import pytest
 
-from ntt import cli
-from ntt.cli import _config, build_parser, main
-from ntt.segment_options import CONFIG_FLAGS, DATASET_ONLY, FILES_ONLY, SEGMENT_OPTIONS, dataset_keywords
+from ntt.cli import build_parser, main
+from ntt.cli import entry as cli
+from ntt.cli.entry import _config
+from ntt.cli.segment_options import CONFIG_FLAGS, DATASET_ONLY, FILES_ONLY, SEGMENT_OPTIONS, dataset_keywords
 
 SEGMENT = ["segment", "--bank", "b.safetensors", "--images", "imgs", "-o", "out.json"]
 SUBMIT = ["jobs", "submit", "ds", "--bank", "pets"]

@@ -173,6 +173,6 @@ def test_two_bank_adds_at_once_both_land(coco128, refs, tmp_path):
     for proc in adds:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-    from ntt.bank import MemoryBank
+    from ntt.bank.memory import MemoryBank
 
     assert sorted(MemoryBank.load(bank).class_names) == ["car", "dog", "person"]

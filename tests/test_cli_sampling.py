@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ntt import pipeline, sampling
-from ntt.bank import MemoryBank
-from ntt.cli import build_parser, main
-from ntt.coco import load_json
+from ntt.bank import sampling
+from ntt.bank.memory import MemoryBank
+from ntt.cli import build_parser, main, pipeline
+from ntt.io.coco import load_json
 
 SMOKE = ["--preset", "smoke", "--random-weights", "--device", "cpu"]
 

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bank import BankError, MemoryBank
-from ..bank_encoder import build_bank_steps as memory_bank_steps
-from ..calibration import calibrated_thresholds, calibration_problem
-from ..config import NTTConfig, get_config
-from ..steps import Step, Steps, drive, signature_of
-from ..teach import learn
-from ..types import Progress
+from ntt.bank.encoder import build_bank_steps as memory_bank_steps
+from ntt.bank.memory import BankError, MemoryBank
+from ntt.bank.teach import learn
+from ntt.config import NTTConfig, get_config
+from ntt.grading.calibration import calibrated_thresholds, calibration_problem
+from ntt.steps import Step, Steps, drive, signature_of
+from ntt.types import Progress
+
 from . import store
 from .checks import check_device, check_weights, settings_here, shot_sample_ids
 from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references

@@ -7,10 +7,11 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ..bank import MemoryBank
-from ..config import ConfigError, NTTConfig, derive, get_config, layered
-from ..devices import resolve_device
-from ..models import ensure_weights
+from ntt.bank.memory import MemoryBank
+from ntt.config import ConfigError, NTTConfig, derive, get_config, layered
+from ntt.models import ensure_weights
+from ntt.models.devices import resolve_device
+
 from .references import NTTFiftyOneError
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")

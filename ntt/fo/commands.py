@@ -42,8 +42,9 @@ def jobs(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    """``ntt jobs submit``: every option of segment, as ``ntt segment`` takes it (``ntt.segment_options``)."""
-    from ..segment_options import dataset_keywords
+    """``ntt jobs submit``: every option of segment, as ``ntt segment`` takes it (``ntt.cli.segment_options``)."""
+    from ntt.cli.segment_options import dataset_keywords
+
     from . import shards
 
     queued = shards.submit_job(

@@ -1,4 +1,4 @@
-"""The review loop's way back into a bank: verdicts on a run's predictions become shots (``ntt.teach``).
+"""The review loop's way back into a bank: verdicts on a run's predictions become shots (``ntt.bank.teach``).
 
 - ``add_negatives``: chosen labels (usually false positives) become negative shots of their classes.
 - ``promote_predictions``: after review, predictions tagged correct become positive shots of their class,
@@ -25,10 +25,11 @@ from collections.abc import Iterable
 import fiftyone as fo
 from bson import ObjectId
 
-from ..bank import MemoryBank
-from ..steps import Steps, drive, signature_of
-from ..teach import learn, lesson_steps
-from ..types import Progress, Reference
+from ntt.bank.memory import MemoryBank
+from ntt.bank.teach import learn, lesson_steps
+from ntt.steps import Steps, drive, signature_of
+from ntt.types import Progress, Reference
+
 from .banks import BankRead, needed_models, read_bank, store_change
 from .checks import check_device, check_weights, settings_here
 from .corrections import corrections

@@ -1,5 +1,5 @@
 """The references grade themselves, on a dataset: leave-one-out over the bank's own reference samples
-(``ntt.grading``), calibrated per-class thresholds stored in the bank, and a view of the worst shots."""
+(``ntt.grading.report``), calibrated per-class thresholds stored in the bank, and a view of the worst shots."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ..bank import MemoryBank
-from ..cache import CandidateStore
-from ..grading import GradeReport, LabelledImage, grade_steps
-from ..images import ImageLoadError, image_size
-from ..steps import Steps, drive, signature_of
-from ..types import Progress
+from ntt.bank.memory import MemoryBank
+from ntt.cache.store import CandidateStore
+from ntt.grading.report import GradeReport, LabelledImage, grade_steps
+from ntt.io.images import ImageLoadError, image_size
+from ntt.steps import Steps, drive, signature_of
+from ntt.types import Progress
+
 from .banks import read_bank, store_if_unchanged
 from .checks import check_device, check_weights, settings_here
 from .corrections import corrections

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..bank import BankError, MemoryBank
-from ..config import NTTConfig
+from ntt.bank.memory import BankError, MemoryBank
+from ntt.config import NTTConfig
+
 from .checks import settings_here
 from .references import NTTFiftyOneError
 from .store import bank_file_key, dataset_key, locate_bank_file

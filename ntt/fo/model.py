@@ -36,7 +36,8 @@ from types import SimpleNamespace
 import fiftyone as fo
 import fiftyone.core.models as fom
 
-from ..segmenter import ImageResult, Segmenter
+from ntt.predict.segmenter import ImageResult, Segmenter
+
 from .checks import check_weights
 from .provenance import LABEL_KEY, Source, register_model
 from .references import NTTFiftyOneError

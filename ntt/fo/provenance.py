@@ -23,7 +23,8 @@ from typing import Any
 
 import fiftyone as fo
 
-from ..bank import MemoryBank
+from ntt.bank.memory import MemoryBank
+
 from .checks import shot_sample_ids
 from .store import dataset_of, schema_lock
 

@@ -16,9 +16,10 @@ import numpy as np
 from fiftyone import ViewField as F
 from PIL import Image
 
-from ..bank_encoder import InvalidReferenceError
-from ..images import ImageLoadError, image_size
-from ..types import Reference
+from ntt.bank.encoder import InvalidReferenceError
+from ntt.io.images import ImageLoadError, image_size
+from ntt.types import Reference
+
 from .store import dataset_key
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,8 @@ def _is_crowd(det) -> bool:
 
 def _sample_references(sample, dets, ids: dict[str, int]) -> list[Reference]:
     """References of ``dets`` on ``sample``, named by the sample's and labels' ids in its dataset (their
-    ``source``: ``"dataset:<dataset id>"``, see ``ntt.bank.same_label``); a new class name gets the next free id."""
+    ``source``: ``"dataset:<dataset id>"``, see ``ntt.bank.memory.same_label``); a new class name gets the next
+    free id."""
     try:
         height, width = image_size(sample.filepath)
     except ImageLoadError as err:

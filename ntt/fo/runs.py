@@ -17,7 +17,8 @@ from collections.abc import Generator
 from datetime import datetime, timezone
 from typing import Any
 
-from ..steps import Step, Steps, T
+from ntt.steps import Step, Steps, T
+
 from .references import NTTFiftyOneError
 from .store import dataset_of
 

@@ -11,15 +11,16 @@ from typing import Any
 
 import fiftyone as fo
 
-from ..bank import MemoryBank
-from ..cache import CandidateStore
-from ..calibration import StaleCalibration, calibrated_thresholds
-from ..coco import explain
-from ..config import NTTConfig, derive, get_config
-from ..pipeline import adopt_bank_encoder
-from ..segmenter import Segmenter
-from ..steps import Step, Steps, drive, signature_of
-from ..types import Instances, Progress
+from ntt.bank.memory import MemoryBank
+from ntt.cache.store import CandidateStore
+from ntt.cli.pipeline import adopt_bank_encoder
+from ntt.config import NTTConfig, derive, get_config
+from ntt.grading.calibration import StaleCalibration, calibrated_thresholds
+from ntt.io.coco import explain
+from ntt.predict.segmenter import Segmenter
+from ntt.steps import Step, Steps, drive, signature_of
+from ntt.types import Instances, Progress
+
 from .banks import get_bank_info, read_bank
 from .checks import check_segment_args, check_settings, check_usable, check_weights, settings_here, whole_number
 from .corrections import with_record

@@ -22,7 +22,8 @@ from typing import Any
 
 from bson import ObjectId
 
-from ..steps import Step, Steps, relay
+from ntt.steps import Step, Steps, relay
+
 from .checks import check_weights, whole_number
 from .jobs import Job, job_bank, job_of, job_settings
 from .outages import patiently

@@ -9,7 +9,8 @@ of this process, listed by ``ntt.fo.list_jobs`` and stopped by ``ntt.fo.stop_job
 at its next step).
 """
 
-from ..steps import Step
+from ntt.steps import Step
+
 from .banks import add_references_steps, build_bank_steps
 from .feedback import add_negatives_steps, promote_predictions_steps
 from .grades import grade_references_steps

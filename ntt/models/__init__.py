@@ -1,4 +1,9 @@
-"""Model loading with a per-process cache keyed by (model, checkpoint, device, dtype, size, seed)."""
+"""The frozen networks: SAM2 (``sam2``) and DINOv2 (``dinov2``) wrappers, their checkpoints found and read safely
+(``weights``), the one device resolver (``devices``), and loading with a per-process cache keyed by (model,
+checkpoint, device, dtype, size, seed).
+
+May import: the base modules, ``ntt.io``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import logging
 
 import torch
 
-from ..config import DINOV2_MODELS, SAM2_MODELS, ModelConfig
-from ..devices import resolve_device
-from ..weights import (
+from ntt.config import DINOV2_MODELS, SAM2_MODELS, ModelConfig
+from ntt.models.devices import resolve_device
+from ntt.models.dinov2 import DinoV2Encoder, build_dinov2
+from ntt.models.sam2 import SAM2Proposer, build_sam2_model
+from ntt.models.weights import (
     CLI_RANDOM_HINT,
     WeightsNotFoundError,
     available,
@@ -16,8 +23,6 @@ from ..weights import (
     missing_message,
     resolve_checkpoint,
 )
-from .dinov2 import DinoV2Encoder, build_dinov2
-from .sam2 import SAM2Proposer, build_sam2_model
 
 __all__ = [
     "DinoV2Encoder",

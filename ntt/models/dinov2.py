@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import DINOV2_MODELS
-from ..weights import CheckpointError, read_state_dict
+from ntt.config import DINOV2_MODELS
+from ntt.models.weights import CheckpointError, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

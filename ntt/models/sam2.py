@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import SAM2_MODELS
-from ..weights import CheckpointError, read_state_dict
-from .dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from ntt.config import SAM2_MODELS
+from ntt.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from ntt.models.weights import CheckpointError, read_state_dict
 
 log = logging.getLogger(__name__)
 

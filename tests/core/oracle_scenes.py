@@ -183,7 +183,7 @@ def look_scene(objects: list[tuple[int, int, int]]) -> tuple[np.ndarray, list[np
 def look_references(images: dict[str, list[tuple]], names: dict[int, str]) -> tuple[list, list]:
     """Look scenes as grading inputs: per image id, objects ``(red, row, col, labelled class or None, is a shot)``;
     returns the labelled images (``grading.LabelledImage``) and the shots (``Reference``) among them."""
-    from ntt.grading import LabelledImage
+    from ntt.grading.report import LabelledImage
     from ntt.types import Reference
 
     labelled, shots = [], []

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ntt.atomic import AtomicWriter, remove_stale_temps, write_bytes_atomic
+from ntt.io.atomic import AtomicWriter, remove_stale_temps, write_bytes_atomic
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_sha256_is_of_the_bytes_written(tmp_path):
 
 
 def test_disk_full_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
-    import ntt.atomic as atomic
+    import ntt.io.atomic as atomic
 
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps({"old": 1}))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as st_save
 
-from ntt.bank import FORMAT_VERSION, BankError, MemoryBank, _digest
+from ntt.bank.memory import FORMAT_VERSION, BankError, MemoryBank, _digest
 
 ENCODER = {"name": "vit_large_patch14_dinov2", "image_size": 518, "weights": "official", "dim": 3, "context_ratio": 0.2}
 
@@ -248,13 +248,13 @@ def test_a_shot_source_must_be_a_string(source):
 
 
 def test_teach_turns_a_negative_into_a_positive_and_back():
-    """``ntt.teach`` asks the bank (``holds``): a label taught as a negative is taught as a positive later."""
+    """``ntt.bank.teach`` asks the bank (``holds``): a label taught as a negative is taught as a positive later."""
     from oracle_scenes import DOG as LOOK_DOG
     from oracle_scenes import LookEncoder, look_scene
 
-    from ntt.bank_encoder import build_bank
+    from ntt.bank.encoder import build_bank
+    from ntt.bank.teach import teach
     from ntt.config import get_config
-    from ntt.teach import teach
     from ntt.types import Reference
 
     cfg = get_config("paper", {"model": {"device": "cpu"}})
@@ -357,7 +357,7 @@ def test_save_creates_folder_overwrites_and_leaves_no_temp_files(tmp_path):
 
 
 def test_failed_save_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
-    import ntt.atomic as atomic_mod
+    import ntt.io.atomic as atomic_mod
 
     path = _bank().save(tmp_path / "bank.safetensors")
     before = path.read_bytes()

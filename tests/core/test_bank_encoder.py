@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from fakes import BoxEchoProposer
 from PIL import Image
 
-from ntt.bank_encoder import InvalidReferenceError, build_bank, masks_from_boxes, patch_weights
+from ntt.bank.encoder import InvalidReferenceError, build_bank, masks_from_boxes, patch_weights
 from ntt.geometry import context_crop_box
-from ntt.images import load_image
+from ntt.io.images import load_image
 from ntt.models import get_dinov2
 from ntt.types import Reference
 
@@ -136,7 +136,7 @@ def test_inconsistent_class_names_are_rejected(names, message, smoke_config):
     ],
 )
 def test_clip_box(box, expected):
-    from ntt.bank_encoder import clip_box
+    from ntt.bank.encoder import clip_box
 
     assert clip_box(box, (100, 100)) == expected
 

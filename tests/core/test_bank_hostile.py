@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as st_save
 
-from ntt.bank import BankError, MemoryBank, _digest
-from ntt.bank_file import bank_lock, file_digest, lock_path, update_bank_file
+from ntt.bank.file import bank_lock, file_digest, lock_path, update_bank_file
+from ntt.bank.memory import BankError, MemoryBank, _digest
 from ntt.cli import main
 
 ENCODER = {"name": "dinov2_vits14", "image_size": 224, "weights": "random:seed=0", "fingerprint": "f", "dim": 3}
@@ -256,8 +256,8 @@ _CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import numpy as np
-    from ntt.bank import MemoryBank
-    from ntt.bank_file import update_bank_file
+    from ntt.bank.memory import MemoryBank
+    from ntt.bank.file import update_bank_file
 
     path, class_id, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     new = MemoryBank(
@@ -312,7 +312,7 @@ def test_concurrent_adds_to_one_bank_all_land(tmp_path):
 _OTHER_WRITER = textwrap.dedent(
     """
     import sys
-    from ntt.bank_file import update_bank_file
+    from ntt.bank.file import update_bank_file
 
     update_bank_file(sys.argv[1], lambda bank: bank.remove(annotation_ids=[102]))
     """
@@ -366,7 +366,7 @@ def test_an_update_with_output_writes_there_and_leaves_the_source(tmp_path):
 _HOLDER = textwrap.dedent(
     """
     import sys, time
-    from ntt.bank_file import bank_lock
+    from ntt.bank.file import bank_lock
 
     with bank_lock(sys.argv[1]):
         print("locked", flush=True)

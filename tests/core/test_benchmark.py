@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 
-from ntt import benchmark as bench
+from ntt.cli import benchmark as bench
 from ntt.cli import main
 from ntt.config import get_config
-from ntt.images import list_images
+from ntt.io.images import list_images
 from ntt.types import Instances
 
 

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ntt.cache import CandidateStore, entry_key, image_digest
+from ntt.cache.store import CandidateStore, entry_key, image_digest
 
 PARTS = dict(
     image="ab" * 32,
@@ -79,7 +79,7 @@ def test_a_truncated_entry_is_ignored_removed_and_rebuilt(store, caplog):
     key = entry_key(**PARTS)
     path = store.put(key, _arrays())
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="ntt.cache"):
+    with caplog.at_level(logging.WARNING, logger="ntt.cache.store"):
         assert store.get(key) is None
     assert "ignoring and removing" in caplog.text and not path.exists()
     store.put(key, _arrays())
@@ -91,7 +91,7 @@ def test_a_foreign_entry_under_this_key_is_a_miss(store, caplog):
     other = store.put(theirs, _arrays(seed=1))
     store.path(mine).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(other, store.path(mine))  # a file whose content is another image's entry
-    with caplog.at_level(logging.WARNING, logger="ntt.cache"):
+    with caplog.at_level(logging.WARNING, logger="ntt.cache.store"):
         assert store.get(mine) is None
     assert "another key" in caplog.text
     assert store.get(theirs) is not None

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 
 import ntt
-from ntt import atomic, coco, sampling
-from ntt.cache import CandidateStore, entry_key
+from ntt.bank import sampling
+from ntt.cache.store import CandidateStore, entry_key
 from ntt.config import get_config
-from ntt.images import load_image
-from ntt.segmenter import Segmenter
+from ntt.io import atomic, coco
+from ntt.io.images import load_image
+from ntt.predict.segmenter import Segmenter
 
-CACHE_LOGGERS = ("ntt.cache", "ntt.stage_cache")
+CACHE_LOGGERS = ("ntt.cache.store", "ntt.cache.stages")
 
 
 def _arrays(seed: int = 0, n: int = 50) -> dict[str, np.ndarray]:
@@ -61,7 +62,7 @@ WORKER = textwrap.dedent(
     """
     import json, logging, random, sys, time
     import numpy as np
-    from ntt.cache import CandidateStore, entry_key
+    from ntt.cache.store import CandidateStore, entry_key
 
     root, seed, seconds, limit_mb, keys = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), 6
     warnings = []
@@ -304,7 +305,7 @@ def _config(segment: dict):
 
 @pytest.fixture(scope="module")
 def small_bank(coco128):
-    from ntt.bank_encoder import build_bank
+    from ntt.bank.encoder import build_bank
 
     data = coco.load_json(coco128 / "annotations" / "instances_train2017.json")
     cats = coco.select_categories(data, ["person", "dog"])

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from oracle_scenes import CAT, DOG, LookEncoder, OracleProposer, look_references, look_scene
 
-import ntt.calibration as calibration
-from ntt.bank_encoder import build_bank
-from ntt.calibration import StaleCalibration, calibrate, calibrated_thresholds
+import ntt.grading.calibration as calibration
+from ntt.bank.encoder import build_bank
 from ntt.config import derive, get_config
-from ntt.grading import grade
-from ntt.predictor import Predictor
+from ntt.grading.calibration import StaleCalibration, calibrate, calibrated_thresholds
+from ntt.grading.report import grade
+from ntt.predict.predictor import Predictor
 
 NAMES = {DOG: "dog", CAT: "cat"}
 # per image: (red, row, col, labelled class or None, is a shot); dogs ~0.7 to the dog shots, toys (190) ~0.5

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from ntt.bank_encoder import InvalidReferenceError
-from ntt.coco import (
+from ntt.bank.encoder import InvalidReferenceError
+from ntt.io.coco import (
     annotation_mask,
     instances_to_results,
     load_json,
     select_categories,
     targets_from_dir,
 )
-from ntt.evaluation import METRICS, evaluate_results, format_metrics
+from ntt.io.evaluation import METRICS, evaluate_results, format_metrics
 from ntt.types import Instances
 
 # ---- select_categories -----------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_evaluate_restricted_categories_and_images():
 
 @pytest.mark.parametrize("items", [[], [{"a": 1}], [{"a": 1}, {"b": [2, 3]}, 4]])
 def test_json_list_writer_streams_a_valid_list(tmp_path, items):
-    from ntt.pipeline import JsonListWriter
+    from ntt.cli.pipeline import JsonListWriter
 
     path = tmp_path / "out.json"
     with JsonListWriter(path) as writer:
@@ -293,7 +293,7 @@ def test_json_list_writer_streams_a_valid_list(tmp_path, items):
 
 
 def test_json_list_writer_leaves_nothing_when_interrupted(tmp_path):
-    from ntt.pipeline import JsonListWriter
+    from ntt.cli.pipeline import JsonListWriter
 
     path = tmp_path / "out.json"
     path.write_text("[1]")

@@ -1,4 +1,4 @@
-"""Hostile COCO files (``ntt.coco_check``): every value that would overflow int64, make pycocotools read past an
+"""Hostile COCO files (``ntt.io.coco_check``): every value that would overflow int64, make pycocotools read past an
 RLE or crash on a polygon, or stop the evaluation with a traceback is one ``CocoFormatError`` naming the entry;
 repeated annotation ids are renumbered inside ntt while shots keep the id as written."""
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from ntt.bank_encoder import InvalidReferenceError
-from ntt.coco import annotation_mask, load_json, load_results, references_from_coco
-from ntt.coco_check import MAX_ID, CocoFormatError, read_json
-from ntt.rle import compressed_rle_totals
+from ntt.bank.encoder import InvalidReferenceError
+from ntt.io.coco import annotation_mask, load_json, load_results, references_from_coco
+from ntt.io.coco_check import MAX_ID, CocoFormatError, read_json
+from ntt.io.rle import compressed_rle_totals
 
 H, W = 6, 8
 MASK = np.zeros((H, W), np.uint8)

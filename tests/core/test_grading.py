@@ -14,11 +14,11 @@ import torch
 from oracle_scenes import CAT, DOG, LookEncoder, OracleProposer, look_references, look_scene
 from pycocotools import mask as mask_utils
 
-from ntt.bank_encoder import build_bank
-from ntt.cache import CandidateStore
+from ntt.bank.encoder import build_bank
+from ntt.cache.store import CandidateStore
 from ntt.config import get_config
-from ntt.grading import LabelledImage, grade
-from ntt.refinish import same_instances
+from ntt.grading.refinish import same_instances
+from ntt.grading.report import LabelledImage, grade
 from ntt.types import Reference
 
 NAMES = {DOG: "dog", CAT: "cat"}
@@ -113,9 +113,9 @@ def _random_masks(rng, count: int, size=(18, 22)) -> list[np.ndarray]:
 def _ap50_both(images, size=(18, 22)) -> tuple[float | None, float | None]:
     """COCOeval's AP50 (through ``evaluate_results``) and ``ap50``'s of one class over ``images``: per image
     (labelled bool masks, predicted bool masks, their scores); a labelled mask of another class per image."""
-    from ntt.ap50 import ap50, instance_ious, match_image
-    from ntt.coco import instances_to_results
-    from ntt.evaluation import _quiet, evaluate_results
+    from ntt.grading.ap50 import ap50, instance_ious, match_image
+    from ntt.io.coco import instances_to_results
+    from ntt.io.evaluation import _quiet, evaluate_results
     from ntt.types import Instances
 
     cat, other = 5, 9
@@ -208,7 +208,7 @@ class _NoProposer:
 def _random_bank(rng, cfg, classes: int, shots: int, negatives: int):
     """A bank of ``classes`` around random directions (at least two shots each), a few negatives; returns it
     and the class directions (float (C, D))."""
-    from ntt.bank import MemoryBank
+    from ntt.bank.memory import MemoryBank
     from ntt.models import encoder_identity
 
     centers = rng.standard_normal((classes, _TinyEncoder.dim))
@@ -231,7 +231,7 @@ def _random_pool(rng, centers, count: int, present: list[int], unlike: np.ndarra
     embeddings near the directions of the ``present`` classes and orthogonal to the rows of ``unlike``
     (a few all-zero), tied SAM IoUs."""
     from ntt.geometry import mask_boxes
-    from ntt.predictor import MaskPool
+    from ntt.predict.predictor import MaskPool
 
     yy, xx = np.mgrid[:m, :m]
     logits, base = [], None
@@ -273,11 +273,11 @@ def test_refinish_gives_what_finishing_again_gives(seed, segment, size, monkeypa
     thresholds, low- or full-resolution merges, and the merge scaled down past its memory budget; the
     unchanged classes' merges are reused; and ``may_predict_own_class`` says "maybe" wherever the class is
     predicted."""
-    import ntt.postprocess as pp
-    import ntt.refinish as refinish
-    from ntt.leave_one_out import may_predict_own_class
-    from ntt.predictor import Predictor
-    from ntt.refinish import Refinisher
+    import ntt.grading.refinish as refinish
+    import ntt.predict.postprocess as pp
+    from ntt.grading.leave_one_out import may_predict_own_class
+    from ntt.grading.refinish import Refinisher
+    from ntt.predict.predictor import Predictor
 
     rng = np.random.default_rng(seed)
     if seed % 3 == 2:  # the merge runs scaled down past ~12 candidates (its size depends on their number)
@@ -359,9 +359,9 @@ def test_restricted_refinishing_gives_the_report_of_finishing_every_variant_ever
     """Finishing a bank without one shot only where it may predict the shot's class, and only its changed
     classes again, reports exactly what finishing every variant on every image in full does (the old way),
     with far fewer full finishes."""
-    import ntt.grading as grading
-    import ntt.refinish as refinish
-    from ntt.predictor import Predictor
+    import ntt.grading.refinish as refinish
+    import ntt.grading.report as grading
+    from ntt.predict.predictor import Predictor
 
     finishes = []
     monkeypatch.setattr(Predictor, "finish", _counting(Predictor.finish, finishes))
@@ -382,8 +382,8 @@ def test_grading_holds_one_mask_pool_at_a_time(scenes, monkeypatch):
     import gc
     import weakref
 
-    from ntt.predictor import Predictor
-    from ntt.refinish import Refinisher
+    from ntt.grading.refinish import Refinisher
+    from ntt.predict.predictor import Predictor
 
     made, before_next, while_measuring = [], [], []
     real_pools, real_finish = Predictor.mask_pools, Refinisher.finish
@@ -436,7 +436,7 @@ def test_leave_one_out_tells_images_of_the_same_id_from_different_origins_apart(
 def test_long_gradings_say_about_how_long_they_have_left(setup, monkeypatch):
     """Each image gives a step once segmented and once measured; past ten seconds (on the process's monotonic
     clock) each label says about how long is left, from the time each image took so far."""
-    import ntt.grading as grading
+    import ntt.grading.report as grading
     from ntt.time_left import TimeLeft, duration
 
     ticks = iter(range(0, 10_000, 30))  # every look at the clock: 30 s later

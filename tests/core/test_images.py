@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ntt.images import ImageLoadError, image_size, load_image
+from ntt.io.images import ImageLoadError, image_size, load_image
 
 
 def _save(path, img, **kw):

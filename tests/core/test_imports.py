@@ -7,18 +7,18 @@ import sys
 
 MODULES = [
     "ntt.config",
-    "ntt.bank",
+    "ntt.bank.memory",
     "ntt.geometry",
-    "ntt.postprocess",
-    "ntt.predictor",
-    "ntt.segmenter",
-    "ntt.bank_encoder",
-    "ntt.coco",
-    "ntt.sampling",
-    "ntt.evaluation",
-    "ntt.pipeline",
+    "ntt.predict.postprocess",
+    "ntt.predict.predictor",
+    "ntt.predict.segmenter",
+    "ntt.bank.encoder",
+    "ntt.io.coco",
+    "ntt.bank.sampling",
+    "ntt.io.evaluation",
+    "ntt.cli.pipeline",
     "ntt.cli",
-    "ntt.commands",
+    "ntt.cli.commands",
 ]
 
 

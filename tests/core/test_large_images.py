@@ -14,10 +14,10 @@ SCRIPT = textwrap.dedent(
     import json, resource, sys
     import numpy as np
     from PIL import Image
-    from ntt import coco
+    from ntt.io import coco
     from ntt.config import get_config
-    from ntt.bank_encoder import build_bank
-    from ntt.segmenter import Segmenter
+    from ntt.bank.encoder import build_bank
+    from ntt.predict.segmenter import Segmenter
     from ntt.types import Reference
 
     cfg = get_config("smoke", {"model": {"random_weights": True, "device": "cpu"},

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ntt.images import ImageLoadError
-from ntt.loader import prefetch
+from ntt.io.images import ImageLoadError
+from ntt.predict.loader import prefetch
 
 
 class _Load:

@@ -10,12 +10,12 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from ntt.bank import BankError, MemoryBank
+from ntt.bank.memory import BankError, MemoryBank
 from ntt.config import get_config
 from ntt.models import clear_cache, encoder_identity, get_dinov2, get_sam2
 from ntt.models.dinov2 import build_dinov2
 from ntt.models.sam2 import build_sam2_model
-from ntt.weights import CheckpointError, WeightsNotFoundError, read_state_dict, resolve_checkpoint
+from ntt.models.weights import CheckpointError, WeightsNotFoundError, read_state_dict, resolve_checkpoint
 
 
 def _cfg(**model):

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from oracle_scenes import CAT, DOG, LOOKS, LookEncoder, OracleProposer
 from oracle_scenes import look_scene as _scene
 
-from ntt import postprocess as pp
-from ntt.bank import BankError, MemoryBank
-from ntt.bank_encoder import build_bank
+from ntt.bank.encoder import build_bank
+from ntt.bank.memory import BankError, MemoryBank
 from ntt.config import get_config
-from ntt.predictor import Predictor
+from ntt.predict import postprocess as pp
+from ntt.predict.predictor import Predictor
 from ntt.types import Reference
 
 
@@ -148,7 +148,7 @@ def test_a_negative_needs_its_class_and_survives_the_file(bank, cfg, tmp_path):
 def test_teaching_a_relabelled_prediction_changes_the_next_run(bank, cfg, target):
     """A toy predicted as a dog, relabelled "toy" by a reviewer: a positive of the new class and a negative of
     the old one. On another image the next run calls toys toys and dogs dogs."""
-    from ntt.teach import teach
+    from ntt.bank.teach import teach
 
     image, (_dog, toy, *_rest) = target
     toy_ref = dict(image=image, mask=toy, image_id="target", annotation_id="pred-1")

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from oracle_scenes import CATEGORIES, OracleEncoder, OracleProposer, draw_scene, write_coco
 
-from ntt import coco, pipeline, sampling
-from ntt.bank import MemoryBank
-from ntt.bank_encoder import build_bank
-from ntt.cli import main
+from ntt.bank import sampling
+from ntt.bank.encoder import build_bank
+from ntt.bank.memory import MemoryBank
+from ntt.cli import main, pipeline
 from ntt.config import get_config
-from ntt.segmenter import Segmenter
+from ntt.io import coco
+from ntt.predict.segmenter import Segmenter
 
 CAT_IDS = [c["id"] for c in CATEGORIES]
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ntt import coco, sampling
-from ntt.bank_encoder import build_bank
+from ntt.bank import sampling
+from ntt.bank.encoder import build_bank
+from ntt.cache.pool_codec import pack, unpack
 from ntt.config import get_config
-from ntt.images import load_image
-from ntt.pool_codec import pack, unpack
-from ntt.postprocess import upsample_logits
-from ntt.predictor import MaskPool, Predictor
+from ntt.io import coco
+from ntt.io.images import load_image
+from ntt.predict.postprocess import upsample_logits
+from ntt.predict.predictor import MaskPool, Predictor
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ntt.postprocess import (
+from ntt.predict.postprocess import (
     apply_decay,
     class_aware_nms,
     interpolation_matrix,
@@ -339,7 +339,7 @@ def test_select_top_stable_ties_many():
     "m, size", [(64, (100, 150)), (64, (64, 64)), (256, (480, 640)), (64, (300, 70)), (64, (30, 50))]
 )
 def test_logits_to_crops_equals_full_upsampling_then_crop(m, size):
-    from ntt.postprocess import logits_to_crops
+    from ntt.predict.postprocess import logits_to_crops
 
     gen = torch.Generator().manual_seed(m + size[0])
     logits = torch.randn(5, m, m, generator=gen) * 3 - 4
@@ -362,7 +362,7 @@ def test_logits_to_crops_equals_full_upsampling_then_crop(m, size):
     "n, size, expected", [(10, (480, 640), (480, 640)), (800, (480, 640), (480, 640)), (800, (7000, 9000), (510, 656))]
 )
 def test_merge_size_is_full_resolution_unless_over_budget(n, size, expected):
-    from ntt.postprocess import merge_size
+    from ntt.predict.postprocess import merge_size
 
     got = merge_size(n, size)
     assert got == expected
@@ -371,7 +371,7 @@ def test_merge_size_is_full_resolution_unless_over_budget(n, size, expected):
 
 def test_nms_ties_are_broken_by_candidate_index():
     # bf16 IoU predictions tie often; the kept set and order must not depend on the sort implementation.
-    from ntt.postprocess import class_aware_nms
+    from ntt.predict.postprocess import class_aware_nms
 
     n = 2000  # enough for torch's sort to reorder ties (at 1000 it happens to keep index order on CPU)
     same = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(n, 1)

@@ -8,9 +8,9 @@ from fakes import PerImageDecode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ntt.bank import MemoryBank
+from ntt.bank.memory import MemoryBank
 from ntt.config import get_config
-from ntt.predictor import Predictor
+from ntt.predict.predictor import Predictor
 
 DIM = 6
 
@@ -103,7 +103,7 @@ def test_postprocessing_invariants(scene):
 def test_reduced_merge_resolution_never_drops_a_small_mask(monkeypatch):
     # Past the memory budget the soft merge runs at a reduced resolution; a small mask that vanishes there
     # must still reach the output (its full-resolution crop decides), as it does without the budget.
-    import ntt.postprocess as pp
+    import ntt.predict.postprocess as pp
 
     m = 16
     logits = torch.full((2, m, m), -10.0)

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from oracle_scenes import CATEGORIES, OracleEncoder, OracleProposer, draw_scene
 
-from ntt.bank import MemoryBank
+from ntt.bank.memory import MemoryBank
 from ntt.config import get_config
-from ntt.predictor import Predictor
-from ntt.prompts import guided_points
+from ntt.predict.predictor import Predictor
+from ntt.predict.prompts import guided_points
 
 
 def test_guided_points_are_spread_best_first():

@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ntt import coco, sampling
-from ntt.bank_encoder import build_bank
-from ntt.cache import CandidateStore
+from ntt.bank import sampling
+from ntt.bank.encoder import build_bank
+from ntt.cache.stages import stage_cache
+from ntt.cache.store import CandidateStore
 from ntt.config import derive, get_config
-from ntt.images import load_image
-from ntt.predictor import Predictor
-from ntt.segmenter import Segmenter
-from ntt.stage_cache import stage_cache
+from ntt.io import coco
+from ntt.io.images import load_image
+from ntt.predict.predictor import Predictor
+from ntt.predict.segmenter import Segmenter
 
 
 def _config(**segment):
@@ -103,7 +104,7 @@ def test_the_key_follows_the_image_content_models_sizes_and_prompts(bank, paths,
 
 def build_bank_like(bank, cfg):
     """The same shots for other (random) weights: a predictor refuses a bank of another encoder."""
-    from ntt.bank import MemoryBank
+    from ntt.bank.memory import MemoryBank
     from ntt.models import encoder_identity, get_dinov2
 
     encoder = encoder_identity(get_dinov2(cfg.model), cfg.model)

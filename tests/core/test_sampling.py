@@ -1,4 +1,4 @@
-"""The paper's few-shot sampling protocol (``ntt.sampling``): validity filter, the draw itself, pinned
+"""The paper's few-shot sampling protocol (``ntt.bank.sampling``): validity filter, the draw itself, pinned
 against what the research sampler drew on COCO128, the named class splits and class-list parsing."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import random
 
 import pytest
 
-from ntt.bank_encoder import InvalidReferenceError
-from ntt.coco import load_json, select_categories
-from ntt.sampling import (
+from ntt.bank.encoder import InvalidReferenceError
+from ntt.bank.sampling import (
     COCO_NOVEL,
     SPLITS,
     class_order,
@@ -20,6 +19,7 @@ from ntt.sampling import (
     sample_shots,
     split_category_ids,
 )
+from ntt.io.coco import load_json, select_categories
 
 # ---- is_valid_shot ---------------------------------------------------------------------------------
 

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ntt import coco, sampling
-from ntt.bank import BankError
-from ntt.bank_encoder import build_bank
+from ntt.bank import sampling
+from ntt.bank.encoder import build_bank
+from ntt.bank.memory import BankError
 from ntt.config import derive, get_config
 from ntt.geometry import mask_tight_box_xywh
-from ntt.images import load_image
-from ntt.predictor import DecoderOutOfMemory, Predictor
-from ntt.segmenter import MAX_AUTO_BATCH, MIN_POINTS_CHUNK, Segmenter, fit_batch_size
+from ntt.io import coco
+from ntt.io.images import load_image
+from ntt.predict.predictor import DecoderOutOfMemory, Predictor
+from ntt.predict.segmenter import MAX_AUTO_BATCH, MIN_POINTS_CHUNK, Segmenter, fit_batch_size
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,7 @@ def test_decoder_out_of_memory_halves_the_chunk_not_the_batch(bank, images, monk
 def test_a_retried_batch_counts_each_cached_image_once(bank, images, monkeypatch, tmp_path, prompt_mode):
     """The decoder fails once on a batch of 3 with the cache on: the retry (which finds the guided prompts'
     encoder outputs already stored) still counts 3 images computed, none reused."""
-    from ntt.cache import CandidateStore
+    from ntt.cache.store import CandidateStore
 
     cfg = _config(batch_size=3, loader_workers=0, prompt_mode=prompt_mode, guided_points=4, guided_grid=2)
     seg = Segmenter(bank, cfg, cache=CandidateStore(tmp_path))
@@ -280,7 +281,7 @@ def test_with_grid_prompts_the_mask_pool_does_not_depend_on_the_bank(bank, image
 
 def test_every_stage_has_a_result_for_a_batch_of_no_images(bank):
     """A batch can be left with no image after the loader skipped some: each stage says what that gives."""
-    from ntt.predictor import Encoded
+    from ntt.predict.predictor import Encoded
 
     pred = Predictor(bank, _config(prompt_mode="guided", guided_points=4, guided_grid=2))
     empty = Encoded.join([])
@@ -297,7 +298,7 @@ def test_a_batch_left_with_only_unreadable_files_is_skipped_not_raised(
 ):
     """The report: guided prompts with the cache on died in ``Encoded.join([])`` when the last batch held only
     unreadable files (a full batch of good images before them)."""
-    from ntt.cache import CandidateStore
+    from ntt.cache.store import CandidateStore
 
     good = iter(sorted((coco128 / "images" / "val2017").glob("*.jpg")))
     sources = []

@@ -14,16 +14,16 @@ import torch
 from oracle_scenes import DOG, LookEncoder, OracleProposer, look_scene
 from safetensors.torch import save_file
 
-from ntt.bank import MemoryBank
-from ntt.bank_encoder import InvalidReferenceError, build_bank
+from ntt.bank.encoder import InvalidReferenceError, build_bank
+from ntt.bank.memory import MemoryBank
 from ntt.cli import main
 from ntt.config import get_config
 from ntt.models import clear_cache, get_dinov2, get_sam2
 from ntt.models.dinov2 import build_dinov2
 from ntt.models.sam2 import build_sam2_model
-from ntt.predictor import Predictor
+from ntt.models.weights import CheckpointError, WeightsNotFoundError, local_checkpoint, read_state_dict
+from ntt.predict.predictor import Predictor
 from ntt.types import Reference
-from ntt.weights import CheckpointError, WeightsNotFoundError, local_checkpoint, read_state_dict
 
 SMOKE = ["--preset", "smoke", "--device", "cpu"]
 
@@ -312,7 +312,7 @@ def test_non_finite_predicted_ious_are_reported_once(caplog):
     bank = _dog_bank(cfg)
     target, _ = look_scene([(60, 1, 1), (60, 3, 0)])
     broken = Predictor(bank, cfg, proposer=_NanIouProposer(image_size=256), encoder=LookEncoder())
-    with caplog.at_level(logging.WARNING, logger="ntt.predictor"):
+    with caplog.at_level(logging.WARNING, logger="ntt.predict.predictor"):
         found = broken.predict([target, target])
         broken.predict([target])
     warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
@@ -320,6 +320,6 @@ def test_non_finite_predicted_ious_are_reported_once(caplog):
     assert all(len(f) == 0 for f in found)
     caplog.clear()
     fine = Predictor(bank, cfg, proposer=OracleProposer(image_size=256), encoder=LookEncoder())
-    with caplog.at_level(logging.WARNING, logger="ntt.predictor"):
+    with caplog.at_level(logging.WARNING, logger="ntt.predict.predictor"):
         assert len(fine.predict([target])[0]) > 0
     assert not [r for r in caplog.records if "non-finite" in r.getMessage()]

@@ -200,7 +200,7 @@ def test_shots_the_new_version_holds_already_are_not_added_twice(pets, monkeypat
         encoded.extend(refs)
         return (yield from real(refs, *args, **kwargs))
 
-    monkeypatch.setattr("ntt.teach.build_bank_steps", encode)
+    monkeypatch.setattr("ntt.bank.teach.build_bank_steps", encode)
     _before_first_store(monkeypatch, lambda: nfo.add_negatives(ds, BANK, "gt", label_ids=[y, z]))
     bank = nfo.add_negatives(ds, BANK, "gt", label_ids=[x, y])
     assert _negative_ids(bank) == sorted([x, y, z]) and _negative_ids(nfo.load_bank(ds, BANK)) == sorted([x, y, z])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import ntt.fo as nfo
-from ntt.calibration import calibrate
 from ntt.fo.banks import _store
 from ntt.fo.checks import settings_here
+from ntt.grading.calibration import calibrate
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import inspect
 import pytest
 
 from ntt.cli import build_parser, main
-from ntt.segment_options import CONFIG_FLAGS, DATASET_ONLY, SEGMENT_OPTIONS
+from ntt.cli.segment_options import CONFIG_FLAGS, DATASET_ONLY, SEGMENT_OPTIONS
 
 
 def _flags(*path: str) -> set[str]:

@@ -237,9 +237,9 @@ def test_grade_operator_reports_opens_the_worst_shots_and_prefills_the_segment_f
 
 def _calibrate(ds, thresholds: dict[str, float]) -> None:
     """Store calibrated thresholds in bank "pets" as a grading with calibrate=True would."""
-    from ntt.calibration import calibrate
     from ntt.fo.banks import _store
     from ntt.fo.checks import settings_here
+    from ntt.grading.calibration import calibrate
 
     info, bank = nfo.get_bank_info(ds, "pets"), nfo.load_bank(ds, "pets")
     cfg = settings_here(info["config"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import ntt.fo as nfo
-import ntt.grading as grading
+import ntt.grading.report as grading
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 import ntt.fo as nfo
 from ntt.fo.provenance import KEYS, recorded
-from ntt.segmenter import ImageResult
+from ntt.predict.segmenter import ImageResult
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import pytest
 from oracle_scenes import CATEGORIES, OracleEncoder, OracleProposer, draw_scene, write_coco
 
 import ntt.fo as nfo
-from ntt import bank_encoder, predictor
+from ntt.bank import encoder as bank_encoder
+from ntt.predict import predictor
 
 CAT_IDS = [c["id"] for c in CATEGORIES]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ntt.fo as nfo
-from ntt.bank import MemoryBank
+from ntt.bank.memory import MemoryBank
 
 
 def _refs(ds, n=3):
@@ -247,7 +247,7 @@ def test_box_only_references_get_masks_from_sam2(dataset, random_config, monkeyp
     import fiftyone as fo
     from fakes import BoxEchoProposer
 
-    from ntt import bank_encoder
+    from ntt.bank import encoder as bank_encoder
 
     monkeypatch.setattr(bank_encoder, "get_sam2", lambda cfg, no_mem=False: BoxEchoProposer())
     boxes = dataset.clone()

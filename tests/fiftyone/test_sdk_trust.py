@@ -200,7 +200,7 @@ def test_an_unreadable_reference_image_names_the_sample_and_why(dataset, random_
     symlink loop: one error naming the sample and the reason (the limit, for the bomb), and no bank stored."""
     from PIL import Image
 
-    from ntt.bank_encoder import InvalidReferenceError
+    from ntt.bank.encoder import InvalidReferenceError
 
     ref = dataset.first()
     path = tmp_path / "ref.png"
