@@ -1,7 +1,7 @@
 """The module paths of the previous release (``ntt.predictor``, ``ntt.coco``, ...), from before the core was grouped
 into subpackages: importing one still works for one release and gives the module at its new path (the same
-object), with a ``DeprecationWarning`` that names it. ``ntt.bank``, ``ntt.cache``, ``ntt.grading`` and
-``ntt.cli`` are packages now; each still exports the names their modules were imported for.
+object), with a ``DeprecationWarning`` that names it. ``ntt.bank``, ``ntt.cache``, ``ntt.grading``, ``ntt.cli``
+and ``ntt.fo.jobs`` are packages now; each still exports the names their modules were imported for.
 """
 
 from __future__ import annotations
@@ -44,6 +44,21 @@ MOVED = {
     "ntt.pipeline": "ntt.cli.pipeline",
     "ntt.segment_options": "ntt.cli.segment_options",
     "ntt.benchmark": "ntt.cli.benchmark",
+    "ntt.fo.feedback": "ntt.fo.review.feedback",
+    "ntt.fo.corrections": "ntt.fo.review.corrections",
+    "ntt.fo.grades": "ntt.fo.review.grades",
+    "ntt.fo.segment": "ntt.fo.labelling.segment",
+    "ntt.fo.provenance": "ntt.fo.labelling.provenance",
+    "ntt.fo.writes": "ntt.fo.labelling.writes",
+    "ntt.fo.model": "ntt.fo.labelling.model",
+    "ntt.fo.evaluate": "ntt.fo.labelling.evaluate",
+    "ntt.fo.runs": "ntt.fo.jobs.follow",
+    "ntt.fo.run_states": "ntt.fo.jobs.states",
+    "ntt.fo.shards": "ntt.fo.jobs.shards",
+    "ntt.fo.shard_status": "ntt.fo.jobs.status",
+    "ntt.fo.reaper": "ntt.fo.jobs.reaper",
+    "ntt.fo.workers": "ntt.fo.jobs.workers",
+    "ntt.fo.commands": "ntt.fo.jobs.commands",
 }
 
 

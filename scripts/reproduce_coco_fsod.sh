@@ -49,7 +49,7 @@ echo "== 2/3 segmenting val2017"
 "$BIN/ntt" segment --bank "$OUT/bank.safetensors" --images "$DATA/annotations/instances_val2017.json" \
   --image-root "$DATA/images/val2017" "${MAX[@]}" -o "$OUT/preds.json" "${ARGS[@]}"
 echo "== 3/3 COCO metrics on the $SPLIT classes (segmented images)"
-mapfile -t NOVEL < <("$BIN/python" -c "from ntt.sampling import SPLITS; print('\n'.join(SPLITS['$SPLIT']))")
+mapfile -t NOVEL < <("$BIN/python" -c "from ntt.bank.sampling import SPLITS; print('\n'.join(SPLITS['$SPLIT']))")
 "$BIN/ntt" evaluate "$DATA/annotations/instances_val2017.json" "$OUT/preds.json" --classes "${NOVEL[@]}" \
   --json "$OUT/metrics.json"
 

@@ -90,7 +90,7 @@ def _measure(ds, count: int, shard_size: int, scratch: Path) -> None:
     from fiftyone.operators.delegated import DelegatedOperationService
 
     import ntt.fo as nfo
-    from ntt.fo.shards import aware_utc, shards_collection
+    from ntt.fo.jobs.shards import aware_utc, shards_collection
 
     host, port = get_db_client().address
     env = {k: v for k, v in os.environ.items() if k not in ("FIFTYONE_PRIVATE_DATABASE_PORT", "FIFTYONE_DATABASE_DIR")}

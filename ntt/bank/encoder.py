@@ -29,7 +29,8 @@ def build_bank(
     encoder=None,
     proposer=None,
 ) -> MemoryBank:
-    """Encode references into a memory bank.
+    """Encode references into a memory bank (in memory: ``bank.save(path)`` writes it; ``ntt bank build`` does both
+    from a COCO file, and ``ntt.fo.build_bank`` builds one from a dataset's references and stores it by name).
 
     Per shot: the square crop with ``cfg.bank.context_ratio`` context around its box, resized to the
     DINOv2 input size (image bicubic, mask bilinear, so the mask is soft), DINOv2 patch tokens, and the

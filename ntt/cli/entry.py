@@ -358,7 +358,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "weights":
         return commands.weights(_config(args))
     if args.command in ("worker", "jobs"):
-        from ntt.fo import commands as fo_commands  # imports fiftyone: only for these commands
+        from ntt.fo.jobs import commands as fo_commands  # imports fiftyone: only for these commands
 
         return fo_commands.worker(args) if args.command == "worker" else fo_commands.jobs(args)
     return commands.evaluate(args)

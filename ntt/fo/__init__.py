@@ -17,24 +17,26 @@ The words, as FiftyOne uses them: a *run* is what FiftyOne stores under a key (a
 another); a *job* is work in progress (in this App, in the background, or sharded over ``ntt worker`` processes).
 
 Beyond these names: ``ntt.fo.steps`` (the long calls as generators of progress steps), ``ntt.fo.forms`` (the
-checks and cheap reads the App's forms make), ``ntt.fo.workers`` (``ntt worker`` and its reaper),
-``ntt.fo.model.NTTModel`` (what ``load_model`` returns). Older names still work for one release, with a
+checks and cheap reads the App's forms make), ``ntt.fo.jobs.workers`` (``ntt worker`` and its reaper),
+``ntt.fo.labelling.model.NTTModel`` (what ``load_model`` returns). Older names still work for one release, with a
 ``FutureWarning`` naming the new one.
 """
 
 import importlib
 import warnings
 
-from . import forms, steps, workers  # noqa: E402,F401 - submodules reached as ntt.fo.forms, ... (not re-exported)
-from .banks import add_references, build_bank, delete_bank, get_bank_info, list_banks, load_bank, rename_bank
-from .evaluate import evaluate
-from .feedback import add_negatives, promote_predictions
-from .grades import grade_references
-from .model import load_model, register_zoo_source
-from .references import NTTFiftyOneError, load_references_view, mark_references, unmark_references
-from .runs import get_job_status, list_jobs, stop_job
-from .segment import segment
-from .shards import submit_job
+from ntt.fo import forms, steps  # noqa: F401 - submodules reached as ntt.fo.forms, ... (not re-exported)
+from ntt.fo.banks import add_references, build_bank, delete_bank, get_bank_info, list_banks, load_bank, rename_bank
+from ntt.fo.jobs import workers  # noqa: F401 - reached as ntt.fo.jobs.workers (and ntt.fo.workers)
+from ntt.fo.jobs.follow import get_job_status, list_jobs, stop_job
+from ntt.fo.jobs.shards import submit_job
+from ntt.fo.labelling.evaluate import evaluate
+from ntt.fo.labelling.model import load_model, register_zoo_source
+from ntt.fo.labelling.segment import segment
+from ntt.fo.references import NTTFiftyOneError, mark_references, unmark_references
+from ntt.fo.review.feedback import add_negatives, promote_predictions
+from ntt.fo.review.grades import grade_references
+from ntt.fo.review.views import load_references_view
 
 __all__ = [
     # references
@@ -75,9 +77,9 @@ DEPRECATED = {
     "run_status": ("ntt.fo", "get_job_status"),
     "list_runs": ("ntt.fo", "list_jobs"),
     "stop_run": ("ntt.fo", "stop_job"),
-    "sharded_runs": ("ntt.fo.shard_status", "sharded_runs"),
-    "references_behind": ("ntt.fo.feedback", "references_behind"),
-    "worst_shots": ("ntt.fo.grades", "worst_shots"),
+    "sharded_runs": ("ntt.fo.jobs.status", "sharded_runs"),
+    "references_behind": ("ntt.fo.review.feedback", "references_behind"),
+    "worst_shots": ("ntt.fo.review.grades", "worst_shots"),
     "segment_targets": ("ntt.fo.forms", "targets_view"),
     "build_bank_steps": ("ntt.fo.steps", "build_bank_steps"),
     "add_references_steps": ("ntt.fo.steps", "add_references_steps"),
@@ -99,13 +101,13 @@ DEPRECATED = {
     "reference_ids": ("ntt.fo.forms", "reference_ids"),
     "without_references": ("ntt.fo.forms", "without_references"),
     "DEFAULT_TAG": ("ntt.fo.forms", "DEFAULT_TAG"),
-    "Worker": ("ntt.fo.workers", "Worker"),
-    "reap": ("ntt.fo.workers", "reap"),
-    "shard_steps": ("ntt.fo.workers", "shard_steps"),
-    "NTTModel": ("ntt.fo.model", "NTTModel"),
+    "Worker": ("ntt.fo.jobs.workers", "Worker"),
+    "reap": ("ntt.fo.jobs.workers", "reap"),
+    "shard_steps": ("ntt.fo.jobs.workers", "shard_steps"),
+    "NTTModel": ("ntt.fo.labelling.model", "NTTModel"),
     "collect_references": ("ntt.fo.references", "collect_references"),
     "reference_classes": ("ntt.fo.references", "reference_classes"),
-    "to_detections": ("ntt.fo.segment", "to_detections"),
+    "to_detections": ("ntt.fo.labelling.segment", "to_detections"),
 }
 
 

@@ -23,14 +23,13 @@ from ntt.bank.encoder import build_bank_steps as memory_bank_steps
 from ntt.bank.memory import BankError, MemoryBank
 from ntt.bank.teach import learn
 from ntt.config import NTTConfig, get_config
+from ntt.fo import store
+from ntt.fo.checks import check_device, check_weights, settings_here, shot_sample_ids
+from ntt.fo.references import DEFAULT_TAG, NTTFiftyOneError, collect_references
+from ntt.fo.store import bank_dir, dataset_of, schema_lock  # noqa: F401 - re-exported: a dataset's bank folder and lock
 from ntt.grading.calibration import calibrated_thresholds, calibration_problem
 from ntt.steps import Step, Steps, drive, signature_of
 from ntt.types import Progress
-
-from . import store
-from .checks import check_device, check_weights, settings_here, shot_sample_ids
-from .references import DEFAULT_TAG, NTTFiftyOneError, collect_references
-from .store import bank_dir, dataset_of, schema_lock  # noqa: F401 - re-exported: a dataset's bank folder and lock
 
 log = logging.getLogger(__name__)
 RUN_TYPE = "ntt_bank"
@@ -184,7 +183,8 @@ def build_bank_steps(
 
 @signature_of(build_bank_steps)
 def build_bank(*args, progress: Progress | None = None, **kwargs) -> MemoryBank:
-    """Build a named bank from the reference instances of ``coll`` and store it with the dataset.
+    """Build a named bank from the reference instances of ``coll`` and store it with the dataset (the core's
+    ``ntt.build_bank`` on this dataset's references, stored as a FiftyOne run with its file).
 
     Args:
         coll: a dataset or view; its reference samples/labels (see ``mark_references``) are the shots.

@@ -9,10 +9,9 @@ from typing import Any
 
 from ntt.bank.memory import MemoryBank
 from ntt.config import ConfigError, NTTConfig, derive, get_config, layered
+from ntt.fo.references import NTTFiftyOneError
 from ntt.models import ensure_weights
 from ntt.models.devices import resolve_device
-
-from .references import NTTFiftyOneError
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 

@@ -3,18 +3,18 @@ cheap reads forms show (targets, settings, review counts), each from the dataset
 model or a bank file. The operators in ``plugin/`` use these; SDK users rarely need them.
 """
 
-from .banks import check_bank_name
-from .checks import check_segment_args, check_weights
-from .feedback import review_counts
-from .references import (
+from ntt.fo.banks import check_bank_name
+from ntt.fo.checks import check_segment_args, check_weights
+from ntt.fo.labelling.segment import segment_settings, targets_view
+from ntt.fo.references import (
     DEFAULT_TAG,
     check_detections_field,
     detections_fields,
     reference_ids,
     without_references,
 )
-from .segment import segment_settings, targets_view
-from .store import bank_dir
+from ntt.fo.review.feedback import review_counts
+from ntt.fo.store import bank_dir
 
 __all__ = [
     "DEFAULT_TAG",

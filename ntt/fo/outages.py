@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from pymongo.errors import ConnectionFailure
 
-from .references import NTTFiftyOneError
+from ntt.fo.references import NTTFiftyOneError
 
 T = TypeVar("T")
 PATIENCE = 600.0  # seconds a shard waits for the database before it gives up (its shard is then re-run)

@@ -17,10 +17,9 @@ from fiftyone import ViewField as F
 from PIL import Image
 
 from ntt.bank.encoder import InvalidReferenceError
+from ntt.fo.store import dataset_key
 from ntt.io.images import ImageLoadError, image_size
 from ntt.types import Reference
-
-from .store import dataset_key
 
 log = logging.getLogger(__name__)
 DEFAULT_TAG = "ntt_ref"
@@ -89,41 +88,6 @@ def reference_ids(coll, tag=DEFAULT_TAG, label_field: str | None = None) -> list
     fields = [label_field] if label_field else None
     tagged |= set(coll.match_labels(tags=tag, fields=fields).values("id"))
     return sorted(tagged)
-
-
-def load_references_view(
-    coll,
-    tag: str = DEFAULT_TAG,
-    predictions: str | None = None,
-    label_ids: Iterable[str] | None = None,
-    grade_key: str | None = None,
-    count: int = 5,
-):
-    """A view of reference shots, from one of three places.
-
-    - By default: the reference samples of ``coll`` (tagged ``tag``, or holding a label tagged ``tag``).
-    - ``predictions``: the reference labels behind predictions of that field (``label_ids``, default all of
-      ``coll``): the shots they were matched to (``shot_sample_id`` / ``shot_label_id``), only those labels
-      shown. This is what 'NTT: show references' opens for the predictions selected in the App.
-    - ``grade_key``: the ``count`` most harmful shots of the grading stored under that key
-      (``grade_references(..., grade_key=...)``), only those labels shown.
-
-    Raises:
-        NTTFiftyOneError: both ``predictions`` and ``grade_key`` given, predictions that name no shot, or no
-            grading of that key.
-    """
-    check_collection(coll)
-    if predictions is not None and grade_key is not None:
-        raise NTTFiftyOneError("give predictions or grade_key, not both: they open different views")
-    if predictions is not None:
-        from .feedback import references_behind
-
-        return references_behind(coll, predictions, label_ids)
-    if grade_key is not None:
-        from .grades import worst_shots
-
-        return worst_shots(coll, grade_key, count)
-    return coll.select(reference_ids(coll, tag))
 
 
 def without_references(coll, tag=DEFAULT_TAG):

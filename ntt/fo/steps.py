@@ -9,13 +9,12 @@ of this process, listed by ``ntt.fo.list_jobs`` and stopped by ``ntt.fo.stop_job
 at its next step).
 """
 
+from ntt.fo.banks import add_references_steps, build_bank_steps
+from ntt.fo.jobs.follow import JobStopped, tracked
+from ntt.fo.labelling.segment import segment_steps
+from ntt.fo.review.feedback import add_negatives_steps, promote_predictions_steps
+from ntt.fo.review.grades import grade_references_steps
 from ntt.steps import Step
-
-from .banks import add_references_steps, build_bank_steps
-from .feedback import add_negatives_steps, promote_predictions_steps
-from .grades import grade_references_steps
-from .runs import JobStopped, tracked
-from .segment import segment_steps
 
 __all__ = [
     "JobStopped",

@@ -186,7 +186,7 @@ class SegmentWithBank(BackgroundOperator):
     def execute(self, ctx):
         nfo = sdk()
         if ctx.params.get("ntt_shard"):
-            steps = nfo.workers.shard_steps(ctx.dataset, ctx.params["ntt_shard"], ctx.params.get("ntt_lease"))
+            steps = nfo.jobs.workers.shard_steps(ctx.dataset, ctx.params["ntt_shard"], ctx.params.get("ntt_lease"))
             return runner.run(ctx, steps, self.resolve_output(ctx))
         bank = ctx.params["bank"]
         preset, config = self._settings(ctx)

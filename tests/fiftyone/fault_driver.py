@@ -8,7 +8,7 @@
     rename-bank / teach / rename-dataset / clone
     check DATASET FIELD ORACLE   each target's labels in FIELD against ORACLE
     masks DATASET FIELD  each label's mask file and a digest of the mask it holds
-    reap-loop            ntt.fo.reaper.reap in a tight loop until a stop file appears
+    reap-loop            ntt.fo.jobs.reaper.reap in a tight loop until a stop file appears
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def masks(args) -> dict:
 
 def reap_loop(args) -> dict:
     """``reap(stale_after)`` again and again until ``stop_file`` exists; each line it returns is printed."""
-    from ntt.fo.reaper import reap
+    from ntt.fo.jobs.reaper import reap
 
     passes, lines = 0, 0
     stop = Path(args.stop_file)

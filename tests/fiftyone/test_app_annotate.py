@@ -98,7 +98,7 @@ def annotate_dataset(coco_source, random_config):
     import fiftyone as fo
 
     import ntt.fo as nfo
-    from ntt.fo.corrections import with_record
+    from ntt.fo.review.corrections import with_record
 
     view = coco_source.match(fo.ViewField("filepath").ends_with(IMAGE))
     ds = view.clone(name=f"ntt-annotate-{uuid.uuid4().hex[:8]}", persistent=True)
@@ -142,7 +142,7 @@ def test_annotate_tab_edits_teach_the_bank_through_promote(chromium, artifacts, 
     from playwright.sync_api import sync_playwright
 
     import ntt.fo as nfo
-    import ntt.fo.feedback as feedback
+    import ntt.fo.review.feedback as feedback
     from ntt.fo.references import full_image_mask
 
     ds = annotate_dataset
@@ -222,8 +222,8 @@ def _edits(ui: AppDriver, url: str, ds, field: str = FIELD) -> dict:
     """The three edits through the Annotate tab on the first sample's ``field``, each checked on the stored
     sample. Returns what was done: ``painted`` (label id), ``deleted`` (its ``ntt_predicted`` entry), ``drawn``
     (label id), ``sample_id``: what ``nfo.promote_predictions`` should find."""
-    from ntt.fo.corrections import RECORD, mask_digest
     from ntt.fo.references import full_image_mask
+    from ntt.fo.review.corrections import RECORD, mask_digest
 
     before = _stored(ds)
     width, height = before.metadata.width, before.metadata.height

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import ntt.fo as nfo
-from ntt.fo import banks, grades, store
+from ntt.fo import banks, store
+from ntt.fo.review import grades
 
 BANK = "pets"
 

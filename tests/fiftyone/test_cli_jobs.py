@@ -21,7 +21,7 @@ def _flags(*path: str) -> set[str]:
 
 
 def test_every_keyword_of_segment_has_its_flag():
-    from ntt.fo.segment import segment_steps
+    from ntt.fo.labelling.segment import segment_steps
 
     keywords = [k for k in inspect.signature(segment_steps).parameters if k not in ("coll", "bank")]
     assert sorted(keywords) == sorted(SEGMENT_OPTIONS), "SEGMENT_OPTIONS maps every keyword of segment"
@@ -36,7 +36,7 @@ def test_every_keyword_of_segment_has_its_flag():
 @pytest.fixture
 def submitted(monkeypatch):
     """`ntt jobs submit` with the SDK's submit replaced: what it was called with (no dataset needed)."""
-    from ntt.fo import commands, shards
+    from ntt.fo.jobs import commands, shards
 
     calls = []
 

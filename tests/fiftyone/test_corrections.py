@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import ntt.fo as nfo
-import ntt.fo.feedback as feedback
-from ntt.fo.corrections import corrections
+import ntt.fo.review.feedback as feedback
 from ntt.fo.references import full_image_mask
+from ntt.fo.review.corrections import corrections
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import ntt.fo as nfo
-from ntt.fo.provenance import KEYS, recorded
+from ntt.fo.labelling.model import NTTModel
+from ntt.fo.labelling.provenance import KEYS, recorded
 from ntt.predict.segmenter import ImageResult
 
 
@@ -101,7 +102,7 @@ def test_the_zoo_source_loads_the_model_offline(banked):
     nfo.register_zoo_source()
     assert "ntt-sam2-dinov2" in foz.list_zoo_models()
     model = foz.load_zoo_model("ntt-sam2-dinov2", dataset=ds, bank="pets")
-    assert isinstance(model, nfo.model.NTTModel)
+    assert isinstance(model, NTTModel)
     import sys
 
     assert sys.modules["ntt"].fo is nfo, "loading the zoo source leaves the ntt package in place"

@@ -110,7 +110,7 @@ def test_manifest_registration_and_cli_listing():
         assert config.allow_immediate_execution and config.allow_delegated_execution
 
     listed = subprocess.run(
-        [str(Path(sys.executable).parent / "fiftyone"), "operators", "list"],
+        [str(Path(sys.executable).parent / "fiftyone"), "operators", "list", "--include-unlisted"],  # the old runs
         capture_output=True,
         text=True,
         timeout=120,

@@ -18,10 +18,11 @@ import pytest
 from bson import ObjectId
 
 import ntt.fo as nfo
-from ntt.fo import run_states, shards
-from ntt.fo.reaper import _give_up
-from ntt.fo.run_states import move_shard, runs_collection, shards_collection
-from ntt.fo.shard_status import sharded_runs
+from ntt.fo.jobs import shards
+from ntt.fo.jobs import states as run_states
+from ntt.fo.jobs.reaper import _give_up
+from ntt.fo.jobs.states import move_shard, runs_collection, shards_collection
+from ntt.fo.jobs.status import sharded_runs
 from ntt.fo.store import bank_root, locate_bank_file
 from ntt.steps import drive
 
@@ -251,7 +252,7 @@ def test_overwrite_clears_the_labels_of_samples_it_could_not_segment(banked, tmp
 
 
 def test_a_worker_refuses_a_stale_after_within_two_heartbeats():
-    from ntt.fo.workers import Worker
+    from ntt.fo.jobs.workers import Worker
 
     with pytest.raises(nfo.NTTFiftyOneError, match="more than twice --heartbeat"):
         Worker(heartbeat=5, stale_after=10)

@@ -218,6 +218,7 @@ def test_evaluate_returns_fiftyone_results(built):
 def test_to_detections_matches_fiftyone_from_mask():
     import fiftyone as fo
 
+    from ntt.fo.labelling.segment import to_detections
     from ntt.types import Instances
 
     masks = np.zeros((2, 30, 50), bool)
@@ -225,7 +226,7 @@ def test_to_detections_matches_fiftyone_from_mask():
     masks[0, 5, 5] = True
     masks[1, 29, 49] = True
     inst = Instances.from_masks(masks, scores=[0.8, 0.3], class_ids=[7, 9])
-    dets = nfo.segment.to_detections(inst, {7: "cat", 9: "dog"}).detections
+    dets = to_detections(inst, {7: "cat", 9: "dog"}).detections
     for det, mask, label, conf in zip(dets, masks, ["cat", "dog"], [0.8, 0.3]):
         ref = fo.Detection.from_mask(mask)
         np.testing.assert_allclose(det.bounding_box, ref.bounding_box)

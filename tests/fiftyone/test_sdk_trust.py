@@ -26,7 +26,7 @@ def _no_models(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(importlib.import_module("ntt.fo.segment"), "Segmenter", fail)
+    monkeypatch.setattr(importlib.import_module("ntt.fo.labelling.segment"), "Segmenter", fail)
     monkeypatch.setattr(importlib.import_module("ntt.fo.banks"), "memory_bank_steps", fail)
 
 

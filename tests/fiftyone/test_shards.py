@@ -11,8 +11,8 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionResult
 
 import ntt.fo as nfo
-from ntt.fo.shard_status import sharded_runs
-from ntt.fo.shards import OPERATOR, runs_collection, shards_collection
+from ntt.fo.jobs.shards import OPERATOR, runs_collection, shards_collection
+from ntt.fo.jobs.status import sharded_runs
 from ntt.steps import drive
 
 
@@ -171,7 +171,7 @@ def test_stop_and_bad_requests(banked):
     status = nfo.get_job_status(queued["run"])
     assert status["state"] == "stopped" and status["shards"]["stopped"] == 2
     assert all("failed" in str(_op(s).run_state).lower() for s in (first, second))
-    with pytest.raises(nfo.NTTFiftyOneError, match="only a queued or running run"):
+    with pytest.raises(nfo.NTTFiftyOneError, match="only a queued or running job"):
         nfo.stop_job(ds, queued["run"])
 
 

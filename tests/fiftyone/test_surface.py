@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ntt.fo as nfo
-from ntt.fo.segment import plan_segment, segment_steps
+from ntt.fo.labelling.segment import plan_segment, segment_steps
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC = [
@@ -48,7 +48,7 @@ def test_the_public_names_are_the_ones_a_user_calls_each_documented():
     for name in nfo.__all__:
         doc = inspect.getdoc(getattr(nfo, name))
         assert doc and len(doc.split()) >= 5, f"ntt.fo.{name} has no docstring worth the name"
-    for module in (nfo.steps, nfo.forms, nfo.workers):  # reached there, not re-exported
+    for module in (nfo.steps, nfo.forms, nfo.jobs.workers):  # reached there, not re-exported
         assert module.__doc__ and not set(module.__all__) & set(nfo.__all__), module.__name__
         assert all(hasattr(module, name) for name in module.__all__), module.__name__
 

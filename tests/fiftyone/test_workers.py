@@ -21,7 +21,7 @@ from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 
 import ntt.fo as nfo
-from ntt.fo.shards import shards_collection
+from ntt.fo.jobs.shards import shards_collection
 
 pytestmark = pytest.mark.slow
 WORKERS = 3

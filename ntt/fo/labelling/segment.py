@@ -15,20 +15,19 @@ from ntt.bank.memory import MemoryBank
 from ntt.cache.store import CandidateStore
 from ntt.cli.pipeline import adopt_bank_encoder
 from ntt.config import NTTConfig, derive, get_config
+from ntt.fo.banks import get_bank_info, read_bank
+from ntt.fo.checks import check_segment_args, check_settings, check_usable, check_weights, settings_here, whole_number
+from ntt.fo.labelling.provenance import Source, declare_field, record_done, recorded
+from ntt.fo.labelling.writes import write_labels
+from ntt.fo.outages import patiently
+from ntt.fo.references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
+from ntt.fo.review.corrections import with_record
+from ntt.fo.store import dataset_key, dataset_of
 from ntt.grading.calibration import StaleCalibration, calibrated_thresholds
 from ntt.io.coco import explain
 from ntt.predict.segmenter import Segmenter
 from ntt.steps import Step, Steps, drive, signature_of
 from ntt.types import Instances, Progress
-
-from .banks import get_bank_info, read_bank
-from .checks import check_segment_args, check_settings, check_usable, check_weights, settings_here, whole_number
-from .corrections import with_record
-from .outages import patiently
-from .provenance import Source, declare_field, record_done, recorded
-from .references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
-from .store import dataset_key, dataset_of
-from .writes import write_labels
 
 
 def to_detections(inst: Instances, class_names: dict[int, str], shots: list[dict] | None = None) -> fo.Detections:

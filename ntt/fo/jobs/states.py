@@ -109,7 +109,7 @@ def server_time():
     """The database server's clock (for elapsed times of records stamped with ``NOW``)."""
     from fiftyone.core.odm.database import get_db_client
 
-    from .shards import aware_utc
+    from ntt.fo.jobs.shards import aware_utc
 
     return aware_utc(get_db_client().admin.command("hello")["localTime"])
 
@@ -117,7 +117,7 @@ def server_time():
 def _check_move(table: dict, kind: str, frm: tuple[str, ...], to: str) -> None:
     allowed = table.get(to, ())
     if not frm or any(state not in allowed for state in frm):
-        raise ValueError(f"no {kind} moves from {frm} to {to!r} (see ntt.fo.run_states)")
+        raise ValueError(f"no {kind} moves from {frm} to {to!r} (see ntt.fo.jobs.states)")
 
 
 def _literal(values: dict) -> dict:

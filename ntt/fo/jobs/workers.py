@@ -27,11 +27,11 @@ from collections.abc import Callable
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from .reaper import STALE_AFTER, WORKER_LINK, reap
-from .references import NTTFiftyOneError
-from .run_states import NOW, note_shard, shards_collection
-from .runs import PLUGIN_PREFIX, state_of
-from .shards import TARGET, delegated_service, fail_operation, operation, shard_steps
+from ntt.fo.jobs.follow import PLUGIN_PREFIX, state_of
+from ntt.fo.jobs.reaper import STALE_AFTER, WORKER_LINK, reap
+from ntt.fo.jobs.shards import TARGET, delegated_service, fail_operation, operation, shard_steps
+from ntt.fo.jobs.states import NOW, note_shard, shards_collection
+from ntt.fo.references import NTTFiftyOneError
 
 __all__ = ["Worker", "reap", "shard_steps"]  # the worker, its reaper, and one shard's work (a shard operator's)
 

@@ -24,9 +24,8 @@ from typing import Any
 import fiftyone as fo
 
 from ntt.bank.memory import MemoryBank
-
-from .checks import shot_sample_ids
-from .store import dataset_of, schema_lock
+from ntt.fo.checks import shot_sample_ids
+from ntt.fo.store import dataset_of, schema_lock
 
 KEYS = ("ntt_bank", "ntt_bank_fingerprint", "ntt_tag", "ntt_classes", "ntt_reference_ids")
 LABEL_KEY = "ntt_bank_fingerprint"  # on each ``Detections`` apply_model writes: the bank that made it

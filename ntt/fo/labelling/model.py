@@ -36,13 +36,12 @@ from types import SimpleNamespace
 import fiftyone as fo
 import fiftyone.core.models as fom
 
+from ntt.fo.checks import check_weights
+from ntt.fo.labelling.provenance import LABEL_KEY, Source, register_model
+from ntt.fo.labelling.segment import new_segmenter, resolve_settings, to_detections
+from ntt.fo.references import NTTFiftyOneError
+from ntt.fo.store import dataset_key, dataset_of
 from ntt.predict.segmenter import ImageResult, Segmenter
-
-from .checks import check_weights
-from .provenance import LABEL_KEY, Source, register_model
-from .references import NTTFiftyOneError
-from .segment import new_segmenter, resolve_settings, to_detections
-from .store import dataset_key, dataset_of
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +187,6 @@ def register_zoo_source() -> str:
     # FiftyOne imports the folder's __init__.py under the folder's name: "ntt" would replace the ntt package
     target = Path(fo.config.model_zoo_dir) / "ntt-zoo"
     shutil.copytree(
-        Path(__file__).parent / "zoo", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+        Path(__file__).parents[1] / "zoo", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
     )
     return str(target)

@@ -27,14 +27,13 @@ from bson import ObjectId
 
 from ntt.bank.memory import MemoryBank
 from ntt.bank.teach import learn, lesson_steps
+from ntt.fo.banks import BankRead, needed_models, read_bank, store_change
+from ntt.fo.checks import check_device, check_weights, settings_here
+from ntt.fo.references import NTTFiftyOneError, _sample_references, check_collection, check_detections_field
+from ntt.fo.review.corrections import corrections
+from ntt.fo.store import dataset_of
 from ntt.steps import Steps, drive, signature_of
 from ntt.types import Progress, Reference
-
-from .banks import BankRead, needed_models, read_bank, store_change
-from .checks import check_device, check_weights, settings_here
-from .corrections import corrections
-from .references import NTTFiftyOneError, _sample_references, check_collection, check_detections_field
-from .store import dataset_of
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,9 @@ from typing import Any
 
 from ntt.bank.memory import BankError, MemoryBank
 from ntt.config import NTTConfig
-
-from .checks import settings_here
-from .references import NTTFiftyOneError
-from .store import bank_file_key, dataset_key, locate_bank_file
+from ntt.fo.checks import settings_here
+from ntt.fo.references import NTTFiftyOneError
+from ntt.fo.store import bank_file_key, dataset_key, locate_bank_file
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,9 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from .jobs import Job
-from .outages import UNREACHABLE
-from .references import NTTFiftyOneError
-from .run_states import NOW, UNFINISHED_RUN, move_run, move_shard, new_lease, runs_collection, shards_collection
-from .runs import state_of
-from .shards import (
+from ntt.fo.jobs.follow import state_of
+from ntt.fo.jobs.request import Job
+from ntt.fo.jobs.shards import (
     _close_submit,
     fail_operation,
     finish_if_done,
@@ -40,6 +37,9 @@ from .shards import (
     queue_attempt,
     shard_sample_ids,
 )
+from ntt.fo.jobs.states import NOW, UNFINISHED_RUN, move_run, move_shard, new_lease, runs_collection, shards_collection
+from ntt.fo.outages import UNREACHABLE
+from ntt.fo.references import NTTFiftyOneError
 
 WORKER_LINK = "ntt-worker://"  # the run link of operations an ntt worker runs
 STALE_AFTER = 60.0  # seconds (of the server's clock) without a heartbeat after which a worker counts as lost

@@ -9,10 +9,10 @@ from typing import Any
 
 from bson import ObjectId
 
-from .references import NTTFiftyOneError
-from .run_states import runs_collection, server_time, shards_collection
-from .shards import aware_utc, delegated_service
-from .store import dataset_of
+from ntt.fo.jobs.shards import aware_utc, delegated_service
+from ntt.fo.jobs.states import runs_collection, server_time, shards_collection
+from ntt.fo.references import NTTFiftyOneError
+from ntt.fo.store import dataset_of
 
 SHARD_STATES = ("pending", "queued", "running", "done", "failed", "stopped")
 

@@ -22,14 +22,9 @@ from typing import Any
 
 from bson import ObjectId
 
-from ntt.steps import Step, Steps, relay
-
-from .checks import check_weights, whole_number
-from .jobs import Job, job_bank, job_of, job_settings
-from .outages import patiently
-from .provenance import declare_field, record_done
-from .references import NTTFiftyOneError
-from .run_states import (
+from ntt.fo.checks import check_weights, whole_number
+from ntt.fo.jobs.request import Job, job_bank, job_of, job_settings
+from ntt.fo.jobs.states import (
     NOW,
     UNFINISHED_SHARD,
     move_run,
@@ -40,8 +35,12 @@ from .run_states import (
     server_time,
     shards_collection,
 )
-from .segment import LeaseLost, _run, new_segmenter, plan_segment
-from .store import dataset_key, dataset_of
+from ntt.fo.labelling.provenance import declare_field, record_done
+from ntt.fo.labelling.segment import LeaseLost, _run, new_segmenter, plan_segment
+from ntt.fo.outages import patiently
+from ntt.fo.references import NTTFiftyOneError
+from ntt.fo.store import dataset_key, dataset_of
+from ntt.steps import Step, Steps, relay
 
 OPERATOR = "@ntt/ntt/segment_with_bank"
 TARGET = "ntt"  # the delegation target of shard operations: what `ntt worker` claims by default
@@ -158,7 +157,7 @@ def _record_run(dataset, job: Job, args: dict, target: str, max_attempts: int, s
 
 def _clear(dataset, job: Job, ids: list[str]) -> None:
     """``overwrite``: the samples' labels go, and with them their mask files of this dataset."""
-    from .segment import MaskFiles
+    from ntt.fo.labelling.segment import MaskFiles
 
     dataset.select(ids).set_values(job.label_field, [None] * len(ids))
     if job.mask_dir:
@@ -302,8 +301,8 @@ def _after_run(job: Job) -> None:
     points at it any more (it was replaced mid-run)."""
     from fiftyone.core.odm.database import load_dataset
 
-    from .banks import _records
-    from .store import locate_bank_file, release
+    from ntt.fo.banks import _records
+    from ntt.fo.store import locate_bank_file, release
 
     path = locate_bank_file(job.bank_file)
     release(path, _records(path))

@@ -17,10 +17,9 @@ from collections.abc import Generator
 from datetime import datetime, timezone
 from typing import Any
 
+from ntt.fo.references import NTTFiftyOneError
+from ntt.fo.store import dataset_of
 from ntt.steps import Step, Steps, T
-
-from .references import NTTFiftyOneError
-from .store import dataset_of
 
 PLUGIN_PREFIX = "@ntt/ntt/"
 _KEEP_FINISHED = 20  # finished runs of this process still listed
@@ -63,7 +62,7 @@ def list_jobs(coll) -> list[dict[str, Any]]:
     "background" or "ntt workers": a sharded job, its progress summed over its shards), ``state`` (queued,
     running, completed, failed, stopped), ``progress`` in [0, 1] or None, ``label`` (the last step),
     ``started`` (ISO time) and ``error``."""
-    from .shard_status import sharded_runs
+    from ntt.fo.jobs.status import sharded_runs
 
     name = dataset_of(coll).name
     with _LOCK:
@@ -89,13 +88,13 @@ def stop_job(coll, job_id: str) -> str:
             _LIVE[run_id]["stop"] = True
         return f"{run['operation']} stops after its current step; the work finished so far stays"
     if run["where"] == "ntt workers":
-        from .reaper import stop
+        from ntt.fo.jobs.reaper import stop
 
         return f"{run['operation']}: {stop(run_id)}"
     from bson import ObjectId
 
-    from .reaper import STOPPED
-    from .shards import fail_operation
+    from ntt.fo.jobs.reaper import STOPPED
+    from ntt.fo.jobs.shards import fail_operation
 
     fail_operation(ObjectId(run_id), STOPPED, run["state"])
     if run["state"] == "queued":
@@ -122,7 +121,7 @@ def get_job_status(job_id: str) -> dict[str, Any]:
     Raises:
         NTTFiftyOneError: no job has that id.
     """
-    from .shard_status import run_status
+    from ntt.fo.jobs.status import run_status
 
     with _LOCK:
         live = _LIVE.get(job_id)
@@ -179,7 +178,7 @@ def state_of(op) -> str:
 
 
 def _describe_sharded(status: dict[str, Any]) -> dict[str, Any]:
-    from .shard_status import status_line
+    from ntt.fo.jobs.status import status_line
 
     failures = status["failures"]
     return {

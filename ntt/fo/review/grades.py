@@ -12,16 +12,15 @@ import numpy as np
 
 from ntt.bank.memory import MemoryBank
 from ntt.cache.store import CandidateStore
+from ntt.fo.banks import read_bank, store_if_unchanged
+from ntt.fo.checks import check_device, check_weights, settings_here
+from ntt.fo.references import NTTFiftyOneError, _is_crowd, full_image_mask
+from ntt.fo.review.corrections import corrections
+from ntt.fo.store import dataset_of, schema_lock
 from ntt.grading.report import GradeReport, LabelledImage, grade_steps
 from ntt.io.images import ImageLoadError, image_size
 from ntt.steps import Steps, drive, signature_of
 from ntt.types import Progress
-
-from .banks import read_bank, store_if_unchanged
-from .checks import check_device, check_weights, settings_here
-from .corrections import corrections
-from .references import NTTFiftyOneError, _is_crowd, full_image_mask
-from .store import dataset_of, schema_lock
 
 GRADING_TYPE = "ntt_grading"  # a stored grading's run config says so (``list_runs(ntt_type=GRADING_TYPE)``)
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from .references import NTTFiftyOneError
+from ntt.fo.references import NTTFiftyOneError
 
 
 def worker(args: argparse.Namespace) -> int:
     """Run queued NTT operations until interrupted (or idle / done, when asked)."""
-    from .workers import Worker
+    from ntt.fo.jobs.workers import Worker
 
     _check_plugin()
     Worker(
@@ -30,12 +30,12 @@ def jobs(args: argparse.Namespace) -> int:
     if args.jobs_cmd == "status":
         return _status(args)
     if args.jobs_cmd == "reap":
-        from .reaper import reap
+        from ntt.fo.jobs.reaper import reap
 
         for line in reap(args.stale_after) or ["nothing to do"]:
             print(line)
         return 0
-    from .reaper import stop
+    from ntt.fo.jobs.reaper import stop
 
     print(stop(args.job))
     return 0
@@ -44,8 +44,7 @@ def jobs(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     """``ntt jobs submit``: every option of segment, as ``ntt segment`` takes it (``ntt.cli.segment_options``)."""
     from ntt.cli.segment_options import dataset_keywords
-
-    from . import shards
+    from ntt.fo.jobs import shards
 
     queued = shards.submit_job(
         _dataset(args.dataset),
@@ -66,7 +65,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .shard_status import run_status, sharded_runs, status_line
+    from ntt.fo.jobs.status import run_status, sharded_runs, status_line
 
     found = [run_status(args.job)] if args.job else sharded_runs(_dataset(args.dataset))
     if args.json:
@@ -99,7 +98,7 @@ def _check_plugin() -> None:
     """The worker runs operations through FiftyOne's plugin registry: it must find this plugin."""
     import fiftyone.operators as foo
 
-    from .shards import OPERATOR
+    from ntt.fo.jobs.shards import OPERATOR
 
     try:
         foo.get_operator(OPERATOR)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .banks import get_bank_info, list_banks
-from .provenance import recorded
-from .references import (
+from ntt.fo.banks import get_bank_info, list_banks
+from ntt.fo.labelling.provenance import recorded
+from ntt.fo.references import (
     DEFAULT_TAG,
     NTTFiftyOneError,
     check_collection,
