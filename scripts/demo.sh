@@ -40,7 +40,8 @@ $NTT weights "${ARGS[@]}"  # every checkpoint the demo needs, named at once when
 echo "== 1/3 memory bank from $SHOTS shots per class (paper sampling protocol, seed 33)"
 $NTT bank build "$DATA/annotations/instances_train2017.json" --images "$DATA/images/train2017" \
   --shots "$SHOTS" -o "$OUT/bank.safetensors" "${ARGS[@]}"
-$NTT bank info "$OUT/bank.safetensors" | head -4
+$NTT bank info "$OUT/bank.safetensors" > "$OUT/bank_info.json"  # not piped into head: under pipefail, its early exit
+head -4 "$OUT/bank_info.json"                                   # could fail the demo (SIGPIPE)
 echo "== 2/3 segmenting targets"
 $NTT segment --bank "$OUT/bank.safetensors" --images "$DATA/annotations/instances_val2017.json" \
   --image-root "$DATA/images/val2017" --max-images "$MAX_IMAGES" -o "$OUT/preds.json" "${ARGS[@]}"
