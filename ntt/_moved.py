@@ -76,11 +76,11 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             stacklevel=2,
         )
         module = importlib.import_module(new)
-        self._spec = module.__spec__  # the import system sets the alias's spec on it: put the real one back
+        spec.loader_state = module.__spec__  # the import system sets the alias's spec on it: put the real one back
         return module
 
     def exec_module(self, module):
-        module.__spec__ = self._spec
+        module.__spec__ = module.__spec__.loader_state
 
 
 def install() -> None:

@@ -17,10 +17,6 @@ from ntt.config import ConfigError, NTTConfig, get_config
 log = logging.getLogger("ntt")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    add_model_options(p)
-
-
 def _config(args: argparse.Namespace, segment: dict | None = None) -> NTTConfig:
     """The preset with the flags given on top; the device is checked to exist before any work starts."""
     cfg = _flags_config(args, segment)
@@ -88,7 +84,7 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
         help="a named class split: coco-novel (COCO-FSOD's 20 VOC classes) or the PASCAL VOC novel splits",
     )
     p.add_argument("--box-refs", action="store_true", help="ignore masks: get them from SAM2 box prompts")
-    _model_args(p)
+    add_model_options(p)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -152,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the candidate cache: fresh runs vs re-segmenting from it after a bank change",
     )
     k.add_argument("--json", dest="json_out", default=None, help="write the numbers to this JSON file")
-    _model_args(k)
+    add_model_options(k)
 
     c = sub.add_parser("cache", help="the candidate cache (bank-independent work per image): show or free it")
     c.add_argument("cache_cmd", choices=["info", "clear"], help="info: where, entries, bytes, limit; clear: free it")
 
     w = sub.add_parser("weights", help="check that the checkpoints a preset needs are here (or say where they go)")
-    _model_args(w)
+    add_model_options(w)
 
     _worker_args(sub)
     for name in ("jobs", "runs"):  # runs: the old name, hidden, kept one release
@@ -202,7 +198,7 @@ def _grade_args(bank, name: str, shown: bool) -> None:
     )
     g.add_argument("-o", "--output", default=None, help="with --calibrate: write the bank here, not in place")
     g.add_argument("--json", dest="json_out", default=None, help="also write the report to this JSON file")
-    _model_args(g)
+    add_model_options(g)
 
 
 def _jobs_args(sub, name: str, shown: bool) -> None:

@@ -33,12 +33,12 @@ from ntt.types import Progress
 
 log = logging.getLogger(__name__)
 RUN_TYPE = "ntt_bank"
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RUN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # FiftyOne run keys: bank names, grade keys
 
 
 def check_bank_name(name: str) -> str:
     """Bank names are run keys: letters, digits and underscores (so a name can never escape its folder)."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not RUN_KEY.fullmatch(name):
         raise NTTFiftyOneError(f"invalid bank name {name!r}: use letters, digits and underscores")
     return name
 
@@ -79,7 +79,7 @@ def _record(coll, name: str) -> dict[str, Any] | None:
     copies of both."""
     from bson import ObjectId
 
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not RUN_KEY.fullmatch(name):
         return None
     doc = _db().datasets.find_one({"_id": ObjectId(store.dataset_key(coll))}, {f"runs.{name}": 1})
     run_id = ((doc or {}).get("runs") or {}).get(name)

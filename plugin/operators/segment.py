@@ -142,9 +142,7 @@ class SegmentWithBank(BackgroundOperator):
         """The samples ``execute`` will segment (``ntt.fo.forms.targets_view``: the view, minus references, minus
         labelled ones when skipping); raises what ``segment`` would (existing labels without skip / overwrite, a
         field that is not Detections, resuming another bank's field)."""
-        from ntt.fo.forms import targets_view
-
-        return targets_view(view, bank, **self._target_args(ctx))
+        return sdk().forms.targets_view(view, bank, **self._target_args(ctx))
 
     @staticmethod
     def _args_problem(ctx, bank) -> str | None:

@@ -157,3 +157,9 @@ def test_a_config_naming_another_dinov2_than_the_banks_is_refused_not_ignored(da
     assert "x" not in dataset.get_field_schema()
     same = {"model": {"dinov2": bank.encoder["name"]}}
     assert nfo.forms.segment_settings(dataset, "pets", config=same).model.dinov2 == bank.encoder["name"]
+
+
+def test_get_job_status_says_no_job_for_an_id_nothing_has(dataset):
+    for job_id in ("nonsense", "0123456789abcdef01234567"):  # not an id; an id of nothing
+        with pytest.raises(nfo.NTTFiftyOneError, match=f"no job '{job_id}'"):
+            nfo.get_job_status(job_id)

@@ -55,7 +55,7 @@ def _submit(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         **dataset_keywords(args),
     )
-    job = _job_id(queued)
+    job = queued["job"]
     print(
         f"job {job}: {queued['samples']} samples in {queued['shards']} shards queued for target "
         f"{queued['delegation_target']!r}; start workers with `ntt worker`, follow with "
@@ -74,16 +74,12 @@ def _status(args: argparse.Namespace) -> int:
     if not found:
         print(f"no sharded jobs on dataset {args.dataset!r}")
     for status in found:
-        print(f"job {_job_id(status)} [{status['state']}] {status['label_field']} with bank {status['bank']}")
+        print(f"job {status['job']} [{status['state']}] {status['label_field']} with bank {status['bank']}")
         print(f"  {status_line(status)}; workers: {', '.join(status['workers']) or 'none now'}")
         for failure in status["failures"]:
             number = f"{failure['shard'] + 1}/{sum(status['shards'].values())}"
             print(f"  shard {number} ({failure['attempts']} attempts): {failure['error']}")
     return 0
-
-
-def _job_id(record: dict) -> str:
-    return record["job"] if "job" in record else record["run"]  # "run": the key before jobs were named so
 
 
 def _dataset(name: str):

@@ -78,25 +78,24 @@ def stop_job(coll, job_id: str) -> str:
     Raises:
         NTTFiftyOneError: no such job, or it has ended already.
     """
-    run_id = job_id
-    run = next((r for r in list_jobs(coll) if r["id"] == run_id), None)
+    run = next((r for r in list_jobs(coll) if r["id"] == job_id), None)
     if run is None or run["state"] not in ("queued", "running"):
-        state = "no job" if run is None else f"job {run_id} is {run['state']}"
+        state = "no job" if run is None else f"job {job_id} is {run['state']}"
         raise NTTFiftyOneError(f"{state}: only a queued or running job can be stopped")
     if run["where"] == "this App":
         with _LOCK:
-            _LIVE[run_id]["stop"] = True
+            _LIVE[job_id]["stop"] = True
         return f"{run['operation']} stops after its current step; the work finished so far stays"
     if run["where"] == "ntt workers":
         from ntt.fo.jobs.reaper import stop
 
-        return f"{run['operation']}: {stop(run_id)}"
+        return f"{run['operation']}: {stop(job_id)}"
     from bson import ObjectId
 
     from ntt.fo.jobs.reaper import STOPPED
     from ntt.fo.jobs.shards import fail_operation
 
-    fail_operation(ObjectId(run_id), STOPPED, run["state"])
+    fail_operation(ObjectId(job_id), STOPPED, run["state"])
     if run["state"] == "queued":
         return f"{run['operation']} will not start: it is marked failed"
     return (
@@ -139,11 +138,13 @@ def get_job_status(job_id: str) -> dict[str, Any]:
 def _operation(job_id: str):
     """The NTT delegated operation ``job_id`` names, or None."""
     from bson import ObjectId
-    from fiftyone.operators.delegated import DelegatedOperationService
+    from bson.errors import InvalidId
+
+    from ntt.fo.jobs.shards import operation
 
     try:
-        op = DelegatedOperationService().get(ObjectId(job_id))
-    except Exception:  # noqa: BLE001 - not an ObjectId (InvalidId, TypeError)
+        op = operation(ObjectId(job_id))
+    except (InvalidId, TypeError):  # not an operation's id
         return None
     return op if op is not None and str(op.operator).startswith(PLUGIN_PREFIX) else None
 
@@ -182,7 +183,7 @@ def _describe_sharded(status: dict[str, Any]) -> dict[str, Any]:
 
     failures = status["failures"]
     return {
-        "id": status["run"],
+        "id": status["job"],
         "operation": f"segment_with_bank in {sum(status['shards'].values())} shards",
         "where": "ntt workers",
         "state": {"running": "running", "stopping": "running"}.get(status["state"], status["state"]),

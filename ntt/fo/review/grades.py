@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import json
-import re
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from ntt.bank.memory import MemoryBank
 from ntt.cache.store import CandidateStore
-from ntt.fo.banks import read_bank, store_if_unchanged
+from ntt.fo.banks import RUN_KEY, read_bank, store_if_unchanged
 from ntt.fo.checks import check_device, check_weights, settings_here
 from ntt.fo.references import NTTFiftyOneError, _is_crowd, full_image_mask
 from ntt.fo.review.corrections import corrections
@@ -23,7 +21,6 @@ from ntt.steps import Steps, drive, signature_of
 from ntt.types import Progress
 
 GRADING_TYPE = "ntt_grading"  # a stored grading's run config says so (``list_runs(ntt_type=GRADING_TYPE)``)
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def grade_references_steps(
@@ -90,8 +87,8 @@ def worst_shots(coll, report: GradeReport | dict | str, count: int = 5):
     ``grade_key`` of a stored grading): their samples, only those labels shown."""
     if isinstance(report, str):
         report = load_grading(coll, report)
-    shots = report.shots if isinstance(report, GradeReport) else [SimpleNamespace(**s) for s in report["shots"]]
-    ids = [str(s.annotation_id) for s in shots[:count]]
+    shots = report.to_dict()["shots"] if isinstance(report, GradeReport) else report["shots"]
+    ids = [str(s["annotation_id"]) for s in shots[:count]]
     return dataset_of(coll).select_labels(ids=ids)
 
 
@@ -99,7 +96,7 @@ def check_grade_key(coll, grade_key: str | None) -> None:
     """A grading can be stored under ``grade_key``: a run key that is free or holds an earlier grading."""
     if grade_key is None:
         return
-    if not isinstance(grade_key, str) or not _KEY.fullmatch(grade_key):
+    if not isinstance(grade_key, str) or not RUN_KEY.fullmatch(grade_key):
         raise NTTFiftyOneError(f"invalid grade_key {grade_key!r}: use letters, digits and underscores")
     if grade_key in coll.list_runs() and grade_key not in coll.list_runs(ntt_type=GRADING_TYPE):
         raise NTTFiftyOneError(
