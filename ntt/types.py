@@ -38,6 +38,8 @@ class Instances:
             (to that shot), ``class_cosine`` (to its class's prototype), ``margin`` (that minus the best
             other class's, both clamped at 0), ``negative_cosine`` (to its class's nearest negative shot, 0
             without any) and ``sam_iou`` (SAM's predicted IoU).
+        embeddings: float32 array (N, D) or None: each instance's unit-norm mask-pooled DINOv2 feature, the one
+            its class was matched with (D: the encoder's width); None when unknown.
     """
 
     boxes: np.ndarray
@@ -46,6 +48,7 @@ class Instances:
     class_ids: np.ndarray
     image_size: tuple[int, int]
     details: dict[str, np.ndarray] = field(default_factory=dict)
+    embeddings: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.scores)
@@ -55,6 +58,10 @@ class Instances:
             raise ValueError(f"inconsistent Instances: {n} scores, {len(self.crops)} crops")
         if any(len(v) != n for v in self.details.values()):
             raise ValueError(f"inconsistent Instances: {n} scores, details of lengths {self._detail_lengths()}")
+        if self.embeddings is not None:
+            self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+            if self.embeddings.ndim != 2 or len(self.embeddings) != n:
+                raise ValueError(f"inconsistent Instances: {n} scores, embeddings of shape {self.embeddings.shape}")
         for box, crop in zip(self.boxes, self.crops):
             x1, y1, x2, y2 = box.astype(int)
             if crop.shape != (y2 - y1, x2 - x1):
@@ -121,6 +128,7 @@ class Instances:
             class_ids=self.class_ids[idx],
             image_size=self.image_size,
             details={k: v[idx] for k, v in self.details.items()},
+            embeddings=None if self.embeddings is None else self.embeddings[idx],
         )
 
 

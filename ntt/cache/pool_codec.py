@@ -16,6 +16,7 @@ import zlib
 import numpy as np
 import torch
 
+from ntt.io.vectors import dequantize_rows, quantize_rows
 from ntt.stages import MaskPool
 
 FORMAT = "pool-3"  # in every key: a new layout of the arrays is a miss, never a misread
@@ -110,15 +111,13 @@ def _decode(codes: torch.Tensor, edge_range: torch.Tensor) -> torch.Tensor:
 
 
 def _pack_embeddings(embeddings: torch.Tensor) -> dict[str, np.ndarray]:
-    """Unit-norm features (N, D) as int8 in steps of each row's largest component (cosines move by ~1e-3)."""
-    scale = embeddings.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
-    codes = (embeddings / scale * 127).round().to(torch.int8)
-    return {"embeddings": codes.numpy(), "embedding_scales": scale[:, 0].numpy().astype(np.float32)}
+    """Unit-norm features (N, D) as int8 in steps of each row's largest component (``ntt.io.vectors``)."""
+    codes, scale = quantize_rows(embeddings.numpy())
+    return {"embeddings": codes, "embedding_scales": scale}
 
 
 def _unpack_embeddings(arrays: dict[str, np.ndarray]) -> torch.Tensor:
-    codes = torch.from_numpy(arrays["embeddings"].astype(np.float32))
-    return codes * torch.from_numpy(arrays["embedding_scales"])[:, None] / 127
+    return torch.from_numpy(dequantize_rows(arrays["embeddings"], arrays["embedding_scales"]))
 
 
 def _crops(boxes: torch.Tensor, m: int) -> torch.Tensor:

@@ -247,13 +247,15 @@ class Predictor:
         kept = [i for i, f in enumerate(found) if f is not None]
         keep = keep[kept]
         cand.counts["final"] = len(keep)
+        chosen = cand.take(keep)
         return Instances(
             boxes=np.array([found[i][0] for i in kept], np.float32).reshape(-1, 4),
             crops=[found[i][1] for i in kept],
             scores=scores[keep].float().cpu().numpy().clip(0.0, 1.0),
             class_ids=self.class_ids[cand.labels[keep].cpu()].numpy(),
             image_size=(int(size[0]), int(size[1])),
-            details=self.explain(cand.take(keep)),
+            details=self.explain(chosen),
+            embeddings=chosen.embeddings.float().cpu().numpy(),  # kept for maps and search (no extra pass)
         )
 
     def explain(self, cand: Candidates) -> dict[str, np.ndarray]:

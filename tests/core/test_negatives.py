@@ -105,6 +105,17 @@ def test_each_detection_names_its_nearest_shot_and_the_cosines_behind_it(bank, c
     assert sub.details["shot"].tolist() == [inst.details["shot"][i]]
 
 
+def test_each_detection_keeps_the_embedding_its_class_was_matched_with(bank, cfg, target):
+    image, (dog1, toy1, dog2, toy2) = target
+    inst = _predict(bank, cfg, image)
+    assert inst.embeddings.shape == (len(inst), 3) and inst.embeddings.dtype == np.float32
+    for mask, look in ((dog1, 70), (toy1, 180), (dog2, 70), (toy2, 180)):
+        np.testing.assert_allclose(inst.embeddings[_best_on(inst, mask)], LOOKS[look], atol=0.02)
+    dog_prototype = np.asarray(LOOKS[60])  # the bank's dogs all look alike
+    np.testing.assert_allclose(inst.embeddings @ dog_prototype, inst.details["class_cosine"], atol=1e-5)
+    assert inst[[2, 0]].embeddings.tolist() == inst.embeddings[[2, 0]].tolist()
+
+
 def test_without_negatives_matching_is_the_plain_cosine_bit_for_bit():
     gen = torch.Generator().manual_seed(0)
     emb = F.normalize(torch.randn(50, 16, generator=gen), dim=1)
