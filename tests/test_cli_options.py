@@ -70,6 +70,7 @@ def test_jobs_submit_flags_become_the_sdk_keywords():
         [*SUBMIT, "--label-field", "f", "--score-thresh", "0.3", "--class-thresholds", '{"dog": 0.5}']
         + ["--max-instances", "7", "--batch-size", "2", "--device", "auto", "--preset", "fast", "--overwrite"]
         + ["--no-exclude-references", "--tag", "refs", "--no-cache", "--thresholds", "calibrated", "--mask-dir", "m"]
+        + ["--no-keep-embeddings"]
         + ["--dtype", "fp32", "--points-per-side", "16", "--random-weights", "--config", '{"model": {"seed": 1}}']
     )
     assert dataset_keywords(args) == {
@@ -87,6 +88,7 @@ def test_jobs_submit_flags_become_the_sdk_keywords():
         "cache": False,
         "thresholds": "calibrated",
         "mask_dir": "m",
+        "keep_embeddings": False,
     }
     plain = build_parser().parse_args(SUBMIT)
     assert dataset_keywords(plain) == {"label_field": "ntt"}, "the bank's own settings, references left out"

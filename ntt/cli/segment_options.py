@@ -48,14 +48,18 @@ SEGMENT_OPTIONS: dict[str, str] = {
     "cache": "--cache",
     "thresholds": "--thresholds",
     "mask_dir": "--mask-dir",
+    "keep_embeddings": "--no-keep-embeddings",
 }
 
 # Keywords that only mean something on a dataset, so `ntt segment` (COCO files) has no flag for them: it writes a
 # new results file (-o) each time, not a field of a dataset (label_field); there are no labels already there to
 # skip or replace (skip_existing, overwrite: the file is replaced whole, atomically); its targets are the images
 # given, apart from the references it was built from, which it never sees as samples (exclude_references, tag:
-# the reference tag); and its masks go in the results file as RLE, never as PNG files (mask_dir).
-DATASET_ONLY = frozenset({"label_field", "skip_existing", "overwrite", "exclude_references", "tag", "mask_dir"})
+# the reference tag); its masks go in the results file as RLE, never as PNG files (mask_dir); and the predictions'
+# embeddings are kept by label id for the App's maps and search (keep_embeddings), which a results file has not.
+DATASET_ONLY = frozenset(
+    {"label_field", "skip_existing", "overwrite", "exclude_references", "tag", "mask_dir", "keep_embeddings"}
+)
 
 # The other way round: flags of `ntt segment` that say which COCO files to read and write and how to write boxes in
 # them; on a dataset its samples are the targets and the labels are FiftyOne Detections (boxes from the masks).
@@ -71,8 +75,11 @@ _IN_CONFIG: dict[str, tuple[str, str]] = {
     "cache": ("segment", "cache"),
 }
 
+# Flags that turn off a keyword that is on by default: their dest is the keyword (without "no-").
+_NEGATED = ("--no-exclude-references", "--no-keep-embeddings")
+
 # The SDK's defaults of its flags-only-when-given keywords: a value equal to them is not passed.
-_SDK_DEFAULTS = {"skip_existing": False, "overwrite": False, "exclude_references": True}
+_SDK_DEFAULTS = {"skip_existing": False, "overwrite": False, "exclude_references": True, "keep_embeddings": True}
 
 
 def add_model_options(p: argparse.ArgumentParser, preset_default: str | None = "paper") -> None:
@@ -156,6 +163,12 @@ def add_segment_options(p: argparse.ArgumentParser, on_dataset: bool) -> None:
         )
         d.add_argument("--tag", default=None, help="the reference tag (default: the bank's, else ntt_ref)")
         d.add_argument("--mask-dir", default=None, help="write masks as PNGs under this shared folder")
+        d.add_argument(
+            "--no-keep-embeddings",
+            dest="keep_embeddings",
+            action="store_false",
+            help="do not keep each prediction's embedding (default: kept, for the App's maps and similarity search)",
+        )
     add_model_options(p, preset_default=None if on_dataset else "paper")
 
 
@@ -236,4 +249,4 @@ def dataset_keywords(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dest(flag: str) -> str:
-    return "exclude_references" if flag == "--no-exclude-references" else flag[2:].replace("-", "_")
+    return flag.removeprefix("--no-" if flag in _NEGATED else "--").replace("-", "_")

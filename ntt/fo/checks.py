@@ -74,6 +74,17 @@ def settings_here(stored: dict[str, Any], overrides: dict | None = None, device:
     return get_config(overrides=layered(base, overrides), device=device)
 
 
+def run_settings(
+    stored: dict[str, Any] | None, preset: str | None = None, config=None, device: str | None = None
+) -> NTTConfig:
+    """The settings a run with a stored bank uses: the bank's own (``stored``, here: ``settings_here``) with
+    ``config`` layered on; a named ``preset`` (or a whole ``NTTConfig``) instead of them (``preset`` default
+    "paper"). The bank's DINOv2 encoder is the caller's to adopt (``ntt.cli.pipeline.adopt_bank_encoder``)."""
+    if preset is None and stored and not isinstance(config, NTTConfig):
+        return settings_here(stored, config, device)
+    return get_config(preset or "paper", config, device)
+
+
 def shot_sample_ids(shots: Iterable[dict[str, Any]]) -> list[str]:
     """The FiftyOne sample ids among the positive shots' image ids (banks built elsewhere hold other ids). A
     sample that gave only negative shots stays a target: re-segmenting it shows what the negative changed."""

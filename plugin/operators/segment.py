@@ -56,6 +56,7 @@ class SegmentWithBank(BackgroundOperator):
         cache: bool | None = None,
         thresholds: str | None = None,
         mask_dir: str | None = None,
+        keep_embeddings: bool = True,
         delegate: bool = False,
         delegation_target: str | None = None,
     ):
@@ -110,6 +111,12 @@ class SegmentWithBank(BackgroundOperator):
             label="Masks folder (optional)",
             description="Write the masks as PNG files under this folder instead of in the database (large datasets "
             "and images); every machine that opens the dataset must reach it",
+        )
+        inputs.bool(
+            "keep_embeddings",
+            label="Keep each prediction's embedding (for maps and 'more like this')",
+            description="The feature each prediction was matched with, stored outside the samples (~0.5 KB each)",
+            default=True,
         )
         _workers_input(inputs, ctx)
         inputs.bool("skip_existing", label="Skip samples already labelled (resume a stopped run)", default=False)
@@ -196,6 +203,7 @@ class SegmentWithBank(BackgroundOperator):
             config=config,
             cache={"on": True, "off": False}.get(param(ctx, "cache", "settings")),
             mask_dir=param(ctx, "mask_dir") or None,
+            keep_embeddings=bool(param(ctx, "keep_embeddings", True)),
             thresholds=param(ctx, "thresholds"),  # from code ("calibrated"); the form pre-fills class_thresholds
         )
         view = ctx.target_view()

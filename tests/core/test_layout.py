@@ -20,7 +20,7 @@ LAYERS = [
     ("grading", ("ntt.grading",)),
     ("cli", ("ntt.cli",)),
     # the FiftyOne SDK, likewise
-    ("fo base", ("ntt.fo.references", "ntt.fo.checks", "ntt.fo.store", "ntt.fo.outages")),
+    ("fo base", ("ntt.fo.references", "ntt.fo.checks", "ntt.fo.store", "ntt.fo.outages", "ntt.fo.embeddings")),
     ("fo banks", ("ntt.fo.banks",)),
     ("fo review", ("ntt.fo.review",)),
     ("fo labelling", ("ntt.fo.labelling",)),

@@ -54,6 +54,7 @@ def test_jobs_submit_passes_every_option(submitted, capsys):
     args += ["--label-field", "f", "--score-thresh", "0.3", "--class-thresholds", '{"dog": 0.5}']
     args += ["--max-instances", "7", "--batch-size", "2", "--device", "auto", "--preset", "fast", "--overwrite"]
     args += ["--no-exclude-references", "--tag", "refs", "--no-cache", "--thresholds", "calibrated", "--mask-dir", "m"]
+    args += ["--no-keep-embeddings"]
     args += ["--dtype", "fp32", "--sam2", "sam2.1_hiera_t", "--dinov2", "dinov2_vits14", "--sam2-checkpoint", "s.pt"]
     args += ["--dinov2-checkpoint", "d.pth", "--random-weights", "--weights-seed", "3", "--no-compile"]
     args += ["--points-per-side", "16", "--prompt-mode", "guided", "--points-batch-size", "64"]
@@ -83,6 +84,7 @@ def test_jobs_submit_passes_every_option(submitted, capsys):
         "cache": False,
         "thresholds": "calibrated",
         "mask_dir": "m",
+        "keep_embeddings": False,
     }
     out = capsys.readouterr().out
     assert out.startswith("job j1: 9 samples in 2 shards queued for target 'gpu'")

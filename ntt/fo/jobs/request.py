@@ -32,6 +32,7 @@ class Job:
     settings: dict[str, Any]  # ``NTTConfig.to_dict()``, thresholds resolved, device left to the worker
     provenance: dict[str, Any]  # what the field's info records (``provenance.Source.info``)
     mask_dir: str | None = None
+    keep_embeddings: bool = True  # a job submitted before this option keeps them, as the default does
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +42,9 @@ class Job:
         return cls(**doc)
 
 
-def job_of(coll, plan, label_field: str, provenance: dict[str, Any], mask_dir: str | None) -> Job:
+def job_of(
+    coll, plan, label_field: str, provenance: dict[str, Any], mask_dir: str | None, keep_embeddings: bool = True
+) -> Job:
     """The job of a planned request (``segment.plan_segment``) of a named bank."""
     settings = plan.cfg.to_dict()
     settings["model"]["device"] = "auto"  # each worker's own (its CUDA_VISIBLE_DEVICES)
@@ -54,6 +57,7 @@ def job_of(coll, plan, label_field: str, provenance: dict[str, Any], mask_dir: s
         settings=settings,
         provenance=provenance,
         mask_dir=mask_dir,
+        keep_embeddings=keep_embeddings,
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from bson import ObjectId
 
 from ntt.fo.checks import check_weights, whole_number
+from ntt.fo.embeddings import delete_embeddings
 from ntt.fo.jobs.request import Job, job_bank, job_of, job_settings
 from ntt.fo.jobs.states import (
     NOW,
@@ -46,7 +47,9 @@ OPERATOR = "@ntt/ntt/segment_with_bank"
 TARGET = "ntt"  # the delegation target of shard operations: what `ntt worker` claims by default
 SHARD_SIZE = 500  # samples per shard by default: a few minutes of GPU work, cheap to retry, many to balance
 MAX_ATTEMPTS = 3
-_SHOWN = "score_thresh class_thresholds max_instances batch_size preset tag cache thresholds mask_dir".split()
+_SHOWN = (
+    "score_thresh class_thresholds max_instances batch_size preset tag cache thresholds mask_dir keep_embeddings"
+).split()
 
 
 def submit_job(
@@ -95,7 +98,7 @@ def submit_job(
         raise NTTFiftyOneError("nothing to segment: the chosen samples are all references or already labelled")
     count = _shard_count(len(ids), shards, shard_size)
     info = declare_field(dataset, label_field, plan.source.info(plan.excluded))
-    job = job_of(coll, plan, label_field, info, segment_args.get("mask_dir"))
+    job = job_of(coll, plan, label_field, info, segment_args.get("mask_dir"), segment_args.get("keep_embeddings", True))
     run_id = _record_run(dataset, job, segment_args, delegation_target, max_attempts, len(ids), count)
     parts = [ids[index::count] for index in range(count)]
     shard_ids = (
@@ -156,10 +159,12 @@ def _record_run(dataset, job: Job, args: dict, target: str, max_attempts: int, s
 
 
 def _clear(dataset, job: Job, ids: list[str]) -> None:
-    """``overwrite``: the samples' labels go, and with them their mask files of this dataset."""
+    """``overwrite``: the samples' labels go, and with them their mask files and embeddings of this dataset."""
     from ntt.fo.labelling.segment import MaskFiles
 
+    labels = dataset.select(ids).values(f"{job.label_field}.detections.id")
     dataset.select(ids).set_values(job.label_field, [None] * len(ids))
+    delete_embeddings(dataset, [label_id for found in labels for label_id in found or []])
     if job.mask_dir:
         masks = MaskFiles(dataset, job.mask_dir, job.label_field)
         for sid in ids:
@@ -250,7 +255,8 @@ def shard_steps(dataset, shard_id: str, lease: str | None = None) -> Steps[dict[
         return step
 
     view = dataset.select(sample_ids).exists(field, False)
-    summary = yield from relay(_run(dataset, view, segmenter, field, job.mask_dir, holds=holds), noted)
+    run = _run(dataset, view, segmenter, field, job.mask_dir, holds=holds, keep=job.keep_embeddings)
+    summary = yield from relay(run, noted)
     # counted on the dataset: an earlier attempt's batches are part of the shard too
     labelled, per_class = label_counts(job, sample_ids)
     done = {"labelled": labelled, "instances": sum(per_class.values()), "per_class": per_class}

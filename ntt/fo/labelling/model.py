@@ -37,8 +37,10 @@ import fiftyone as fo
 import fiftyone.core.models as fom
 
 from ntt.fo.checks import check_weights
+from ntt.fo.embeddings import save_embeddings
 from ntt.fo.labelling.provenance import LABEL_KEY, Source, register_model
 from ntt.fo.labelling.segment import new_segmenter, resolve_settings, to_detections
+from ntt.fo.outages import patiently
 from ntt.fo.references import NTTFiftyOneError
 from ntt.fo.store import dataset_key, dataset_of
 from ntt.predict.segmenter import ImageResult, Segmenter
@@ -54,7 +56,7 @@ class NTTModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem):
     ``source``: the bank's provenance (``Source``); ``dataset``: the dataset it was loaded from, whose info
     registers it. Without them (a bare segmenter) nothing is marked nor recorded."""
 
-    def __init__(self, segmenter: Segmenter, source: Source | None = None, dataset=None):
+    def __init__(self, segmenter: Segmenter, source: Source | None = None, dataset=None, keep_embeddings: bool = True):
         fom.SamplesMixin.__init__(self)  # FiftyOne then gives predict_all the samples: the dataset to register with
         self.segmenter = segmenter
         self.config = SimpleNamespace(confidence_thresh=None)  # apply_model defers its threshold to this
@@ -64,6 +66,7 @@ class NTTModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem):
         self._home = dataset  # the bank's: registered with when no samples are given
         self._registered: set[str] = set()  # the datasets registered with in this run, by key
         self._fits: int | None = None  # the largest forward batch that fit in memory, once one did not
+        self.keep_embeddings = keep_embeddings  # each prediction's vector, by label id (``ntt.fo.embeddings``)
 
     def __enter__(self):
         self._registered = set()  # each apply_model registers again: the dataset's info may have been edited
@@ -124,8 +127,13 @@ class NTTModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem):
         sources = list(args)
         if not sources:
             return []
-        self._register(dataset_of(samples[0].dataset) if samples else self._home)
-        return [self._detections(res) for res in self._segment(sources)]
+        dataset = dataset_of(samples[0].dataset) if samples else self._home
+        self._register(dataset)
+        found = [self._detections(res) for res in self._segment(sources)]
+        if self.keep_embeddings and dataset is not None:  # saved before FiftyOne saves the labels
+            sample_ids = [s.id for s in samples] if samples else [None] * len(found)
+            patiently(lambda: save_embeddings(dataset, _vectors(found, sample_ids)))
+        return [dets for dets, _ in found]
 
     def _register(self, dataset) -> None:
         """Register the bank's provenance with ``dataset`` once per run, before any label of it is saved."""
@@ -144,18 +152,26 @@ class NTTModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem):
             self._fits = self.segmenter.batch_size
         return results
 
-    def _detections(self, res: ImageResult) -> fo.Detections | None:
+    def _detections(self, res: ImageResult) -> tuple[fo.Detections | None, dict]:
+        """An image's ``Detections`` (None: it could not be segmented) and each one's vector by label id."""
         if res.instances is None:
             where = res.source if isinstance(res.source, str) else "an image"
             log.warning("ntt: %s not segmented: %s", where, res.error)
-            return None
+            return None, {}
         dets = to_detections(res.instances, self._names, self.segmenter.bank.shots)
+        found = res.instances.embeddings
+        vectors = {} if found is None else dict(zip((d.id for d in dets.detections), found))
         thresh = self.config.confidence_thresh
         if thresh is not None:
             dets.detections = [d for d in dets.detections if d.confidence >= thresh]
         if self.provenance is not None:
             dets[LABEL_KEY] = self.provenance["ntt_bank_fingerprint"]
-        return dets
+        return dets, {d.id: vectors[d.id] for d in dets.detections if d.id in vectors}
+
+
+def _vectors(found: list[tuple], sample_ids: list) -> list[tuple]:
+    """The rows ``save_embeddings`` takes, from ``_detections``' results and their samples' ids."""
+    return [(sid, lid, vec) for (_, vectors), sid in zip(found, sample_ids) for lid, vec in vectors.items()]
 
 
 def load_model(
@@ -165,16 +181,19 @@ def load_model(
     config=None,
     device: str | None = None,
     cache: bool | None = None,
+    keep_embeddings: bool = True,
 ) -> NTTModel:
     """The model for ``coll.apply_model``: bank ``bank`` of ``coll``'s dataset with the settings ``segment``
     would use (the bank's own, or ``preset``'s, with ``config`` overrides; ``device`` or "auto"). ``cache``:
-    use the candidate cache (None: the settings'). Models load here; checkpoints missing are named at once.
-    ``apply_model``'s ``batch_size`` is the images per forward pass (the settings' ``batch_size`` is not used)."""
+    use the candidate cache (None: the settings'). ``keep_embeddings``: keep each prediction's vector, as
+    ``segment`` does (saved before FiftyOne saves the label). Models load here; checkpoints missing are named
+    at once. ``apply_model``'s ``batch_size`` is the images per forward pass (the settings' ``batch_size`` is
+    not used)."""
     source, cfg = resolve_settings(coll, bank, preset=preset, config=config, device=device, cache=cache)
     check_weights(cfg)
     if coll.media_type != "image":
         raise NTTFiftyOneError(f"NTT segments images; this collection's media type is {coll.media_type}")
-    return NTTModel(new_segmenter(source.bank, cfg), source, dataset_of(coll))
+    return NTTModel(new_segmenter(source.bank, cfg), source, dataset_of(coll), keep_embeddings=keep_embeddings)
 
 
 def register_zoo_source() -> str:

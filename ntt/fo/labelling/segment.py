@@ -14,11 +14,18 @@ import fiftyone as fo
 from ntt.bank.memory import MemoryBank
 from ntt.cache.store import CandidateStore
 from ntt.cli.pipeline import adopt_bank_encoder
-from ntt.config import NTTConfig, derive, get_config
+from ntt.config import NTTConfig, derive
 from ntt.fo.banks import get_bank_info, read_bank
-from ntt.fo.checks import check_segment_args, check_settings, check_usable, check_weights, settings_here, whole_number
+from ntt.fo.checks import (
+    check_segment_args,
+    check_settings,
+    check_usable,
+    check_weights,
+    run_settings,
+    whole_number,
+)
 from ntt.fo.labelling.provenance import Source, declare_field, record_done, recorded
-from ntt.fo.labelling.writes import write_labels
+from ntt.fo.labelling.writes import EmbeddingWrites, write_labels
 from ntt.fo.outages import patiently
 from ntt.fo.references import DEFAULT_TAG, NTTFiftyOneError, check_collection, check_detections_field, reference_ids
 from ntt.fo.review.corrections import with_record
@@ -71,6 +78,7 @@ def segment_steps(
     cache: bool | None = None,
     thresholds: str | None = None,
     mask_dir: str | None = None,
+    keep_embeddings: bool = True,
 ) -> Steps[dict[str, Any]]:
     """``segment`` as a generator (same arguments, checked at the first step): yields ``Step(0.0, "Loading
     models")``, then a ``Step(fraction, label)`` after each batch is written, and returns the summary. Closed
@@ -82,7 +90,7 @@ def segment_steps(
     segmenter = new_segmenter(plan.source.bank, plan.cfg)
     dataset = dataset_of(coll)
     info = declare_field(dataset, label_field, plan.source.info(plan.excluded))
-    summary = yield from _run(dataset, plan.view, segmenter, label_field, mask_dir, overwrite)
+    summary = yield from _run(dataset, plan.view, segmenter, label_field, mask_dir, overwrite, keep=keep_embeddings)
     record_done(dataset, label_field, info)
     return summary
 
@@ -116,10 +124,13 @@ def plan_segment(
     cache=None,
     thresholds=None,
     mask_dir=None,
+    keep_embeddings=True,
 ) -> Plan:
     """Check ``segment``'s arguments (the same) and resolve them, without loading a model (the weights are
     the caller's to check: a machine that only queues work need not have them)."""
     check_collection(coll)
+    if not isinstance(keep_embeddings, bool):
+        raise NTTFiftyOneError(f"keep_embeddings must be True or False, got {keep_embeddings!r}")
     knobs = dict(score_thresh=score_thresh, class_thresholds=class_thresholds, max_instances=max_instances)
     knobs.update(batch_size=batch_size, cache=cache)
     source, cfg = resolve_settings(coll, bank, tag, preset, config, device, thresholds, **knobs)
@@ -201,6 +212,10 @@ def segment(*args, progress: Progress | None = None, **kwargs) -> dict[str, Any]
             and the App read the files.
         thresholds: "calibrated": per-class score thresholds from the bank's last grading with calibration
             (``grade_references(..., calibrate=True)``); ``class_thresholds`` entries override them.
+        keep_embeddings: keep each prediction's mask-pooled DINOv2 feature (the one its class was matched with:
+            no extra model pass) outside the sample documents, by label id (``ntt.fo.embeddings``; ~D + 70
+            bytes a prediction, D = 384 with the lite models): what ``map_predictions`` and
+            ``index_similarity`` read.
         cache: keep each image's bank-independent work in the candidate cache (``ntt cache info``) and reuse
             it: re-segmenting after the bank changed skips the encoders, and with grid prompts the decoder
             too (None: the settings', on in the fast and lite presets; see ``SegmentConfig.cache``).
@@ -260,9 +275,7 @@ def _check_encoder(config, encoder: dict) -> None:
 
 
 def _settings(source: Source, preset, config, device) -> NTTConfig:
-    if preset is None and source.stored and not isinstance(config, NTTConfig):
-        return settings_here(source.stored, config, device)
-    return get_config(preset or "paper", config, device)
+    return run_settings(source.stored, preset, config, device)
 
 
 def _references(coll, source: Source) -> list[str]:
@@ -311,18 +324,21 @@ def _run(
     mask_dir: str | None,
     overwrite: bool = False,
     holds: Callable[[], bool] | None = None,
+    keep: bool = True,
 ) -> Steps[dict[str, Any]]:
     """Segment the view's samples and write their labels batch by batch, a step after each (a run closed at a
     step keeps them); with ``mask_dir``, each mask goes to a PNG there first.
 
     ``overwrite``: a sample that cannot be read loses its old label in the same write (the field never holds
     two banks' labels). ``holds``: a shard's attempt, which writes first-writer-wins (only still-empty samples)
-    and only while ``holds()`` says it still holds its shard (else ``LeaseLost``)."""
+    and only while ``holds()`` says it still holds its shard (else ``LeaseLost``). ``keep``: keep the
+    predictions' embeddings (``EmbeddingWrites``)."""
     ids, paths = view.values(["id", "filepath"])
     names = dict(zip(segmenter.bank.class_ids, segmenter.bank.class_names))
     summary = {"samples": len(ids), "labelled": 0, "instances": 0, "per_class": Counter(), "skipped": []}
     values: dict[str, fo.Detections | None] = {}
     masks = MaskFiles(dataset, mask_dir, label_field) if mask_dir is not None else None
+    vectors = EmbeddingWrites(dataset, label_field) if keep else None
     # ordered; images are loaded ahead in threads, which stop when the run is closed
     with closing(segmenter.run(paths)) as results:
         for done, (sid, res) in enumerate(zip(ids, results), start=1):
@@ -332,14 +348,18 @@ def _run(
                     values[sid] = None
                     if masks is not None:
                         masks.clear(sid)
+                    if vectors is not None:
+                        vectors.clear(sid)
             else:
                 values[sid] = to_detections(res.instances, names, segmenter.bank.shots)
                 if masks is not None:
                     masks.write(sid, values[sid])
+                if vectors is not None:
+                    vectors.add(sid, values[sid], res.instances.embeddings)
                 summary["instances"] += len(res.instances)
                 summary["per_class"].update(names[int(c)] for c in res.instances.class_ids)
             if done % segmenter.batch_size == 0 or done == len(ids):
-                _write(dataset, label_field, values, summary, masks, holds)
+                _write(dataset, label_field, values, summary, masks, vectors, holds, overwrite)
                 yield Step(done / len(ids), f"Segmenting {done}/{len(ids)} samples")
     summary["per_class"] = dict(summary["per_class"])
     summary["reused"] = segmenter.cache.hits if segmenter.cache else 0  # images taken from the candidate cache
@@ -388,11 +408,15 @@ class MaskFiles:
         self.before.clear()
 
 
-def _write(dataset, label_field: str, values: dict, summary: dict, masks, holds) -> None:
+def _write(dataset, label_field: str, values: dict, summary: dict, masks, vectors, holds, overwrite: bool) -> None:
     if holds is not None and not holds():
         raise LeaseLost("this attempt no longer holds its shard (declared lost or stopped): it stops here")
+    if vectors is not None:  # before the labels: a label that exists has its vector
+        patiently(lambda: vectors.save(replacing=overwrite))
     written = patiently(lambda: write_labels(dataset, label_field, values, first_writer_wins=holds is not None))
     if masks is not None:
         masks.settle(written, replacing=holds is None)
+    if vectors is not None:
+        patiently(lambda: vectors.settle(written))
     summary["labelled"] += sum(1 for sid in written if values[sid] is not None)
     values.clear()

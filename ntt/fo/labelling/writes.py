@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import numpy as np
 from bson import ObjectId
+
+from ntt.fo.embeddings import delete_embeddings, save_embeddings
 
 
 def write_labels(dataset, label_field: str, values: dict, first_writer_wins: bool = False) -> set[str]:
@@ -34,3 +37,43 @@ def write_labels(dataset, label_field: str, values: dict, first_writer_wins: boo
         if found.modified_count:
             written.add(sid)
     return written
+
+
+class EmbeddingWrites:
+    """A batch's prediction embeddings (``ntt.fo.embeddings``), saved before its labels and settled after, as
+    ``MaskFiles`` does with mask files: the vectors of labels that were not written (another attempt labelled
+    the sample first) go, and so do those of the labels the batch replaced."""
+
+    def __init__(self, dataset, label_field: str):
+        self.dataset = dataset
+        self.label_field = label_field
+        self.rows: dict[str, list[tuple[str, str, np.ndarray]]] = {}  # this batch's vectors, by sample
+        self.touched: list[str] = []  # this batch's samples, labelled or cleared
+        self.replaced: dict[str, list[str]] = {}  # the ids of the labels this batch replaces, by sample
+
+    def add(self, sid: str, dets, embeddings: np.ndarray | None) -> None:
+        """Sample ``sid``'s new ``fo.Detections`` and their vectors (float (N, D), row i of detection i)."""
+        self.touched.append(sid)
+        if embeddings is not None:
+            self.rows[sid] = [(sid, det.id, vec) for det, vec in zip(dets.detections, embeddings)]
+
+    def clear(self, sid: str) -> None:
+        """Sample ``sid``'s label is being cleared."""
+        self.touched.append(sid)
+
+    def save(self, replacing: bool) -> None:
+        """Before the batch's labels are written; ``replacing``: they may replace labels (note those)."""
+        if replacing and self.touched:
+            view = self.dataset.select(self.touched)
+            before = view.values(["id", f"{self.label_field}.detections.id"])
+            self.replaced = {sid: ids or [] for sid, ids in zip(*before)}
+        save_embeddings(self.dataset, [row for rows in self.rows.values() for row in rows])
+
+    def settle(self, written: set[str]) -> None:
+        """After the batch's write: drop the vectors of samples not written and of the labels replaced."""
+        lost = [label_id for sid, rows in self.rows.items() if sid not in written for _, label_id, _ in rows]
+        lost += [label_id for sid, ids in self.replaced.items() if sid in written for label_id in ids]
+        delete_embeddings(self.dataset, lost)
+        self.rows.clear()
+        self.touched.clear()
+        self.replaced = {}
