@@ -8,12 +8,15 @@ from .operators.evaluate import EvaluatePredictions
 from .operators.feedback import GradeReferences, MarkNegatives, PromoteCorrections, ShowReferences
 from .operators.jobs import Jobs, Runs
 from .operators.manage import BankInfo, DeleteBank, RenameBank
+from .operators.maps import MapPredictions
 from .operators.references import MarkReferences, UnmarkReferences
 from .operators.segment import SegmentWithBank
+from .operators.suggest import SuggestReferences
 
 OPERATORS = (
     MarkReferences,
     UnmarkReferences,
+    SuggestReferences,
     BuildBank,
     AddReferences,
     SegmentWithBank,
@@ -22,6 +25,7 @@ OPERATORS = (
     ShowReferences,
     GradeReferences,
     EvaluatePredictions,
+    MapPredictions,
     Jobs,
     BankInfo,
     RenameBank,

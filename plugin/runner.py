@@ -96,12 +96,13 @@ def forced_delegation(ctx) -> bool | None:
     return True if ctx.params.get("delegate") else None
 
 
-def run(ctx, steps, outputs, show_field: str | None = None, show_view=None):
+def run(ctx, steps, outputs, show_field: str | None = None, show_view=None, open_panel: str | None = None):
     """What ``execute`` returns for ``steps``, a generator of ``Step``\\ s that returns the run's summary.
 
     Delegated: runs it now, reports to ``ctx.set_progress`` and returns the summary (stored with the
     operation and shown by ``resolve_output``). Immediate: returns a generator of App messages (progress,
-    then reload, ``show_field`` made visible, the view ``show_view(summary)`` opened when given, a notification
+    then reload, ``show_field`` made visible, the view ``show_view(summary)`` and the panel ``open_panel`` opened
+    when given, a notification
     and the summary in ``outputs``); closing it closes ``steps``, and so does 'NTT: jobs' (``ntt.fo.stop_job``)
     at the next step.
     """
@@ -110,7 +111,7 @@ def run(ctx, steps, outputs, show_field: str | None = None, show_view=None):
     if ctx.delegated:
         with clear_errors():
             return drive(steps, lambda fraction, label: ctx.set_progress(progress=fraction, label=label))
-    return _stream(ctx, steps, outputs, show_field, show_view)
+    return _stream(ctx, steps, outputs, show_field, show_view, open_panel)
 
 
 def submitted(ctx, submit, outputs):
@@ -129,7 +130,7 @@ def _announce(ctx, result, outputs):
     yield ctx.trigger("show_output", dict(outputs=outputs.to_json(), results=result))
 
 
-def _stream(ctx, steps, outputs, show_field, show_view):
+def _stream(ctx, steps, outputs, show_field, show_view, open_panel=None):
     from ntt.fo.steps import tracked
     from ntt.steps import relay
 
@@ -151,6 +152,8 @@ def _stream(ctx, steps, outputs, show_field, show_view):
         yield ctx.trigger("set_active_fields", dict(fields=sorted({*ctx.active_fields, show_field})))
     if show_view is not None:
         yield ctx.ops.set_view(show_view(result))
+    if open_panel is not None:
+        yield ctx.ops.open_panel(open_panel, layout="horizontal")
     yield ctx.trigger("notify", dict(message=summary_line(result), variant="success"))
     yield ctx.trigger("show_output", dict(outputs=outputs.to_json(), results=result))
 

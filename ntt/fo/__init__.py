@@ -4,10 +4,12 @@ Typical flow on any dataset or view::
 
     import ntt.fo as nfo
 
+    nfo.suggest_references(dataset, count=10)                         # which samples to label first (tagged)
     nfo.mark_references(dataset.take(10, seed=0))                     # or label-level: label_field=...
     nfo.build_bank(dataset, "pets", label_field="ground_truth")
     nfo.segment(dataset, "pets", label_field="ntt", batch_size=8)
     results = nfo.evaluate(dataset, "ntt", gt_field="ground_truth", eval_key="ntt_eval")
+    nfo.map_predictions(dataset, "ntt")                               # the Embeddings panel; "sort by similarity"
     nfo.add_negatives(dataset, "pets", "ntt", label_ids=false_positive_ids)  # then segment again
     nfo.promote_predictions(dataset, "pets", "ntt")                   # reviewed predictions become shots
     nfo.grade_references(dataset, "pets", grade_key="pets_grades")    # a run: dataset.load_run_results(key)
@@ -36,6 +38,8 @@ from ntt.fo.labelling.segment import segment
 from ntt.fo.references import NTTFiftyOneError, mark_references, unmark_references
 from ntt.fo.review.feedback import add_negatives, promote_predictions
 from ntt.fo.review.grades import grade_references
+from ntt.fo.review.maps import index_similarity, map_predictions
+from ntt.fo.review.suggest import suggest_references
 from ntt.fo.review.views import load_references_view
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "mark_references",
     "unmark_references",
     "load_references_view",
+    "suggest_references",
     # banks
     "build_bank",
     "add_references",
@@ -61,6 +66,9 @@ __all__ = [
     "add_negatives",
     "promote_predictions",
     "grade_references",
+    # error analysis: the predictions as a map, and "more like this"
+    "map_predictions",
+    "index_similarity",
     # jobs: sharded over `ntt worker`s, in the background, or in this App
     "submit_job",
     "get_job_status",

@@ -10,10 +10,12 @@ from ntt.fo.references import (
     DEFAULT_TAG,
     check_detections_field,
     detections_fields,
+    field_of_labels,
     reference_ids,
     without_references,
 )
 from ntt.fo.review.feedback import review_counts
+from ntt.fo.review.maps import count_kept_embeddings
 from ntt.fo.store import bank_dir
 
 __all__ = [
@@ -23,7 +25,9 @@ __all__ = [
     "check_detections_field",
     "check_segment_args",
     "check_weights",
+    "count_kept_embeddings",
     "detections_fields",
+    "field_of_labels",
     "reference_ids",
     "review_counts",
     "segment_settings",

@@ -46,6 +46,15 @@ def detections_fields(coll) -> list[str]:
     return sorted(coll.get_field_schema(embedded_doc_type=fo.Detections, flat=True, unwind=False))
 
 
+def field_of_labels(coll, label_ids: list[str]) -> str | None:
+    """The Detections field of ``coll`` that holds the first of ``label_ids`` (None: none does). For selections
+    that carry label ids without their field, such as a lasso in the Embeddings panel."""
+    for name in detections_fields(coll) if label_ids else []:
+        if coll.select_labels(ids=label_ids[:1], fields=name).count(f"{name}.detections"):
+            return name
+    return None
+
+
 def check_detections_field(coll, field: str) -> None:
     """Raise NTTFiftyOneError unless ``field`` is one of the ``detections_fields`` of ``coll``."""
     if field in detections_fields(coll):

@@ -14,6 +14,7 @@ from ntt.fo.jobs.follow import JobStopped, tracked
 from ntt.fo.labelling.segment import segment_steps
 from ntt.fo.review.feedback import add_negatives_steps, promote_predictions_steps
 from ntt.fo.review.grades import grade_references_steps
+from ntt.fo.review.suggest import suggest_references_steps
 from ntt.steps import Step
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "grade_references_steps",
     "promote_predictions_steps",
     "segment_steps",
+    "suggest_references_steps",
     "tracked",
 ]

@@ -44,9 +44,13 @@ class MarkNegatives(BackgroundOperator):
         if bank is None:
             return ui.invalid(inputs, ui.NO_BANK)
         classes = sdk().load_bank(ctx.dataset, bank).class_names  # a missing or corrupted file is the message
-        selected = _selected_fields(ctx)
+        selected = _selected_fields(ctx) or _lassoed_fields(ctx)
         if not selected and not ctx.params.get("label_ids"):
-            return ui.invalid(inputs, "No labels selected: click the false positives in the App's sample view first.")
+            return ui.invalid(
+                inputs,
+                "No labels selected: click the false positives in the App's sample view, or lasso them in the "
+                "Embeddings panel ('NTT: map predictions'), first.",
+            )
         fields = sorted(set(selected)) or [param(ctx, "label_field")]
         field = ui.field_input(
             inputs, ctx, "label_field", "Label field", "Field of the selected labels", fields=fields, required=False
@@ -65,12 +69,12 @@ class MarkNegatives(BackgroundOperator):
         return ui.form(inputs, "Mark labels as negatives of an NTT bank")
 
     def run_size(self, ctx) -> int:
-        return len(ctx.params.get("label_ids") or ctx.selected_labels or [])
+        return len(ctx.params.get("label_ids") or ctx.selected_labels or _lassoed(ctx))
 
     def execute(self, ctx):
         nfo = sdk()
         name = ctx.params["bank"]
-        field = param(ctx, "label_field") or _selected_fields(ctx)[0]
+        field = param(ctx, "label_field") or (_selected_fields(ctx) or _lassoed_fields(ctx))[0]
         ids = list(_labels(ctx, field))
         view = ctx.dataset.select_labels(ids=ids, fields=field)
 
@@ -92,13 +96,30 @@ class MarkNegatives(BackgroundOperator):
 
 
 def _labels(ctx, field: str) -> dict[str, str]:
-    """The chosen labels of ``field``: label id -> class name (from ``label_ids`` or the App's selection)."""
+    """The chosen labels of ``field``: label id -> class name (from ``label_ids``, the labels selected in the App,
+    or else those lassoed in the Embeddings panel)."""
     ids = ctx.params.get("label_ids") or [s["label_id"] for s in ctx.selected_labels if s.get("field") == field]
+    ids = ids or _lassoed(ctx)
     if not ids:
         return {}
     view = ctx.dataset.select_labels(ids=ids, fields=field)
     found = view.values(f"{field}.detections.id", unwind=True), view.values(f"{field}.detections.label", unwind=True)
     return dict(zip(*found))
+
+
+def _lassoed(ctx) -> list[str]:
+    """The ids a lasso selected in the Embeddings panel (label ids on a map of patches), when no label is
+    selected otherwise."""
+    chosen = ctx.extended_selection
+    if ctx.selected_labels or not chosen:
+        return []
+    return list((chosen.get("selection") if isinstance(chosen, dict) else chosen) or [])
+
+
+def _lassoed_fields(ctx) -> list[str]:
+    """The field of the lassoed labels, as a list (empty: no lasso, or not labels of a Detections field)."""
+    field = sdk().forms.field_of_labels(ctx.dataset, _lassoed(ctx))
+    return [field] if field else []
 
 
 class PromoteCorrections(BackgroundOperator):

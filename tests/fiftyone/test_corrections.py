@@ -102,3 +102,17 @@ def test_nothing_reviewed_says_how_to_review(predicted):
     ds, _ = predicted
     with pytest.raises(nfo.NTTFiftyOneError, match="Annotate tab"):
         nfo.promote_predictions(ds, "pets", "pred")
+
+
+def test_a_view_that_hides_predictions_promotes_what_it_shows_and_deletes_nothing(predicted, lessons):
+    """A lasso in the Embeddings panel, or a confidence filter in the sidebar, hides predictions from the view: they
+    are not deleted ones (which would become negatives), and only the shown labels' verdicts are promoted."""
+    ds, sample = predicted
+    first, second = sample.pred.detections[:2]
+    first.tags, second.tags = ["correct"], ["wrong"]
+    sample.save()
+    shown = ds.select_labels(ids=[first.id], fields="pred")
+    assert nfo.forms.review_counts(shown, "pred") == {k: int(k == "correct") for k in feedback.VERDICTS}
+    nfo.promote_predictions(shown, "pets", "pred")
+    [(positives, negatives)] = lessons
+    assert [r.annotation_id for r in positives] == [first.id] and negatives == []

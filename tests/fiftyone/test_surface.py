@@ -19,6 +19,7 @@ PUBLIC = [
     "mark_references",
     "unmark_references",
     "load_references_view",
+    "suggest_references",
     "build_bank",
     "add_references",
     "get_bank_info",
@@ -33,6 +34,8 @@ PUBLIC = [
     "add_negatives",
     "promote_predictions",
     "grade_references",
+    "map_predictions",
+    "index_similarity",
     "submit_job",
     "get_job_status",
     "list_jobs",
@@ -44,7 +47,7 @@ SEGMENT_OPTIONS = [name for name in inspect.signature(segment_steps).parameters 
 
 
 def test_the_public_names_are_the_ones_a_user_calls_each_documented():
-    assert nfo.__all__ == PUBLIC and len(nfo.__all__) <= 22
+    assert nfo.__all__ == PUBLIC and len(nfo.__all__) <= 25
     for name in nfo.__all__:
         doc = inspect.getdoc(getattr(nfo, name))
         assert doc and len(doc.split()) >= 5, f"ntt.fo.{name} has no docstring worth the name"
@@ -125,6 +128,7 @@ def test_the_operator_hands_every_segment_option_to_segment(dataset, monkeypatch
         cache=False,
         thresholds="calibrated",
         mask_dir=str(tmp_path / "masks"),
+        keep_embeddings=False,
     )
     assert sorted(given) == sorted(SEGMENT_OPTIONS)
     seen = {}

@@ -102,9 +102,10 @@ def _verdicts(coll, label_field: str, correct_tag: str, wrong_tag: str) -> tuple
     """The reviewed predictions as (sample, detection, class name, verdict) positives and negatives: from tags,
     changed labels, and edits made with FiftyOne's annotation tools (``corrections``)."""
     positives, negatives = [], []
-    for sample in _samples(coll, label_field):
+    for sample, whole in _samples(coll, label_field):
         labels = sample[label_field]
-        changes = corrections(labels)
+        changes = corrections(whole)  # against every prediction: one the view hides is not a deleted one
+        visible = {det.id for det in labels.detections} if labels is not None else set()
         edited = dict((det.id, mask_changed) for det, mask_changed in changes.edited)
         for det in labels.detections if labels is not None else []:
             predicted = det.get_field("predicted_label") if det.has_field("predicted_label") else det.label
@@ -123,7 +124,8 @@ def _verdicts(coll, label_field: str, correct_tag: str, wrong_tag: str) -> tuple
                 positives.append((sample, shot, det.label, "edited"))
             elif correct_tag in tags:
                 positives.append((sample, det, det.label, "correct"))
-        positives += [(sample, det, det.label, "drawn") for det in changes.drawn if det.label is not None]
+        drawn = [det for det in changes.drawn if det.id in visible and det.label is not None]
+        positives += [(sample, det, det.label, "drawn") for det in drawn]
         negatives += [(sample, _deleted(rec), rec["label"], "deleted") for rec in changes.deleted]
     return positives, negatives
 
@@ -172,16 +174,21 @@ def references_behind(coll, label_field: str, label_ids: Iterable[str] | None = 
 
 def _labels(coll, label_field: str):
     """(sample, detection) for every label of ``label_field`` in ``coll``."""
-    for sample in _samples(coll, label_field):
+    for sample, _ in _samples(coll, label_field):
         for det in sample[label_field].detections if sample[label_field] is not None else []:
             yield sample, det
 
 
 def _samples(coll, label_field: str):
-    """The samples of ``coll`` with only ``label_field`` loaded (checked first)."""
+    """The samples of ``coll`` with only ``label_field`` loaded (checked first), each with its labels as the
+    dataset holds them: a view may hide some (filtered by confidence, or a lasso selection), and verdicts are
+    taken from the labels it shows, but what was deleted is told from all of them."""
     check_collection(coll)
     check_detections_field(coll, label_field)
-    yield from coll.select_fields(label_field).iter_samples()
+    shown = coll.select_fields(label_field)
+    whole = dataset_of(coll).select(shown.values("id"), ordered=True).select_fields(label_field)
+    for sample, full in zip(shown.iter_samples(), whole.iter_samples()):
+        yield sample, full[label_field]
 
 
 def _teach(coll, read: BankRead, field: str, positives, negatives, device) -> Steps[MemoryBank]:
