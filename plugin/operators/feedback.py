@@ -108,12 +108,20 @@ def _labels(ctx, field: str) -> dict[str, str]:
 
 
 def _lassoed(ctx) -> list[str]:
-    """The ids a lasso selected in the Embeddings panel (label ids on a map of patches), when no label is
-    selected otherwise."""
-    chosen = ctx.extended_selection
-    if ctx.selected_labels or not chosen:
+    """The label ids a lasso selected in the Embeddings panel on a map of patches, when no label is selected
+    otherwise: FiftyOne 1.22's panel narrows the App's view with an extended ``MatchLabels`` stage of their ids
+    (older panels sent them as the extended selection)."""
+    if ctx.selected_labels:
         return []
+    extended = ctx.request_params.get("extended")
+    match = extended.get(_MATCH_LABELS) if isinstance(extended, dict) else None
+    if isinstance(match, dict) and match.get("ids"):
+        return list(match["ids"])
+    chosen = ctx.extended_selection
     return list((chosen.get("selection") if isinstance(chosen, dict) else chosen) or [])
+
+
+_MATCH_LABELS = "fiftyone.core.stages.MatchLabels"
 
 
 def _lassoed_fields(ctx) -> list[str]:

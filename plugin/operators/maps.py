@@ -53,6 +53,7 @@ class MapPredictions(BackgroundOperator):
                 f"None of the predictions in '{field}' here has a kept embedding: segment with 'Keep each "
                 "prediction's embedding' ticked (the default) first.",
             )
+        _bank_input(inputs, ctx, field)
         methods = ui.choices(types.RadioGroup(), [AUTO, "umap", "tsne", "pca"])
         inputs.enum(
             "method",
@@ -81,7 +82,7 @@ class MapPredictions(BackgroundOperator):
         method = param(ctx, "method", AUTO)
         kwargs = dict(
             label_field=field,
-            bank=param(ctx, "bank"),
+            bank=param(ctx, "bank") or None,
             method=None if method == AUTO else method,
             brain_key=param(ctx, "brain_key") or None,
             similarity=bool(param(ctx, "similarity", True)),
@@ -118,3 +119,20 @@ class MapPredictions(BackgroundOperator):
         outputs.str("similarity_key", label="Similarity index ('sort by similarity' on the field's patches)")
         outputs.str("colour_by", label="Colour by")
         return types.Property(outputs)
+
+
+def _bank_input(inputs, ctx, field: str) -> None:
+    """The bank whose shots to place on the map: the one that wrote ``field`` by default (else the first)."""
+    banks = sdk().list_banks(ctx.dataset)
+    if not banks:
+        return
+    wrote = (ctx.dataset.get_field(field).info or {}).get("ntt_bank")
+    dropdown = ui.choices(types.DropdownView(), banks)
+    inputs.enum(
+        "bank",
+        dropdown.values(),
+        label="Bank",
+        description="Its shots are placed in the map's coordinates (a second map over their field)",
+        default=wrote if wrote in banks else banks[0],
+        view=dropdown,
+    )

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -22,6 +23,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 # Offline machine: without the background-networking flags chromium keeps dialling out (refused connections).
 CHROMIUM_ARGS = [
@@ -321,6 +325,12 @@ class AppDriver:
         self.settle(form)
         if not radio.is_checked():
             raise UIError(f"the form did not keep the choice {value!r}:\n{self.text_of(form)}")
+
+    def pick(self, form, label: str, value: str) -> None:
+        """Pick ``value`` in the dropdown under ``label``."""
+        self.field(form, label).get_by_role("combobox").first.click()
+        self.page.get_by_role("option", name=value, exact=True).first.click()
+        self.settle(form)
 
     def tick(self, form, label: str, on: bool = True) -> None:
         box = form.locator("label").filter(has_text=label).locator('input[type="checkbox"]')
@@ -780,3 +790,56 @@ class AppDriver:
         self.set_label_class(label)
         self.shot(f"painted_new_{label}_class")
         return label_id
+
+    # ---- the Embeddings panel (FiftyOne >= 1.22's EmbeddingsV2: a WebGL plot, a lasso in "Select" mode)
+    def embeddings_plot(self, brain_key: str):
+        """Open ``brain_key``'s plot in the Embeddings panel (already open); returns the panel."""
+        panel = self.by_cy("panel-content-Embeddings")
+        panel.get_by_text(brain_key, exact=True).first.click()
+        panel.locator("canvas").first.wait_for(state="visible", timeout=30_000)
+        self.page.wait_for_timeout(2500)  # the points are loaded, then drawn
+        return panel
+
+    def colour_plot_by(self, panel, path: str) -> None:
+        panel.get_by_label("Color by").click()
+        self.page.get_by_text(path, exact=True).first.click()
+        self.page.wait_for_timeout(2000)
+
+    def plotted_points(self, panel) -> np.ndarray:
+        """Page (x, y) of the plotted points, as blobs of coloured pixels on the plot's canvas (its hints are grey
+        text; call it while the plot is not coloured by a field, which adds a legend with coloured swatches):
+        float (B, 2); points drawn over each other are one blob."""
+        from scipy import ndimage
+
+        canvas = panel.locator("canvas").first
+        box = canvas.bounding_box()
+        img = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+        colourful = (img.max(axis=2) - img.min(axis=2)) > 40
+        blobs, count = ndimage.label(colourful)
+        centres = np.array(ndimage.center_of_mass(colourful, blobs, range(1, count + 1))).reshape(-1, 2)
+        factor = np.array([box["width"] / img.shape[1], box["height"] / img.shape[0]])
+        return centres[:, ::-1] * factor + np.array([box["x"], box["y"]])
+
+    def lasso(self, panel, polygon) -> None:
+        """Draw a lasso through the page points ``polygon`` in the plot's "Select" mode."""
+        panel.get_by_text("Select", exact=True).first.click()
+        self.page.wait_for_timeout(300)
+        first, *rest = polygon
+        self.page.mouse.move(*first)
+        self.page.mouse.down()
+        for point in [*rest, first]:
+            self.page.mouse.move(*point, steps=8)
+        self.page.mouse.up()
+        self.page.wait_for_timeout(2000)
+
+    def move_legend(self, panel) -> None:
+        """Drag the plot's colour legend (top right, over the points) to the plot's bottom left corner."""
+        grip = panel.get_by_role("button", name="Drag to reposition").first
+        if not grip.count():
+            return
+        start, canvas = grip.bounding_box(), panel.locator("canvas").first.bounding_box()
+        self.page.mouse.move(start["x"] + start["width"] / 2, start["y"] + start["height"] / 2)
+        self.page.mouse.down()
+        self.page.mouse.move(canvas["x"] + 20, canvas["y"] + canvas["height"] - 150, steps=10)
+        self.page.mouse.up()
+        self.page.wait_for_timeout(500)

@@ -128,8 +128,9 @@ def test_a_real_run_maps_its_predictions_with_the_banks_shots_in_the_same_coordi
 
 
 def test_the_map_operator_opens_the_panel_and_a_lassoed_cluster_becomes_negatives(dataset, random_config):
-    """The App's flow: 'NTT: map predictions' opens the Embeddings panel; a lasso there (the App sends its ids as
-    the extended selection) then 'NTT: mark as negatives', with no other step, teaches the bank those labels."""
+    """The App's flow: 'NTT: map predictions' opens the Embeddings panel; a lasso there (FiftyOne 1.22's panel
+    narrows the view with an extended MatchLabels stage of their ids, as the browser test sees) then 'NTT: mark as
+    negatives', with no other step, teaches the bank those labels."""
     from test_plugin import _stream
 
     ds = dataset
@@ -146,9 +147,8 @@ def test_the_map_operator_opens_the_panel_and_a_lassoed_cluster_becomes_negative
 
     lassoed = ds.values("ntt.detections.id", unwind=True)[:3]
     classes = {i: c for i, c in zip(*ds.values(["ntt.detections.id", "ntt.detections.label"], unwind=True))}
-    _, error = _stream(
-        "mark_negatives", ds, {"bank": "pets", "device": "cpu"}, extended_selection={"selection": lassoed}
-    )
+    lasso = {"fiftyone.core.stages.MatchLabels": {"ids": lassoed, "fields": ["ntt"], "bool": True}}
+    _, error = _stream("mark_negatives", ds, {"bank": "pets", "device": "cpu"}, extended=lasso)
     assert error is None
     negatives = [s for s in nfo.load_bank(ds, "pets").shots if s.get("negative")]
     assert sorted(s["annotation_id"] for s in negatives) == sorted(lassoed)

@@ -158,10 +158,11 @@ def project(vectors: np.ndarray, method: str) -> np.ndarray:
     if n < 3:
         return np.stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)], axis=1)
     if method == "umap":
-        config = fbv.UMAPVisualizationConfig(num_dims=2, num_neighbors=min(15, n - 1), seed=SEED)
+        config = fbv.UMAPVisualizationConfig(num_dims=2, num_neighbors=min(15, n - 1), seed=SEED, verbose=False)
     elif method == "tsne":
         pca = 50 if min(n, dim) > 50 else None  # FiftyOne's default reduction, where there is room for it
-        config = fbv.TSNEVisualizationConfig(num_dims=2, perplexity=min(30.0, (n - 1) / 3), pca_dims=pca, seed=SEED)
+        perplexity = min(30.0, (n - 1) / 3)
+        config = fbv.TSNEVisualizationConfig(num_dims=2, perplexity=perplexity, pca_dims=pca, seed=SEED, verbose=False)
     else:
         config = fbv.PCAVisualizationConfig(num_dims=2, seed=SEED)
     reducer = config.build()
@@ -176,7 +177,7 @@ def _method(method: str | None) -> str:
     if method not in METHODS:
         raise NTTFiftyOneError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "umap" and not _has_umap():
-        raise NTTFiftyOneError("method 'umap' needs the umap-learn package (pip install 'ntt[map]'): or use 'tsne'")
+        raise NTTFiftyOneError("method 'umap' needs the umap-learn package (pip install umap-learn), or use 'tsne'")
     return method
 
 
