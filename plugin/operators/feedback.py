@@ -124,6 +124,13 @@ def _lassoed(ctx) -> list[str]:
 _MATCH_LABELS = "fiftyone.core.stages.MatchLabels"
 
 
+def _lassoed_only(ctx, view, field: str):
+    """``view`` showing only the lassoed labels of ``field`` when there is a lasso: promotion then takes the
+    verdicts of those labels (the App's lasso view holds their whole samples)."""
+    ids = _lassoed(ctx)
+    return view.select_labels(ids=ids, fields=field) if ids else view
+
+
 def _lassoed_fields(ctx) -> list[str]:
     """The field of the lassoed labels, as a list (empty: no lasso, or not labels of a Detections field)."""
     field = sdk().forms.field_of_labels(ctx.dataset, _lassoed(ctx))
@@ -169,7 +176,7 @@ class PromoteCorrections(BackgroundOperator):
             return ui.invalid(inputs, "This dataset has no Detections field to promote from.")
         inputs.str("correct_tag", label="Tag of correct predictions", default="correct")
         inputs.str("wrong_tag", label="Tag of wrong predictions", default="wrong")
-        counts = nfo.forms.review_counts(view, field, *self._tags(ctx))
+        counts = nfo.forms.review_counts(_lassoed_only(ctx, view, field), field, *self._tags(ctx))
         if not any(counts.values()):
             return ui.invalid(
                 inputs,
@@ -189,12 +196,14 @@ class PromoteCorrections(BackgroundOperator):
         return param(ctx, "correct_tag", "correct"), param(ctx, "wrong_tag", "wrong")
 
     def run_size(self, ctx) -> int:
-        return sum(sdk().forms.review_counts(ctx.target_view(), ctx.params["label_field"], *self._tags(ctx)).values())
+        field = ctx.params["label_field"]
+        view = _lassoed_only(ctx, ctx.target_view(), field)
+        return sum(sdk().forms.review_counts(view, field, *self._tags(ctx)).values())
 
     def execute(self, ctx):
         nfo = sdk()
         name, field = ctx.params["bank"], ctx.params["label_field"]
-        view = ctx.target_view()
+        view = _lassoed_only(ctx, ctx.target_view(), field)
 
         def steps():
             before = len(nfo.load_bank(view, name).shots)

@@ -155,3 +155,23 @@ def test_the_map_operator_opens_the_panel_and_a_lassoed_cluster_becomes_negative
     bank = nfo.load_bank(ds, "pets")
     names = dict(zip(bank.class_ids, bank.class_names))
     assert all(names[s["class_id"]] == classes[s["annotation_id"]] for s in negatives), "each of its own class"
+
+
+def test_promotion_with_a_lasso_promotes_the_verdicts_of_the_lassoed_labels_only(dataset, random_config):
+    from test_plugin import _stream
+
+    ds = dataset
+    nfo.mark_references(ds.limit(3))
+    nfo.build_bank(ds, "pets", label_field="gt", config=random_config)
+    nfo.segment(ds, "pets", label_field="ntt")
+    sample = ds.exists("ntt").match(fo.ViewField("ntt.detections").length() >= 2).first()
+    lassoed, other = sample.ntt.detections[:2]
+    lassoed.tags, other.tags = ["correct"], ["correct"]
+    sample.save()
+    before = len(nfo.load_bank(ds, "pets").shots)
+    lasso = {"fiftyone.core.stages.MatchLabels": {"ids": [lassoed.id], "fields": ["ntt"], "bool": True}}
+    params = {"bank": "pets", "label_field": "ntt", "device": "cpu"}
+    _, error = _stream("promote_corrections", ds, params, extended=lasso)
+    assert error is None
+    added = nfo.load_bank(ds, "pets").shots[before:]
+    assert [s["annotation_id"] for s in added] == [lassoed.id], "only the lassoed label's verdict"
