@@ -75,6 +75,17 @@ def write_meta_checkpoints(folder: Path) -> Path:
     return folder
 
 
+def fresh_artifacts(name: str) -> Path:
+    """``$NTT_TEST_ARTIFACTS/<name>`` (default ``<repo>/test-artifacts/<name>``), emptied of an earlier run's
+    screenshots, logs and pages."""
+    root = os.environ.get("NTT_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts"
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [*folder.glob("*.png"), *folder.glob("*.log"), *folder.glob("*.html")]:
+        old.unlink()
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

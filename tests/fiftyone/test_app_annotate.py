@@ -49,11 +49,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_driver import CHROMIUM_ARGS, EXTERNAL, AppDriver, AppServer, database_port, find_chromium
+from app_driver import CHROMIUM_ARGS, EXTERNAL, AppDriver, AppServer, database_port, find_chromium, fresh_artifacts
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 FIELD, NEW_CLASS, BANK = "pred", "dog", "people"
 IMAGE = "000000001000.jpg"  # COCO val, 640x480: people standing apart
 BRUSH_PX = 16  # the brush's default diameter, in screen pixels
@@ -81,11 +80,7 @@ def chromium() -> str:
 
 @pytest.fixture
 def artifacts() -> Path:
-    folder = Path(os.environ.get("NTT_TEST_ARTIFACTS") or REPO / "test-artifacts") / "annotate"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("*.png"), *folder.glob("*.log"), *folder.glob("*.html")]:
-        old.unlink()
-    return folder
+    return fresh_artifacts("annotate")
 
 
 @pytest.fixture

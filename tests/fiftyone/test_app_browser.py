@@ -33,6 +33,7 @@ from app_driver import (
     AppServer,
     database_port,
     find_chromium,
+    fresh_artifacts,
     write_meta_checkpoints,
 )
 
@@ -82,11 +83,7 @@ def checkpoints(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def artifacts() -> Path:
-    folder = Path(os.environ.get("NTT_TEST_ARTIFACTS") or REPO / "test-artifacts") / "browser"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("*.png"), *folder.glob("*.log"), *folder.glob("*.html")]:
-        old.unlink()
-    return folder
+    return fresh_artifacts("browser")
 
 
 @pytest.fixture

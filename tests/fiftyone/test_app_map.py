@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_driver import CHROMIUM_ARGS, EXTERNAL, AppDriver, AppServer, database_port
-from test_app_browser import REPO, chromium  # noqa: F401 - the module's chromium fixture
+from app_driver import CHROMIUM_ARGS, EXTERNAL, AppDriver, AppServer, database_port, fresh_artifacts
+from test_app_browser import chromium  # noqa: F401 - the module's chromium fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,11 +30,7 @@ MAP, NEGATIVES, SUGGEST = "NTT: map predictions", "NTT: mark as negatives", "NTT
 
 @pytest.fixture
 def artifacts() -> Path:
-    folder = Path(os.environ.get("NTT_TEST_ARTIFACTS") or REPO / "test-artifacts") / "browser-map"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("*.png"), *folder.glob("*.log"), *folder.glob("*.html")]:
-        old.unlink()
-    return folder
+    return fresh_artifacts("browser-map")
 
 
 @pytest.fixture
