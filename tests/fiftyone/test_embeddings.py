@@ -119,3 +119,18 @@ def test_the_attempt_that_lost_a_sample_removes_its_vectors(banked):
         d.id for d in first.detections
     }
     np.testing.assert_allclose(load_embeddings(ds, [first.detections[1].id])[first.detections[1].id], [0, 1, 0, 0])
+
+
+def test_a_stopped_run_resumed_and_a_run_from_the_candidate_cache_keep_every_labels_vector(banked):
+    """Closed at a step, a run keeps whole batches (labels and vectors); resumed, the rest gets both. From the
+    candidate cache (int8 embeddings), the vectors are still the ones matched with."""
+    ds = banked
+    steps = nfo.steps.segment_steps(ds, "pets", label_field="ntt", batch_size=2, cache=True)
+    next(steps), next(steps)  # models loaded, one batch written
+    steps.close()
+    assert 0 < ds.exists("ntt").count() < len(nfo.forms.without_references(ds))
+    nfo.segment(ds, "pets", label_field="ntt", batch_size=2, skip_existing=True, cache=True)
+    _assert_each_label_has_its_own_vector(ds, "ntt")
+    again = nfo.segment(ds, "pets", label_field="ntt", overwrite=True, cache=True)
+    assert again["reused"] == again["samples"], "every image from the candidate cache"
+    _assert_each_label_has_its_own_vector(ds, "ntt")
