@@ -13,6 +13,8 @@ from .base import BackgroundOperator
 
 AUTO = "auto"  # the method choice: umap when installed, else tsne
 PANEL = "Embeddings"  # the App's Embeddings panel
+FORM_CHECK_LIMIT = 20_000  # past this many predictions the form counts kept embeddings on the first samples only
+FORM_CHECK_SAMPLES = 500
 
 
 class MapPredictions(BackgroundOperator):
@@ -46,7 +48,9 @@ class MapPredictions(BackgroundOperator):
         field = ui.field_input(inputs, ctx, "label_field", "Predictions", "The predictions field to map", "ntt")
         if field is None:
             return ui.invalid(inputs, "No Detections field to map: segment with a bank first.")
-        kept = sdk().forms.count_kept_embeddings(view, field)
+        total = view.count(f"{field}.detections")
+        checked = view if total <= FORM_CHECK_LIMIT else view.limit(FORM_CHECK_SAMPLES)  # forms stay quick
+        kept = sdk().forms.count_kept_embeddings(checked, field)
         if not kept:
             return ui.invalid(
                 inputs,
@@ -65,8 +69,9 @@ class MapPredictions(BackgroundOperator):
         )
         inputs.str("brain_key", label="Brain key", description=f"Default: {field}_map", required=False)
         inputs.bool("similarity", label=f"Also index for 'sort by similarity' ({field}_sim)", default=True)
-        total = view.count(f"{field}.detections")
         note = f"{kept} of {total} prediction(s) in '{field}' have a kept embedding and will be mapped"
+        if checked is not view:
+            note = f"{total} predictions in '{field}'; on the first {FORM_CHECK_SAMPLES} samples, {kept} have one"
         inputs.view("count", types.Notice(label=note))
         ui.delegation_notice(inputs, view.count())
         return ui.form(inputs, "Map predictions in the Embeddings panel")
