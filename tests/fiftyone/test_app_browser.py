@@ -217,10 +217,25 @@ def _flow(ui: AppDriver, url: str, ds) -> None:
     ds.reload()
     assert EVAL_KEY in ds.list_evaluations()
     panel = ui.open_panel("model_evaluation_panel_builtin")
-    panel.get_by_text(EVAL_KEY, exact=True).first.click()
-    panel.get_by_text("Summary", exact=True).first.wait_for(state="visible", timeout=30_000)
+    _open_evaluation(ui, panel, EVAL_KEY)
     ui.settle(panel)
     ui.shot("model_evaluation_panel")
+
+
+def _open_evaluation(ui: AppDriver, panel, key: str, tries: int = 3) -> None:
+    """Click evaluation ``key`` in the Model Evaluation panel until its summary shows: a click that lands while
+    the panel's list is still loading (a busy 2-core CI machine) is lost without a word."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(tries):
+        ui.settle(panel)
+        panel.get_by_text(key, exact=True).first.click()
+        try:
+            panel.get_by_text("Summary", exact=True).first.wait_for(state="visible", timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
 
 
 def _mark_a_negative(ui: AppDriver, modal, ds, sample_id: str):

@@ -114,7 +114,8 @@ def map_predictions(
     embeddings, with the bank's shots projected in the same coordinates.
 
     Args:
-        bank: the bank whose shots to place (default: the one the field records, when it still exists).
+        bank: the bank whose shots to place (default: the one the field records, when it still exists). All its
+            shots are projected; its positive shots that are labels here are shown over their field.
         method: "umap" (needs ``umap-learn``), "tsne" or "pca"; default "umap" when installed, else "tsne".
         brain_key: the map's key (default ``<label_field>_map``); the shots that are labels of this dataset get
             ``<brain_key>_shots`` over their field.
@@ -190,7 +191,7 @@ def _has_umap() -> bool:
 @dataclass
 class _Shots:
     """The positive and negative shots of a bank: ``vectors`` float32 (S, D) unit-norm, ``classes`` (S,) names,
-    ``label_ids`` and ``sample_ids`` (None where the shot came from elsewhere than a dataset)."""
+    ``label_ids`` and ``sample_ids`` of the positive shots that are labels of a dataset (None for the others)."""
 
     vectors: np.ndarray
     classes: list[str]
@@ -216,7 +217,8 @@ def _shots(coll, label_field: str, bank: str | None) -> _Shots:
     names = dict(zip(loaded.class_ids, loaded.class_names))
     vectors = loaded.shot_features.astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    from_here = [str(s.get("source", "")).startswith("dataset:") for s in loaded.shots]
+    # a label of this dataset, placed over its field; negatives are predictions, on the map already
+    from_here = [str(s.get("source", "")).startswith("dataset:") and not s.get("negative") for s in loaded.shots]
     return _Shots(
         vectors,
         [names[int(c)] for c in loaded.shot_class_ids],
