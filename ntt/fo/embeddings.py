@@ -61,7 +61,7 @@ def load_embeddings(coll, label_ids: Iterable[str]) -> dict[str, np.ndarray]:
     absent."""
     prefix = dataset_key(coll)
     found: dict[str, np.ndarray] = {}
-    for chunk in _chunks([prefix + str(i) for i in label_ids]):
+    for chunk in _key_chunks(coll, label_ids):
         for doc in embeddings_collection().find({"_id": {"$in": chunk}}, {"v": 1}):
             found[doc["_id"][len(prefix) :]] = row_from_bytes(bytes(doc["v"]))
     return found
@@ -69,15 +69,13 @@ def load_embeddings(coll, label_ids: Iterable[str]) -> dict[str, np.ndarray]:
 
 def count_embeddings(coll, label_ids: Iterable[str]) -> int:
     """How many of these labels of ``coll``'s dataset have a kept vector (one indexed count per 5,000 ids)."""
-    prefix = dataset_key(coll)
-    keys = [prefix + str(i) for i in label_ids]
-    return sum(embeddings_collection().count_documents({"_id": {"$in": chunk}}) for chunk in _chunks(keys))
+    chunks = _key_chunks(coll, label_ids)
+    return sum(embeddings_collection().count_documents({"_id": {"$in": chunk}}) for chunk in chunks)
 
 
 def delete_embeddings(coll, label_ids: Iterable[str]) -> int:
     """Remove the kept vectors of these labels of ``coll``'s dataset; returns how many went."""
-    prefix = dataset_key(coll)
-    ops = [DeleteMany({"_id": {"$in": chunk}}) for chunk in _chunks([prefix + str(i) for i in label_ids])]
+    ops = [DeleteMany({"_id": {"$in": chunk}}) for chunk in _key_chunks(coll, label_ids)]
     if not ops:
         return 0
     return embeddings_collection().bulk_write(ops, ordered=False).deleted_count
@@ -92,9 +90,7 @@ def delete_dataset_embeddings(coll) -> int:
 def storage_bytes() -> dict[str, float]:
     """What the kept vectors take in the database: ``count``, ``data`` (uncompressed documents), ``disk`` (the
     collection and its index on disk) in bytes."""
-    from fiftyone.core.odm.database import get_db_conn
-
-    stats = get_db_conn().command("collStats", COLLECTION)
+    stats = embeddings_collection().database.command("collStats", COLLECTION)
     return {
         "count": stats.get("count", 0),
         "data": stats.get("size", 0),
@@ -102,6 +98,9 @@ def storage_bytes() -> dict[str, float]:
     }
 
 
-def _chunks(keys: list[str]) -> Iterable[list[str]]:
+def _key_chunks(coll, label_ids: Iterable[str]) -> Iterable[list[str]]:
+    """The documents' keys of these labels of ``coll``'s dataset, ``_CHUNK`` at a time."""
+    prefix = dataset_key(coll)
+    keys = [prefix + str(i) for i in label_ids]
     for start in range(0, len(keys), _CHUNK):
         yield keys[start : start + _CHUNK]

@@ -107,6 +107,9 @@ def _labels(ctx, field: str) -> dict[str, str]:
     return dict(zip(*found))
 
 
+_MATCH_LABELS = "fiftyone.core.stages.MatchLabels"  # the extended stage a lasso on a map of patches adds
+
+
 def _lassoed(ctx) -> list[str]:
     """The label ids a lasso selected in the Embeddings panel on a map of patches, when no label is selected
     otherwise: FiftyOne 1.22's panel narrows the App's view with an extended ``MatchLabels`` stage of their ids
@@ -119,9 +122,6 @@ def _lassoed(ctx) -> list[str]:
         return list(match["ids"])
     chosen = ctx.extended_selection
     return list((chosen.get("selection") if isinstance(chosen, dict) else chosen) or [])
-
-
-_MATCH_LABELS = "fiftyone.core.stages.MatchLabels"
 
 
 def _lassoed_only(ctx, view, field: str):

@@ -159,7 +159,7 @@ def resolve_settings(
     for key in ("max_instances", "batch_size"):
         knobs[key] = whole_number(knobs.get(key))
     _check_encoder(config, source.bank.encoder)
-    cfg = _settings(source, preset, config, device)
+    cfg = run_settings(source.stored, preset, config, device)
     cfg = adopt_bank_encoder(
         derive(cfg, segment={k: v for k, v in knobs.items() if v is not None}), source.bank.encoder
     )
@@ -249,7 +249,7 @@ def segment_settings(coll, bank: str, preset: str | None = None, config=None, de
     bank's own or ``preset``'s, ``config`` layered on, ``device`` or this machine's, the bank's DINOv2 encoder.
     From the bank's record alone (cheap enough for forms)."""
     info = get_bank_info(coll, bank)
-    return adopt_bank_encoder(_settings(Source.of_record(info, ""), preset, config, device), info["encoder"])
+    return adopt_bank_encoder(run_settings(Source.of_record(info, "").stored, preset, config, device), info["encoder"])
 
 
 def _resolve_bank(coll, bank, tag, load: bool = True) -> Source:
@@ -272,10 +272,6 @@ def _check_encoder(config, encoder: dict) -> None:
             f"the bank's shots were encoded with DINOv2 {encoder['name']!r}, and targets are always encoded with "
             f"the bank's encoder: config names {named!r}; leave it out, or build a bank with {named!r}"
         )
-
-
-def _settings(source: Source, preset, config, device) -> NTTConfig:
-    return run_settings(source.stored, preset, config, device)
 
 
 def _references(coll, source: Source) -> list[str]:

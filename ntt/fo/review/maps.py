@@ -15,7 +15,7 @@ what segmenting again and re-mapping asks for; any other run of that key is the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,13 +34,18 @@ SEED = 51  # projections are seeded: the same predictions give the same map
 @dataclass
 class Kept:
     """The predictions of a field that have a kept vector: ``view`` (only those labels), ``sample_ids`` and, per
-    sample, the vectors of its labels in the field's order (float32 (n_i, D)); ``missing``: labels without one."""
+    sample, the vectors of its labels in the field's order (float32 (n_i, D)); ``missing``: labels without one.
+    Samples without such a label are left out."""
 
     view: Any
     sample_ids: list[str]
     per_sample: list[np.ndarray]
     missing: int
-    label_ids: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """How many predictions have a vector (rows of ``vectors``)."""
+        return sum(len(rows) for rows in self.per_sample)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -69,8 +74,7 @@ def kept_vectors(coll, label_field: str) -> Kept:
     sample_ids, per_label = view.values(["id", f"{label_field}.detections.id"])
     labelled = [(sid, labels) for sid, labels in zip(sample_ids, per_label) if labels]
     per_sample = [np.stack([found[i] for i in labels]) for _, labels in labelled]
-    label_ids = [i for _, labels in labelled for i in labels]
-    return Kept(view, [sid for sid, _ in labelled], per_sample, len(ids) - len(found), label_ids)
+    return Kept(view, [sid for sid, _ in labelled], per_sample, len(ids) - len(found))
 
 
 def count_kept_embeddings(coll, label_field: str) -> int:
@@ -99,7 +103,7 @@ def _index(kept: Kept, coll, label_field: str, key: str) -> dict[str, Any]:
     fob.compute_similarity(
         kept.view, patches_field=label_field, embeddings=embeddings, brain_key=key, backend="sklearn", metric="cosine"
     )
-    return {"brain_key": key, "indexed": len(kept.label_ids), "missing": kept.missing}
+    return {"brain_key": key, "indexed": kept.count, "missing": kept.missing}
 
 
 def map_predictions(
@@ -132,12 +136,12 @@ def map_predictions(
     kept = kept_vectors(coll, label_field)
     shots = _shots(coll, label_field, bank)
     points = project(np.concatenate([kept.vectors, shots.vectors]) if len(shots) else kept.vectors, method)
-    pred_points, shot_points = points[: len(kept.label_ids)], points[len(kept.label_ids) :]
+    pred_points, shot_points = points[: kept.count], points[kept.count :]
     _visualize(coll, kept.view, label_field, key, pred_points)
     here = _place_shots(coll, shots, shot_points, f"{key}_shots")
     out = {
         "brain_key": key,
-        "points": len(kept.label_ids),
+        "points": kept.count,
         "missing": kept.missing,
         "method": method,
         "shots": len(shots),
@@ -191,12 +195,11 @@ def _has_umap() -> bool:
 @dataclass
 class _Shots:
     """The positive and negative shots of a bank: ``vectors`` float32 (S, D) unit-norm, ``classes`` (S,) names,
-    ``label_ids`` and ``sample_ids`` of the positive shots that are labels of a dataset (None for the others)."""
+    ``label_ids`` of the positive shots that are labels of a dataset (None for the others)."""
 
     vectors: np.ndarray
     classes: list[str]
     label_ids: list[str | None]
-    sample_ids: list[str | None]
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -204,7 +207,7 @@ class _Shots:
 
 def _shots(coll, label_field: str, bank: str | None) -> _Shots:
     name = bank if bank is not None else (dataset_of(coll).get_field(label_field).info or {}).get("ntt_bank")
-    empty = _Shots(np.zeros((0, 0), np.float32), [], [], [])
+    empty = _Shots(np.zeros((0, 0), np.float32), [], [])
     if name is None:
         return empty
     try:
@@ -223,7 +226,6 @@ def _shots(coll, label_field: str, bank: str | None) -> _Shots:
         vectors,
         [names[int(c)] for c in loaded.shot_class_ids],
         [str(s.get("annotation_id")) if here else None for s, here in zip(loaded.shots, from_here)],
-        [str(s.get("image_id")) if here else None for s, here in zip(loaded.shots, from_here)],
     )
 
 
